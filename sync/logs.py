@@ -1,0 +1,61 @@
+"""Structured logging: one JSON object per line for machines, key=value text for people.
+
+Fields passed with `extra={...}` become keys of the line, so a log shipper can
+filter on `shard`, `table` or `rows` without parsing prose.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+# Attributes every LogRecord has; anything else on a record came from `extra`.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **_extras(record),
+        }
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        text = f"{stamp} {record.levelname.lower():7} {record.getMessage()}"
+        if fields:
+            text = f"{text}  {fields}"
+        if record.exc_info:
+            text = f"{text}\n{self.formatException(record.exc_info)}"
+        return text
+
+
+def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
+    """Log to stderr; JSON unless stderr is a terminal (or `fmt` says otherwise)."""
+    chosen = fmt or ("text" if sys.stderr.isatty() else "json")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter() if chosen == "text" else JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # The drivers are chatty at INFO about connection details that are not ours to report.
+    for noisy in ("cassandra", "opensearch", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,155 @@
+"""Fixtures shared by every test: each local server starts once per session,
+and every test gets a clean index (an osmem clone) and a fresh keyspace.
+
+- `osmem_server` (one per session) and `osmem_clone` (one per test, from osmem's plugin).
+- `opensearch`: a real opensearch-py client on a fresh clone.
+- `emulator`: one in-process keyspaces_local (CQL + Streams) for the session.
+- `cql`: a cassandra-driver session to it; `streams`: a boto3 keyspacesstreams client.
+- `keyspace`: a new keyspace name, created for the test.
+- `make_config`: a ks2os `Config` pointing at the emulator and the clone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from opensearchpy import OpenSearch
+
+from sync.config import Config, load_config
+
+# Soak tests run briefly under `make test` and at full length under `make soak`.
+SOAK_FULL = os.environ.get("KS2OS_TEST_SOAK") == "full"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_test_credentials() -> Iterator[None]:
+    """Dummy AWS credentials: boto3 signs every request, the emulator checks none."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", "test")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        yield
+
+
+@pytest.fixture(scope="session")
+def osmem_server() -> Iterator[Any]:
+    """One osmem-server for the session (overrides the plugin's to close its pipes)."""
+    from osmem_server import OsmemServer
+
+    server = OsmemServer.start(japanese=False)
+    try:
+        yield server
+    finally:
+        server.close()
+        for pipe in (server.process.stdin, server.process.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def opensearch(osmem_clone: Any) -> OpenSearch:
+    return OpenSearch(hosts=[osmem_clone.url], timeout=30)
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Any]:
+    from keyspaces_local.server import Emulator
+
+    emu = Emulator.start(shard_count=4, ttl_record_delay_s=2.0)
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture(scope="session")
+def cql_cluster(emulator: Any) -> Iterator[Any]:
+    from cassandra.cluster import Cluster
+
+    cluster = Cluster(["127.0.0.1"], port=emulator.cql_port, protocol_version=4)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cql(cql_cluster: Any) -> Any:
+    from cassandra import ConsistencyLevel
+
+    session = cql_cluster.connect()
+    # Keyspaces takes writes at LOCAL_QUORUM only.
+    session.default_consistency_level = ConsistencyLevel.LOCAL_QUORUM
+    return session
+
+
+@pytest.fixture
+def streams(emulator: Any) -> Any:
+    import boto3
+
+    return boto3.client(
+        "keyspacesstreams",
+        endpoint_url=emulator.streams_url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+_keyspace_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def keyspace(cql: Any) -> Iterator[str]:
+    name = f"ks_{os.getpid()}_{next(_keyspace_numbers)}"
+    cql.execute(
+        f'CREATE KEYSPACE "{name}" WITH replication = '
+        "{'class': 'SingleRegionStrategy'}"
+    )
+    try:
+        yield name
+    finally:
+        cql.execute(f'DROP KEYSPACE IF EXISTS "{name}"')
+
+
+@pytest.fixture
+def make_config(emulator: Any, osmem_clone: Any, tmp_path: Any) -> Callable[..., Config]:
+    """A Config for the local stack, written to a TOML file and loaded the way the CLI does."""
+
+    def build(mapping: str | None = None, **sections: dict[str, Any]) -> Config:
+        lines = [f'mapping = "{mapping}"'] if mapping else []
+        base: dict[str, dict[str, Any]] = {
+            "keyspaces": {
+                "contact_points": ["127.0.0.1"],
+                "port": emulator.cql_port,
+                "auth": "none",
+                "tls": False,
+                "streams_endpoint": emulator.streams_url,
+            },
+            "opensearch": {"hosts": [osmem_clone.url], "auth": "none"},
+            "state": {"lease_seconds": 5},
+        }
+        for section, values in sections.items():
+            base.setdefault(section, {}).update(values)
+        for section, values in base.items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
+        path = tmp_path / "ks2os.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return load_config(path, env={})
+
+    return build
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,43 @@
+"""Clients built from the configuration reach the real servers they name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sync.clients import cql_session, opensearch_client
+from sync.config import load_config
+from sync.errors import ConfigError, TransientError
+
+
+def test_opensearch_client_from_config_writes_and_reads(osmem_clone: Any, tmp_path: Any) -> None:
+    path = tmp_path / "ks2os.toml"
+    path.write_text(f"[opensearch]\nhosts = ['{osmem_clone.url}']\nauth = 'none'\n")
+    client = opensearch_client(load_config(path, env={}))
+    client.index(index="products", id="p1", body={"name": "lamp", "price": 12}, refresh=True)
+    client.index(index="products", id="p2", body={"name": "desk", "price": 90}, refresh=True)
+    assert client.get(index="products", id="p1")["_source"] == {"name": "lamp", "price": 12}
+    hits = client.search(index="products", body={"query": {"range": {"price": {"gt": 50}}}})
+    assert [h["_id"] for h in hits["hits"]["hits"]] == ["p2"]
+
+
+def test_basic_auth_without_password_is_a_config_error() -> None:
+    cfg = load_config(None, env={"KS2OS_OPENSEARCH_AUTH": "basic", "KS2OS_OPENSEARCH_USERNAME": "u"})
+    with pytest.raises(ConfigError, match="needs opensearch.username and a password"):
+        opensearch_client(cfg)
+
+
+def test_unreachable_keyspaces_is_one_clear_error() -> None:
+    cfg = load_config(
+        None,
+        env={
+            "KS2OS_KEYSPACES_CONTACT_POINTS": "127.0.0.1",
+            "KS2OS_KEYSPACES_PORT": "1",  # nothing listens on port 1
+            "KS2OS_KEYSPACES_AUTH": "none",
+            "KS2OS_KEYSPACES_TLS": "false",
+            "KS2OS_KEYSPACES_REQUEST_TIMEOUT_S": "2",
+        },
+    )
+    with pytest.raises(TransientError, match=r"cannot reach Keyspaces at 127\.0\.0\.1:1"):
+        cql_session(cfg)
