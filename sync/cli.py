@@ -9,6 +9,7 @@ CDC) ends as one line and exit code 1. Tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
@@ -24,6 +25,9 @@ from sync import __version__
 from sync.config import Config, describe, load_config
 from sync.errors import ConfigError, Ks2osError
 from sync.logs import configure_logging
+
+if TYPE_CHECKING:
+    from sync.mapping import TableMapping
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "ks2os.toml"
@@ -49,22 +53,152 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"TOML configuration (default: $KS2OS_CONFIG, else ./{DEFAULT_CONFIG})",
     )
-    parser.add_argument("--log-format", choices=("text", "json"), default=None,
-                        help="log line format (default: text on a terminal, json otherwise)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log line format (default: text on a terminal, json otherwise)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
     config = commands.add_parser("config", help="inspect the configuration")
-    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION",
-                                            parser_class=_Parser)
+    config_commands = config.add_subparsers(
+        dest="config_command", metavar="ACTION", parser_class=_Parser
+    )
     config_commands.required = True
     check = config_commands.add_parser(
         "check", help="validate the configuration and print it, secrets masked"
     )
     check.set_defaults(handler=_config_check)
+
+    backfill = commands.add_parser(
+        "backfill", help="load the whole table into its index (resumes an unfinished run)"
+    )
+    _mapping_option(backfill)
+    backfill.add_argument(
+        "--restart",
+        action="store_true",
+        help="start a new run instead of resuming the unfinished one",
+    )
+    backfill.set_defaults(handler=_backfill)
+
+    follow = commands.add_parser(
+        "follow", help="apply the table's CDC stream to its index until stopped (SIGTERM/SIGINT)"
+    )
+    _mapping_option(follow)
+    follow.set_defaults(handler=_follow)
+
+    mapping = commands.add_parser("mapping", help="work with mapping files")
+    mapping_commands = mapping.add_subparsers(
+        dest="mapping_command", metavar="ACTION", parser_class=_Parser
+    )
+    mapping_commands.required = True
+    generate = mapping_commands.add_parser(
+        "generate", help="propose a mapping file from a table's schema"
+    )
+    generate.add_argument("table", metavar="KEYSPACE.TABLE")
+    generate.add_argument("--alias", help="index alias (default: KEYSPACE-TABLE)")
+    generate.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    generate.set_defaults(handler=_mapping_generate)
     return parser
+
+
+def _mapping_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mapping",
+        metavar="FILE",
+        help="the table's mapping file (default: `mapping` in the config)",
+    )
+
+
+def _load_table_mapping(args: argparse.Namespace, cfg: Config) -> TableMapping:
+    from sync.mapping import load_mapping
+
+    path = args.mapping or cfg.mapping
+    if not path:
+        raise ConfigError(
+            "no mapping file given",
+            hint='pass --mapping FILE or set mapping = "FILE" in the config',
+        )
+    return load_mapping(path)
+
+
+def _backfill(args: argparse.Namespace, cfg: Config) -> int:
+    from sync.jobs.backfill import run_backfill
+
+    mapping = _load_table_mapping(args, cfg)
+    with stop_on_signals() as stop:
+        summary = run_backfill(cfg, mapping, restart=args.restart, stop=stop)
+    _print_summary(summary)
+    return EXIT_OK
+
+
+def _follow(args: argparse.Namespace, cfg: Config) -> int:
+    from sync.jobs.follow import run_follow
+
+    mapping = _load_table_mapping(args, cfg)
+    with stop_on_signals() as stop:
+        summary = run_follow(cfg, mapping, stop=stop)
+    _print_summary(summary)
+    return EXIT_OK
+
+
+def _mapping_generate(args: argparse.Namespace, cfg: Config) -> int:
+    from sync.clients import cql_session
+    from sync.mapping import propose_mapping
+
+    keyspace, dot, table = args.table.partition(".")
+    if not dot or not keyspace or not table:
+        raise ConfigError(f"{args.table!r} is not KEYSPACE.TABLE", hint="e.g. shop.orders")
+    session = cql_session(cfg)
+    try:
+        columns = _table_columns(session, keyspace, table)
+    finally:
+        session.cluster.shutdown()
+    text = propose_mapping(keyspace, table, columns, alias=args.alias)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _table_columns(session: Any, keyspace: str, table: str) -> list[tuple[str, str, str]]:
+    """(name, CQL type, kind) of each column, from the driver's schema metadata."""
+    meta = session.cluster.metadata.keyspaces.get(keyspace)
+    table_meta = meta.tables.get(table) if meta is not None else None
+    if table_meta is None:
+        raise ConfigError(
+            f"table {keyspace}.{table} not found",
+            hint="check the keyspace and table names (they are case-sensitive)",
+        )
+    partition = {c.name for c in table_meta.partition_key}
+    clustering = {c.name for c in table_meta.clustering_key}
+
+    def kind(column: Any) -> str:
+        if column.name in partition:
+            return "partition_key"
+        if column.name in clustering:
+            return "clustering"
+        return "static" if column.is_static else "regular"
+
+    return [(c.name, c.cql_type, kind(c)) for c in table_meta.columns.values()]
+
+
+def _print_summary(summary: object) -> None:
+    """A job's summary as one JSON line on stdout (logs go to stderr)."""
+    sys.stdout.write(orjson.dumps(summary, default=_plain).decode() + "\n")
+
+
+def _plain(value: object) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot show {type(value).__name__}")
 
 
 def _config_check(args: argparse.Namespace, cfg: Config) -> int:

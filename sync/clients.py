@@ -48,7 +48,8 @@ def _cql_auth(cfg: KeyspacesConfig) -> AuthProvider | None:
     # AWS's own SigV4 plugin for the Cassandra driver: signs with the standard credential chain.
     from cassandra_sigv4.auth import SigV4AuthProvider
 
-    return SigV4AuthProvider(_aws_session(cfg.region))  # type: ignore[no-any-return]
+    provider: AuthProvider = SigV4AuthProvider(_aws_session(cfg.region))
+    return provider
 
 
 def _ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
@@ -120,6 +121,8 @@ def opensearch_client(cfg: Config) -> OpenSearch:
         "verify_certs": os_cfg.verify_certs,
         "ssl_show_warn": os_cfg.verify_certs,
         "http_compress": False,
+        # The writer retries through one backoff policy; transport retries would stack on it.
+        "max_retries": 0,
     }
     if os_cfg.ca_file:
         options["ca_certs"] = os_cfg.ca_file

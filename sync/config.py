@@ -94,6 +94,12 @@ class WriterSettings:
     max_backoff: float = _doc("longest retry delay, seconds", 10.0)
     timeout_s: float = _doc("timeout of one bulk request, seconds", 30.0)
 
+    def __post_init__(self) -> None:
+        if self.max_docs < 1 or self.max_bytes < 1:
+            raise ConfigError("writer.max_docs and writer.max_bytes must be at least 1")
+        if self.initial_backoff <= 0 or self.max_backoff <= 0:
+            raise ConfigError("writer.initial_backoff and writer.max_backoff must be positive")
+
 
 @dataclass(frozen=True)
 class BackfillConfig:
@@ -153,7 +159,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     raw = _read_toml(Path(path)) if path is not None else {}
     source = str(path) if path is not None else "defaults"
     overlay = _environment_overlay(os.environ if env is None else env)
-    return _build(Config, _merge(raw, overlay), source, prefix="")
+    cfg: Config = _build(Config, _merge(raw, overlay), source, prefix="")
+    return cfg
 
 
 def describe(cfg: Config) -> dict[str, Any]:
@@ -239,7 +246,7 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 def _section_type(f: dataclasses.Field[Any]) -> type | None:
     hint = typing.get_type_hints(Config)[f.name]
-    return hint if dataclasses.is_dataclass(hint) else None
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
@@ -257,7 +264,7 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     values: dict[str, Any] = {}
     for name, value in raw.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, source, f"{prefix}{name}.")
         else:
             values[name] = _coerce(value, hint, f"{prefix}{name}", source)

@@ -107,8 +107,7 @@ _keyspace_numbers = itertools.count(1)
 def keyspace(cql: Any) -> Iterator[str]:
     name = f"ks_{os.getpid()}_{next(_keyspace_numbers)}"
     cql.execute(
-        f'CREATE KEYSPACE "{name}" WITH replication = '
-        "{'class': 'SingleRegionStrategy'}"
+        f"CREATE KEYSPACE \"{name}\" WITH replication = {{'class': 'SingleRegionStrategy'}}"
     )
     try:
         yield name

@@ -47,7 +47,9 @@ class _Cell:
 
 
 def _order(value: Any) -> Any:
-    return (type(value).__name__, repr(value)) if not isinstance(value, int | float | str) else value
+    return (
+        (type(value).__name__, repr(value)) if not isinstance(value, int | float | str) else value
+    )
 
 
 @dataclass
@@ -77,12 +79,18 @@ class LwwTable:
         if cell.beats(cells.get(column)):
             cells[column] = cell
 
-    def _write(self, key: Key, values: Mapping[str, Any], ts: int, expires_at: float | None) -> None:
+    def _write(
+        self, key: Key, values: Mapping[str, Any], ts: int, expires_at: float | None
+    ) -> None:
         row = self._rows.setdefault(key, _Row())
         partition, _ = self._split(key)
         for column, value in values.items():
             if column in self.statics:
-                self._put(self._static.setdefault(partition, {}), column, _Cell(ts, _or_deleted(value), expires_at))
+                self._put(
+                    self._static.setdefault(partition, {}),
+                    column,
+                    _Cell(ts, _or_deleted(value), expires_at),
+                )
             elif column in self.sets:
                 # Assigning a whole set replaces it: a collection tombstone just below, then
                 # the elements (so an element written earlier, even arriving later, is gone).
@@ -92,7 +100,9 @@ class LwwTable:
             else:
                 self._put(row.cells, column, _Cell(ts, _or_deleted(value), expires_at))
 
-    def insert(self, key: Key, values: Mapping[str, Any], ts: int, ttl: int | None = None, now: float = 0) -> None:
+    def insert(
+        self, key: Key, values: Mapping[str, Any], ts: int, ttl: int | None = None, now: float = 0
+    ) -> None:
         expires_at = now + ttl if ttl else None
         row = self._rows.setdefault(key, _Row())
         marker = _Cell(ts, True, expires_at)
@@ -100,7 +110,9 @@ class LwwTable:
             row.marker = marker
         self._write(key, values, ts, expires_at)
 
-    def update(self, key: Key, values: Mapping[str, Any], ts: int, ttl: int | None = None, now: float = 0) -> None:
+    def update(
+        self, key: Key, values: Mapping[str, Any], ts: int, ttl: int | None = None, now: float = 0
+    ) -> None:
         self._write(key, values, ts, now + ttl if ttl else None)
 
     def update_static(self, partition: Key, values: Mapping[str, Any], ts: int) -> None:
@@ -129,11 +141,15 @@ class LwwTable:
         result: dict[Key, dict[str, Any]] = {}
         for key, row in self._rows.items():
             values = self._live_values(row, now)
-            marker = row.marker is not None and self._survives(row, row.marker) and row.marker.live(now)
+            marker = (
+                row.marker is not None and self._survives(row, row.marker) and row.marker.live(now)
+            )
             if not values and not marker:
                 continue
             partition, clustering = self._split(key)
-            values.update(dict(zip(self.partition + self.clustering, partition + clustering, strict=True)))
+            values.update(
+                dict(zip(self.partition + self.clustering, partition + clustering, strict=True))
+            )
             for column, cell in self._static.get(partition, {}).items():
                 if cell.live(now):
                     values[column] = cell.value

@@ -6,7 +6,9 @@ from tests.lww_model import LwwTable
 
 
 def table() -> LwwTable:
-    return LwwTable(partition=("p",), clustering=("c",), statics=frozenset({"s"}), sets=frozenset({"tags"}))
+    return LwwTable(
+        partition=("p",), clustering=("c",), statics=frozenset({"s"}), sets=frozenset({"tags"})
+    )
 
 
 def test_highest_timestamp_wins_whatever_the_arrival_order() -> None:

@@ -11,7 +11,9 @@ import orjson
 import sync
 
 
-def ks2os(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def ks2os(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sync", *args],
         cwd=cwd,
@@ -62,9 +64,7 @@ def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
 
 def test_config_check_prints_effective_config_without_secrets(tmp_path: Path) -> None:
     (tmp_path / "ks2os.toml").write_text("[opensearch]\nauth = 'basic'\nusername = 'u'\n")
-    result = ks2os(
-        "config", "check", cwd=tmp_path, env={"KS2OS_OPENSEARCH_PASSWORD": "s3cret"}
-    )
+    result = ks2os("config", "check", cwd=tmp_path, env={"KS2OS_OPENSEARCH_PASSWORD": "s3cret"})
     assert result.returncode == 0, result.stderr
     shown = orjson.loads(result.stdout)
     assert shown["opensearch"]["username"] == "u"

@@ -23,8 +23,10 @@ def test_opensearch_client_from_config_writes_and_reads(osmem_clone: Any, tmp_pa
 
 
 def test_basic_auth_without_password_is_a_config_error() -> None:
-    cfg = load_config(None, env={"KS2OS_OPENSEARCH_AUTH": "basic", "KS2OS_OPENSEARCH_USERNAME": "u"})
-    with pytest.raises(ConfigError, match="needs opensearch.username and a password"):
+    cfg = load_config(
+        None, env={"KS2OS_OPENSEARCH_AUTH": "basic", "KS2OS_OPENSEARCH_USERNAME": "u"}
+    )
+    with pytest.raises(ConfigError, match=r"needs opensearch\.username and a password"):
         opensearch_client(cfg)
 
 
