@@ -1,0 +1,374 @@
+"""Turn a `Change` into an OpenSearch bulk action: document id, routing, version, body.
+
+Every action is an `index` with `version_type=external` at the change's
+version. A delete becomes a **tombstone**: an index action whose body is only
+the metadata object with `deleted: true`. OpenSearch forgets the version of a
+real delete after `index.gc_deletes` (60 s), after which an older write
+replayed late would resurrect the row; a tombstone keeps its version as long
+as it exists. Searches go through the alias, whose filter hides tombstones
+and expired rows (`sync.indices.alias_filter`).
+
+Every document carries `_ks2os = {version, source, expires_at?, deleted}`.
+
+The document id is the id columns' canonical text forms, each
+percent-encoded (so `:` never occurs inside one) and joined with `:`. The
+forms depend only on the values, so the scan and the stream give one row one
+id, on every run.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import ipaddress
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Set
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from cassandra.util import Date, Duration, OrderedMap, OrderedMapSerializedKey, SortedSet, Time
+
+from sync.errors import ConfigError, TerminalError
+from sync.mapping import BigNumbers, Nulls, Routing, TableMapping, Timestamps
+from sync.model import Change, Op, ScanPosition
+from sync.schema import TableKey
+
+META_FIELD = "_ks2os"
+_EPOCH = dt.datetime(1970, 1, 1)
+_ONE_MS = dt.timedelta(milliseconds=1)
+_NANOS_PER_SECOND = 10**9
+
+
+@dataclass(slots=True)
+class BulkAction:
+    """One bulk `index` action, ready to send."""
+
+    op: str
+    doc_id: str
+    routing: str | None
+    version: int
+    body: bytes
+    change: Change | None = None  # kept for dead letters
+
+    def lines(self) -> bytes:
+        """The action's two NDJSON lines (metadata line and source line)."""
+        meta: dict[str, Any] = {
+            "_id": self.doc_id,
+            "version": self.version,
+            "version_type": "external",
+        }
+        if self.routing is not None:
+            meta["routing"] = self.routing
+        return orjson.dumps({self.op: meta}) + b"\n" + self.body + b"\n"
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
+def _quote(text: str) -> str:
+    """Percent-encode everything but RFC 3986 unreserved characters (so never `:`)."""
+    return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
+
+
+def bulk_lines(actions: Iterable[BulkAction]) -> bytes:
+    """The NDJSON body of a bulk request (sent to `/<index>/_bulk`)."""
+    return b"".join(action.lines() for action in actions)
+
+
+# ------------------------------------------------------------ value forms
+
+
+def epoch_millis(value: dt.datetime) -> int:
+    """Milliseconds since the epoch of a naive-UTC (or aware) datetime."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    # round(): the driver's float arithmetic can land a microsecond off the millisecond.
+    return round((value - _EPOCH) / _ONE_MS)
+
+
+def iso_timestamp(value: dt.datetime) -> str:
+    """`2024-01-02T03:04:05.678Z`: UTC with milliseconds."""
+    if value.tzinfo is not None or value.microsecond % 1000:
+        value = _EPOCH + epoch_millis(value) * _ONE_MS
+    return value.isoformat(timespec="milliseconds") + "Z"
+
+
+def iso_duration(value: Duration) -> str:
+    """ISO 8601 text of a CQL duration (all parts share one sign in CQL)."""
+    negative = value.months < 0 or value.days < 0 or value.nanoseconds < 0
+    months, days, nanos = abs(value.months), abs(value.days), abs(value.nanoseconds)
+    date_part = ""
+    if months // 12:
+        date_part += f"{months // 12}Y"
+    if months % 12:
+        date_part += f"{months % 12}M"
+    if days:
+        date_part += f"{days}D"
+    hours, rest = divmod(nanos, 3_600 * _NANOS_PER_SECOND)
+    minutes, rest = divmod(rest, 60 * _NANOS_PER_SECOND)
+    seconds, fraction = divmod(rest, _NANOS_PER_SECOND)
+    time_part = ""
+    if hours:
+        time_part += f"{hours}H"
+    if minutes:
+        time_part += f"{minutes}M"
+    if seconds or fraction:
+        time_part += f"{seconds}" + (f".{fraction:09d}".rstrip("0") if fraction else "") + "S"
+    text = "P" + date_part + ("T" + time_part if time_part else "")
+    if text == "P":
+        text = "PT0S"
+    return ("-" if negative else "") + text
+
+
+def text_form(value: Any) -> str:
+    """The canonical text of a value, for document ids, routing and map keys."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | decimal.Decimal | uuid.UUID | Date | Time):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dt.datetime):
+        return iso_timestamp(value)
+    if isinstance(value, Duration):
+        return iso_duration(value)
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(value)
+    # frozen collections, tuples and UDTs in keys: their JSON form
+    return orjson.dumps(_Converter().convert(value), option=orjson.OPT_SORT_KEYS).decode()
+
+
+class _Converter:
+    """Driver-native values -> JSON-ready values, per the mapping's choices.
+
+    The common types are looked up by exact class (one dict probe instead of
+    a chain of isinstance checks: this runs for every cell of every record);
+    subclasses and the rare types fall through to `_convert_other`.
+    """
+
+    def __init__(
+        self,
+        timestamps: Timestamps = Timestamps.ISO8601,
+        big_numbers: BigNumbers = BigNumbers.STRING,
+        explicit_nulls: bool = False,
+        lenient: bool = False,
+    ) -> None:
+        self.lenient = lenient  # unknown types become their repr instead of an error
+        self.epoch_millis = timestamps is Timestamps.EPOCH_MILLIS
+        self.big_as_number = big_numbers is BigNumbers.NUMBER
+        self.explicit_nulls = explicit_nulls
+        self._by_class: dict[type, Callable[[Any], Any]] = {
+            str: _same,
+            bool: _same,
+            float: _same,
+            type(None): _same,
+            int: _int,
+            decimal.Decimal: self._decimal,
+            uuid.UUID: str,
+            Date: str,
+            Time: str,
+            dt.datetime: epoch_millis if self.epoch_millis else iso_timestamp,
+            Duration: iso_duration,
+            bytes: _base64,
+            list: self._array,
+            tuple: self._array,
+            SortedSet: self._array,
+            OrderedMap: self._map,
+            OrderedMapSerializedKey: self._map,
+            dict: self._map,
+        }
+
+    def convert(self, value: Any, varint: bool = False) -> Any:
+        if varint and type(value) is int and not self.big_as_number:
+            return str(value)
+        handler = self._by_class.get(type(value))
+        if handler is not None:
+            return handler(value)
+        return self._convert_other(value)
+
+    def _convert_other(self, value: Any) -> Any:
+        if isinstance(value, bool | str | float):
+            return value
+        if isinstance(value, int):
+            return _int(value)
+        if isinstance(value, decimal.Decimal):
+            return self._decimal(value)
+        if isinstance(
+            value, uuid.UUID | Date | Time | ipaddress.IPv4Address | ipaddress.IPv6Address
+        ):
+            return str(value)
+        if isinstance(value, dt.datetime):
+            return epoch_millis(value) if self.epoch_millis else iso_timestamp(value)
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        if isinstance(value, bytes | bytearray):
+            return _base64(value)
+        if hasattr(value, "_fields"):  # a UDT (the driver's namedtuple)
+            return self._object(zip(value._fields, value, strict=True))
+        if isinstance(value, Mapping | OrderedMap):
+            return self._map(value)
+        if isinstance(value, list | tuple | SortedSet | Set):
+            return self._array(value)
+        if hasattr(value, "__dict__"):  # a UDT mapped to a registered class
+            return self._object(vars(value).items())
+        if self.lenient:
+            return repr(value)
+        raise TypeError(f"no document form for a {type(value).__name__}")
+
+    def _decimal(self, value: decimal.Decimal) -> Any:
+        return orjson.Fragment(str(value)) if self.big_as_number else str(value)
+
+    def _array(self, value: Iterable[Any]) -> list[Any]:
+        return [self.convert(item) for item in value]
+
+    def _map(self, value: Any) -> dict[str, Any]:
+        return self._object((text_form(k), v) for k, v in value.items())
+
+    def _object(self, items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+        return {
+            name: self.convert(item)
+            for name, item in items
+            if item is not None or self.explicit_nulls
+        }
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _int(value: int) -> Any:
+    # orjson writes 64-bit integers; a larger varint goes out as its exact digits.
+    return value if -(2**63) <= value < 2**64 else orjson.Fragment(str(value))
+
+
+def _base64(value: bytes | bytearray) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-ready form of any driver-native value (for dead letters and logs)."""
+    converted = _Converter(lenient=True).convert(value)
+    return orjson.loads(orjson.dumps(converted))
+
+
+def _is_varint(cql_type: str | None) -> bool:
+    return cql_type is not None and cql_type.strip().lower() == "varint"
+
+
+# ------------------------------------------------------------- the builder
+
+
+class DocumentBuilder:
+    """Builds bulk actions for one table's changes under one mapping."""
+
+    def __init__(self, mapping: TableMapping, table: TableKey) -> None:
+        self.mapping = mapping
+        self.table = table
+        spec = mapping.document
+        self._id_positions = self._positions(spec.id or table.key_columns, "document.id")
+        self._routing_positions = (
+            self._positions(table.partition_key, "document.routing")
+            if spec.routing is Routing.PARTITION
+            else None
+        )
+        self._explicit_nulls = spec.nulls is Nulls.EXPLICIT
+        self._converter = _Converter(spec.timestamps, spec.big_numbers, self._explicit_nulls)
+        self._plan = self._plan_fields()
+        self._planned = frozenset(column for column, _, _ in self._plan)
+        # Without an include list, columns the schema did not list still go in.
+        self._take_unplanned = spec.include is None
+
+    def _positions(self, columns: Iterable[str], key: str) -> tuple[int, ...]:
+        key_columns = self.table.key_columns
+        positions = []
+        for column in columns:
+            if column not in key_columns:
+                raise ConfigError(
+                    f"{self.mapping.path}: {key}: {column!r} is not a primary-key column of "
+                    f"{self.table.qualified_name} (a delete carries only the key)",
+                    hint=f"use columns of the primary key: {', '.join(key_columns)}",
+                )
+            positions.append(key_columns.index(column))
+        return tuple(positions)
+
+    def _plan_fields(self) -> tuple[tuple[str, str, bool], ...]:
+        """(column, field name, is varint) for each column known up front, in schema order."""
+        spec = self.mapping.document
+        table = self.table
+        if spec.include is not None:
+            columns = [*table.key_columns, *(c for c in spec.include if not table.is_key(c))]
+        else:
+            columns = [*table.key_columns, *table.static, *table.column_types]
+        plan = {}
+        for column in columns:
+            if column not in spec.exclude and column not in plan:
+                varint = _is_varint(table.cql_type(column))
+                plan[column] = (column, spec.rename.get(column, column), varint)
+        return tuple(plan.values())
+
+    def doc_id(self, key: tuple[Any, ...]) -> str:
+        return ":".join([_quote(text_form(key[i])) for i in self._id_positions])
+
+    def routing(self, key: tuple[Any, ...]) -> str | None:
+        if self._routing_positions is None:
+            return None
+        return ":".join([_quote(text_form(key[i])) for i in self._routing_positions])
+
+    def action_for(self, change: Change) -> BulkAction:
+        """The bulk action that writes `change` (a tombstone for a delete)."""
+        if change.static_only:
+            raise TerminalError(
+                f"{self.table.qualified_name}: a static-only change (partition {change.key!r}) "
+                "cannot be written yet",
+                hint="static-column fan-out to the partition's rows is not implemented",
+            )
+        meta: dict[str, Any] = {
+            "version": change.version,
+            "source": "scan" if isinstance(change.source, ScanPosition) else "stream",
+        }
+        if change.op is Op.DELETE or change.image is None:
+            meta["deleted"] = True
+            body: dict[str, Any] = {META_FIELD: meta}
+        else:
+            if change.expires_at_ms is not None:
+                meta["expires_at"] = change.expires_at_ms
+            meta["deleted"] = False
+            body = self._source(change.image)
+            body[META_FIELD] = meta
+        return BulkAction(
+            op="index",
+            doc_id=self.doc_id(change.key),
+            routing=self.routing(change.key),
+            version=change.version,
+            body=orjson.dumps(body),
+            change=change,
+        )
+
+    def _source(self, image: Mapping[str, Any]) -> dict[str, Any]:
+        convert = self._converter.convert
+        explicit_nulls = self._explicit_nulls
+        source: dict[str, Any] = {}
+        for column, field_name, varint in self._plan:
+            value = image.get(column)
+            if type(value) is str:
+                source[field_name] = value  # the commonest value needs no conversion
+            elif value is not None:
+                source[field_name] = convert(value, varint)
+            elif explicit_nulls:
+                source[field_name] = None
+        if self._take_unplanned:
+            spec = self.mapping.document
+            for column, value in image.items():
+                if column in self._planned or column in spec.exclude:
+                    continue
+                if value is not None or explicit_nulls:
+                    source[spec.rename.get(column, column)] = convert(value)
+        return source

@@ -1,0 +1,155 @@
+"""Versioned indexes and their alias: create `<alias>_v<N>`, swap atomically, check mappings.
+
+Searches always go through the alias. Its filter hides tombstones (deleted
+rows) and rows whose TTL has run out, so a document stops being found the
+moment its row stops being readable in Keyspaces, not when the late TTL
+record arrives. Writers write to the concrete index the alias points at (or
+to a new index being built by a reindex).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from opensearchpy import OpenSearch
+from opensearchpy.exceptions import NotFoundError
+
+from sync.documents import META_FIELD
+from sync.errors import MappingConflict
+from sync.mapping import TableMapping
+
+META_MAPPING: Mapping[str, Any] = {
+    "properties": {
+        "version": {"type": "long"},
+        "source": {"type": "keyword"},
+        "expires_at": {"type": "date", "format": "epoch_millis"},
+        "deleted": {"type": "boolean"},
+    }
+}
+
+
+def index_settings_and_mappings(mapping: TableMapping) -> dict[str, Any]:
+    """The body that creates an index for `mapping` (settings already merged over defaults)."""
+    mappings = copy.deepcopy(dict(mapping.mappings))
+    properties = mappings.setdefault("properties", {})
+    properties[META_FIELD] = copy.deepcopy(dict(META_MAPPING))
+    return {"settings": copy.deepcopy(dict(mapping.settings)), "mappings": mappings}
+
+
+def alias_filter() -> dict[str, Any]:
+    """Hide tombstones and expired rows from everything that reads through the alias."""
+    return {
+        "bool": {
+            "must_not": [
+                {"term": {f"{META_FIELD}.deleted": True}},
+                {"range": {f"{META_FIELD}.expires_at": {"lte": "now"}}},
+            ]
+        }
+    }
+
+
+def _version_pattern(alias: str) -> re.Pattern[str]:
+    return re.compile(re.escape(alias) + r"_v(\d+)")
+
+
+def index_versions(client: OpenSearch, alias: str) -> dict[str, int]:
+    """Existing `<alias>_v<N>` indexes and their N."""
+    try:
+        found = client.indices.get(index=f"{alias}_v*", params={"expand_wildcards": "all"})
+    except NotFoundError:
+        return {}
+    pattern = _version_pattern(alias)
+    versions = {}
+    for name in found:
+        match = pattern.fullmatch(name)
+        if match:
+            versions[name] = int(match.group(1))
+    return versions
+
+
+def create_next_index(client: OpenSearch, mapping: TableMapping) -> str:
+    """Create `<alias>_v<N+1>` (N the highest existing, 0 if none); return its name."""
+    versions = index_versions(client, mapping.alias)
+    name = f"{mapping.alias}_v{max(versions.values(), default=0) + 1}"
+    client.indices.create(index=name, body=index_settings_and_mappings(mapping))
+    return name
+
+
+def alias_targets(client: OpenSearch, alias: str) -> list[str]:
+    """The indexes the alias points at now (normally one)."""
+    try:
+        found = client.indices.get_alias(name=alias)
+    except NotFoundError:
+        return []
+    return sorted(found)
+
+
+def swap_alias(client: OpenSearch, alias: str, new_index: str) -> None:
+    """Point the alias at `new_index` alone, in one `_aliases` call (atomic)."""
+    actions: list[dict[str, Any]] = [
+        {"remove": {"index": old, "alias": alias}}
+        for old in alias_targets(client, alias)
+        if old != new_index
+    ]
+    add = {"index": new_index, "alias": alias, "filter": alias_filter(), "is_write_index": True}
+    actions.append({"add": add})
+    client.indices.update_aliases(body={"actions": actions})
+
+
+def ensure_index(client: OpenSearch, mapping: TableMapping) -> str:
+    """The alias's current index; creates `<alias>_v1` and the alias when there is none."""
+    targets = alias_targets(client, mapping.alias)
+    if targets:
+        return targets[-1] if len(targets) == 1 else _newest(targets, mapping.alias)
+    name = create_next_index(client, mapping)
+    swap_alias(client, mapping.alias, name)
+    return name
+
+
+def _newest(targets: list[str], alias: str) -> str:
+    pattern = _version_pattern(alias)
+
+    def version_of(name: str) -> int:
+        match = pattern.fullmatch(name)
+        return int(match.group(1)) if match else -1
+
+    return max(targets, key=version_of)
+
+
+def check_mapping_compatible(client: OpenSearch, index: str, mapping: TableMapping) -> None:
+    """Raise `MappingConflict` when a field's live type differs from the file's."""
+    live = client.indices.get_mapping(index=index)
+    live_properties = next(iter(live.values()))["mappings"].get("properties", {})
+    wanted = index_settings_and_mappings(mapping)["mappings"].get("properties", {})
+    conflict = _first_conflict(live_properties, wanted, "")
+    if conflict is not None:
+        field_name, live_type, file_type = conflict
+        raise MappingConflict(
+            f"index {index}: field {field_name!r} is {live_type} in OpenSearch but "
+            f"{file_type} in {mapping.path}",
+            hint="run `ks2os reindex` to build a new index with the new mapping",
+        )
+
+
+def _first_conflict(
+    live: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str
+) -> tuple[str, str, str] | None:
+    for name, want in wanted.items():
+        have = live.get(name)
+        if have is None or not isinstance(want, Mapping):
+            continue  # a new field is added dynamically or by a reindex, not a conflict
+        path = prefix + name
+        have_type = have.get("type", "object")
+        want_type = want.get("type", "object")
+        if have_type != want_type:
+            return path, have_type, want_type
+        found = _first_conflict(have.get("properties", {}), want.get("properties", {}), path + ".")
+        if found is not None:
+            return found
+        fields = _first_conflict(have.get("fields", {}), want.get("fields", {}), path + ".")
+        if fields is not None:
+            return fields
+    return None

@@ -1,0 +1,1 @@
+"""Sources: turn CQL rows and CDC records into `Change`s."""

@@ -1,0 +1,278 @@
+"""Changes become the documents a search user expects, under stable, URL-safe ids."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import re
+import uuid
+from collections import namedtuple
+from typing import Any
+
+import orjson
+import pytest
+from cassandra.util import Date, Duration, OrderedMap, SortedSet, Time
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sync.documents import DocumentBuilder, bulk_lines, iso_duration, text_form
+from sync.errors import ConfigError, TerminalError
+from sync.mapping import TableMapping, mapping_from_dict
+from sync.model import Change, Op, ScanPosition, StreamPosition
+from sync.schema import TableKey
+from sync.sources.records import decode_record
+from sync.sources.rows import decode_row
+from sync.values import decode_cell
+
+TABLE = TableKey(
+    "demo",
+    "t",
+    ("shop", "day"),
+    ("sku",),
+    (),
+    {"shop": "text", "day": "date", "sku": "uuid", "big": "varint", "n": "bigint", "gone": "text"},
+)
+SKU = uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+SCAN = ScanPosition(0, 10, 1_700_000_000_000)
+STREAM = StreamPosition("arn:s", "shardId-00000001-aaaa", "0" * 21, 1_700_000_000_000)
+ADDRESS = namedtuple("address", ["street", "zip", "note"])
+
+
+def mapping(**document: Any) -> TableMapping:
+    return mapping_from_dict(
+        {
+            "source": {"keyspace": "demo", "table": "t"},
+            "index": {"alias": "t"},
+            "document": document,
+        }
+    )
+
+
+def builder(**document: Any) -> DocumentBuilder:
+    return DocumentBuilder(mapping(**document), TABLE)
+
+
+def upsert(image: dict[str, Any], key: tuple[Any, ...] = ("s", Date(1), SKU), **kw: Any) -> Change:
+    full = {"shop": key[0], "day": key[1], "sku": key[2], **image}
+    return Change(Op.UPSERT, key, full, 7, kw.pop("source", STREAM), **kw)
+
+
+def body(change: Change, **document: Any) -> dict[str, Any]:
+    result: dict[str, Any] = orjson.loads(builder(**document).action_for(change).body)
+    return result
+
+
+def test_every_type_converts_to_its_search_form() -> None:
+    image = {
+        "text": "héllo",
+        "n": 2**62,
+        "big": 10**30,
+        "small_varint": 5,
+        "f": 1.5,
+        "ok": True,
+        "price": decimal.Decimal("19.90"),
+        "id2": SKU,
+        "ts": dt.datetime(2024, 1, 2, 3, 4, 5, 678000),
+        "ts_rounding": dt.datetime(2024, 1, 2, 3, 4, 5, 677999),  # driver float noise
+        "d": Date(19723),
+        "t": Time(3723000000009),
+        "dur": Duration(14, 3, 5 * 3600 * 10**9 + 500),
+        "blob": b"\x00\xff",
+        "ip": "10.0.0.1",
+        "tags": SortedSet(["a", "b"]),
+        "list": ["x", "y"],
+        "counts": OrderedMap([("a", 1), ("b", 2)]),
+        "by_date": OrderedMap([(Date(0), 1)]),
+        "address": ADDRESS("Main", 1, None),
+        "pair": (1, "x"),
+        "nested": [OrderedMap([(1, SortedSet([SKU]))])],
+    }
+    table = TableKey("demo", "t", ("shop", "day"), ("sku",), (), {"big": "varint"})
+    doc = orjson.loads(DocumentBuilder(mapping(), table).action_for(upsert(image)).body)
+    assert doc["text"] == "héllo"
+    assert doc["n"] == 2**62
+    assert doc["big"] == str(10**30)
+    assert doc["small_varint"] == 5  # no type known: an int stays a number
+    assert doc["f"] == 1.5 and doc["ok"] is True
+    assert doc["price"] == "19.90"
+    assert doc["id2"] == str(SKU)
+    assert doc["ts"] == "2024-01-02T03:04:05.678Z"
+    assert doc["ts_rounding"] == "2024-01-02T03:04:05.678Z"
+    assert doc["d"] == "2024-01-01" and doc["day"] == "1970-01-02"
+    assert doc["t"] == "01:02:03.000000009"
+    assert doc["dur"] == "P1Y2M3DT5H0.0000005S"
+    assert doc["blob"] == base64.b64encode(b"\x00\xff").decode()
+    assert doc["ip"] == "10.0.0.1"
+    assert doc["tags"] == ["a", "b"] and doc["list"] == ["x", "y"]
+    assert doc["counts"] == {"a": 1, "b": 2}
+    assert doc["by_date"] == {"1970-01-01": 1}
+    assert doc["address"] == {"street": "Main", "zip": 1}
+    assert doc["pair"] == [1, "x"]
+    assert doc["nested"] == [{"1": [str(SKU)]}]
+    assert doc["_ks2os"] == {"version": 7, "source": "stream", "deleted": False}
+
+
+def test_mapping_choices_epoch_millis_numbers_and_explicit_nulls() -> None:
+    image = {
+        "ts": dt.datetime(1970, 1, 1, 0, 0, 1),
+        "big": 10**30,
+        "price": decimal.Decimal("1.10"),
+    }
+    doc = body(upsert(image), timestamps="epoch_millis", big_numbers="number", nulls="explicit")
+    assert doc["ts"] == 1000
+    raw = builder(big_numbers="number").action_for(upsert(image)).body
+    assert b'"price":1.10' in raw  # exact, not through a float
+    assert b'"big":' + str(10**30).encode() in raw
+    assert doc["gone"] is None and doc["n"] is None  # known columns the row lacks
+    assert "gone" not in body(upsert(image))
+
+
+def test_include_exclude_and_rename() -> None:
+    image = {"n": 1, "big": 2, "secret": "x", "name": "k"}
+    doc = body(
+        upsert(image), include=["n", "name", "secret"], exclude=["secret"], rename={"name": "title"}
+    )
+    assert set(doc) == {"shop", "day", "sku", "n", "title", "_ks2os"}
+
+
+def test_expiry_and_source_go_into_the_metadata() -> None:
+    doc = body(upsert({}, source=SCAN, expires_at_ms=123))
+    assert doc["_ks2os"] == {"version": 7, "source": "scan", "expires_at": 123, "deleted": False}
+
+
+def test_a_delete_is_a_tombstone_at_the_changes_version() -> None:
+    change = Change(Op.DELETE, ("s", Date(1), SKU), None, 99, STREAM)
+    action = builder().action_for(change)
+    assert action.op == "index" and action.version == 99
+    assert orjson.loads(action.body) == {
+        "_ks2os": {"version": 99, "source": "stream", "deleted": True}
+    }
+    assert action.doc_id == builder().action_for(upsert({})).doc_id
+
+
+def test_static_only_changes_are_refused_for_now() -> None:
+    change = Change(Op.UPSERT, ("s", Date(1)), {"banner": "x"}, 1, STREAM, static_only=True)
+    with pytest.raises(TerminalError, match="static-only"):
+        builder().action_for(change)
+
+
+def test_ids_are_url_safe_and_unambiguous_for_awkward_keys() -> None:
+    b = builder()
+    awkward = ["a:b", "a/b?c#d", "100%", " spaced ", "ü✓", "", "a%3Ab"]
+    ids = {b.doc_id((shop, Date(0), SKU)) for shop in awkward}
+    assert len(ids) == len(awkward)
+    for doc_id in ids:
+        assert re.fullmatch(r"[A-Za-z0-9_.~%:-]*", doc_id), doc_id
+        assert doc_id.count(":") == 2  # the separators only
+    assert b.doc_id(("a:b", Date(0), SKU)) != b.doc_id(("a", Date(0), SKU))
+    assert b.doc_id(("s", Date(19723), SKU)) == f"s:2024-01-01:{SKU}"
+
+
+def test_ids_and_routing_follow_the_mapping() -> None:
+    b = builder(id=["sku", "shop"], routing="partition")
+    action = b.action_for(upsert({}, key=("s p", Date(0), SKU)))
+    assert action.doc_id == f"{SKU}:s%20p"
+    assert action.routing == "s%20p:1970-01-01"
+    assert builder().action_for(upsert({})).routing is None
+
+
+def test_id_columns_must_be_key_columns() -> None:
+    with pytest.raises(ConfigError, match=r"document.id.*'n'"):
+        builder(id=["n"])
+
+
+def test_key_text_forms_are_canonical() -> None:
+    assert text_form(dt.datetime(2024, 1, 2, 3, 4, 5, 678000)) == "2024-01-02T03:04:05.678Z"
+    assert text_form(b"\x01\xab") == "0x01ab"
+    assert text_form(True) == "true"
+    assert text_form(decimal.Decimal("1.50")) == "1.50"
+    assert text_form(Time(0)) == "00:00:00.000000000"
+    assert text_form((1, "a")) == '[1,"a"]'
+
+
+@pytest.mark.parametrize(
+    ("duration", "text"),
+    [
+        (Duration(0, 0, 0), "PT0S"),
+        (Duration(12, 0, 0), "P1Y"),
+        (Duration(-1, -2, -3 * 10**9), "-P1M2DT3S"),
+        (Duration(0, 0, 61 * 10**9 + 5 * 10**8), "PT1M1.5S"),
+    ],
+)
+def test_iso_durations(duration: Duration, text: str) -> None:
+    assert iso_duration(duration) == text
+
+
+def test_same_row_from_scan_or_stream_gives_the_same_document() -> None:
+    table = TableKey("demo", "t", ("shop",), ("day",), (), {})
+    row = {
+        "shop": "s",
+        "day": Date(19723),
+        "price": decimal.Decimal("2.50"),
+        "tags": SortedSet(["x"]),
+    }
+    record = {
+        "partitionKeys": {"shop": {"textT": "s"}},
+        "clusteringKeys": {"day": {"dateT": "2024-01-01"}},
+        "newImage": {
+            "valueCells": {
+                "price": {"value": {"decimalT": "2.50"}},
+                "tags": {"value": {"setT": [{"value": {"textT": "x"}}]}},
+            }
+        },
+    }
+    b = DocumentBuilder(mapping(), table)
+    from_scan = b.action_for(decode_row(row, table, SCAN, 5))
+    from_stream = b.action_for(decode_record(record, table, STREAM, 5))
+    assert from_scan.doc_id == from_stream.doc_id == "s:2024-01-01"
+    scan_doc, stream_doc = orjson.loads(from_scan.body), orjson.loads(from_stream.body)
+    assert scan_doc.pop("_ks2os")["source"] == "scan"
+    assert stream_doc.pop("_ks2os")["source"] == "stream"
+    assert scan_doc == stream_doc
+
+
+def test_bulk_lines_carry_external_versions() -> None:
+    b = builder(routing="partition")
+    actions = [
+        b.action_for(upsert({"n": 1})),
+        b.action_for(Change(Op.DELETE, ("x", Date(0), SKU), None, 3, STREAM)),
+    ]
+    lines = bulk_lines(actions).split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 5
+    first = orjson.loads(lines[0])
+    assert first == {
+        "index": {
+            "_id": f"s:1970-01-02:{SKU}",
+            "version": 7,
+            "version_type": "external",
+            "routing": "s:1970-01-02",
+        }
+    }
+    assert orjson.loads(lines[2])["index"]["version"] == 3
+
+
+_key_part = st.text(max_size=8) | st.sampled_from([":", "%", "%3A", "/", ""])
+
+
+@given(st.lists(st.tuples(_key_part, _key_part), min_size=2, max_size=6, unique=True))
+def test_distinct_keys_never_share_an_id(keys: list[tuple[str, str]]) -> None:
+    table = TableKey("demo", "t", ("a", "b"))
+    b = DocumentBuilder(mapping(), table)
+    ids = [b.doc_id(key) for key in keys]
+    assert len(set(ids)) == len(keys)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.~%:-]*", doc_id) for doc_id in ids)
+
+
+_durations = st.integers(0, 2**31 - 1).flatmap(
+    lambda months: st.tuples(st.just(months), st.integers(0, 2**31 - 1), st.integers(0, 2**63 - 1))
+)
+
+
+@given(_durations, st.booleans())
+def test_iso_durations_read_back_as_the_same_duration(
+    parts: tuple[int, int, int], negative: bool
+) -> None:
+    sign = -1 if negative else 1
+    duration = Duration(*(sign * part for part in parts))
+    assert decode_cell({"durationT": iso_duration(duration)}, "d") == duration

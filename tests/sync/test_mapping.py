@@ -1,0 +1,177 @@
+"""Mapping files load into typed settings; every mistake is one line naming the key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync.errors import ConfigError
+from sync.mapping import (
+    BigNumbers,
+    Nulls,
+    Routing,
+    Timestamps,
+    field_for_cql_type,
+    load_mapping,
+    mapping_from_dict,
+    propose_mapping,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "mappings" / "example.toml"
+MINIMAL = '[source]\nkeyspace = "demo"\ntable = "t"\n[index]\nalias = "demo-t"\n'
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "m.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_example_loads() -> None:
+    mapping = load_mapping(EXAMPLE)
+    assert (mapping.keyspace, mapping.table, mapping.alias) == ("demo", "products", "demo-products")
+    assert mapping.document.id == ("shop", "region", "sku")
+    assert mapping.document.rename == {"name": "title"}
+    assert mapping.document.routing is Routing.PARTITION
+    assert mapping.mappings["properties"]["tags"] == {"type": "keyword"}
+    assert mapping.settings["index"]["refresh_interval"] == "1s"
+    assert mapping.path == str(EXAMPLE)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    mapping = load_mapping(write(tmp_path, MINIMAL))
+    spec = mapping.document
+    assert spec.id is None and spec.include is None and spec.exclude == ()
+    assert spec.routing is Routing.NONE and spec.timestamps is Timestamps.ISO8601
+    assert spec.big_numbers is BigNumbers.STRING and spec.nulls is Nulls.OMIT
+    assert mapping.settings == {
+        "index": {"number_of_shards": 1, "number_of_replicas": 1, "refresh_interval": "1s"}
+    }
+    assert mapping.mappings == {}
+
+
+def test_user_settings_merge_over_the_defaults(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        '[index.settings]\n"index.refresh_interval" = "5s"\nnumber_of_replicas = 0\n'
+        '[index.settings.analysis.analyzer.folded]\ntype = "standard"\n'
+    )
+    settings = load_mapping(write(tmp_path, text)).settings
+    assert settings["index"]["refresh_interval"] == "5s"
+    assert settings["index"]["number_of_replicas"] == 0
+    assert settings["index"]["number_of_shards"] == 1
+    assert settings["index"]["analysis"] == {"analyzer": {"folded": {"type": "standard"}}}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ('[index]\nalias = "a"\n', "[source]", "present"),
+        ('[source]\nkeyspace = "k"\ntable = "t"\n', "[index]", "present"),
+        ('[source]\ntable = "t"\n[index]\nalias = "a"\n', "source.keyspace", "non-empty string"),
+        (
+            '[source]\nkeyspace = 3\ntable = "t"\n[index]\nalias = "a"\n',
+            "source.keyspace",
+            "string",
+        ),
+        (MINIMAL.replace('"demo-t"', '"Demo T"'), "index.alias", "lowercase"),
+        (MINIMAL + "[index.settings]\n", None, None),
+        (MINIMAL + "[extra]\n", "extra", "one of the sections"),
+        (MINIMAL + "[document]\nflavour = 1\n", "document.flavour", "one of"),
+        (MINIMAL + '[document]\nrouting = "shard"\n', "document.routing", '"none" or "partition"'),
+        (MINIMAL + '[document]\ntimestamps = "unix"\n', "document.timestamps", '"iso8601"'),
+        (MINIMAL + '[document]\nbig_numbers = "float"\n', "document.big_numbers", '"string"'),
+        (MINIMAL + '[document]\nnulls = "drop"\n', "document.nulls", '"omit"'),
+        (MINIMAL + "[document]\nid = []\n", "document.id", "non-empty list of column names"),
+        (MINIMAL + '[document]\ninclude = "a"\n', "document.include", "list of column names"),
+        (MINIMAL + '[document]\nexclude = ["a", "a"]\n', "document.exclude", "without repeats"),
+        (MINIMAL + "[document]\nrename = { a = 1 }\n", "document.rename.a", "field name"),
+        (MINIMAL + '[document]\nrename = "a"\n', "document.rename", "a table"),
+        (
+            MINIMAL.replace('[index]\nalias = "demo-t"\n', '[index]\nalias = "a"\nmappings = 3\n'),
+            "index.mappings",
+            "a table",
+        ),
+        ("[source\n", None, "not valid TOML"),
+    ],
+)
+def test_every_mistake_is_one_line_naming_file_and_key(
+    tmp_path: Path, text: str, key: str | None, expected: str | None
+) -> None:
+    path = write(tmp_path, text)
+    if expected is None:
+        load_mapping(path)
+        return
+    with pytest.raises(ConfigError) as raised:
+        load_mapping(path)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    if key is not None:
+        assert key in message
+    assert expected in message
+    assert raised.value.hint
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_mapping(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("cql_type", "field"),
+    [
+        ("text", {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}),
+        ("uuid", {"type": "keyword"}),
+        ("timeuuid", {"type": "keyword"}),
+        ("inet", {"type": "ip"}),
+        ("tinyint", {"type": "byte"}),
+        ("smallint", {"type": "short"}),
+        ("int", {"type": "integer"}),
+        ("bigint", {"type": "long"}),
+        ("counter", {"type": "long"}),
+        ("varint", {"type": "keyword"}),
+        ("decimal", {"type": "keyword"}),
+        ("float", {"type": "float"}),
+        ("double", {"type": "double"}),
+        ("boolean", {"type": "boolean"}),
+        ("timestamp", {"type": "date", "format": "strict_date_optional_time||epoch_millis"}),
+        ("date", {"type": "date", "format": "strict_date||epoch_millis"}),
+        ("time", {"type": "keyword"}),
+        ("duration", {"type": "keyword"}),
+        ("blob", {"type": "binary"}),
+        ("list<int>", {"type": "integer"}),
+        ("set<frozen<list<bigint>>>", {"type": "long"}),
+        ("map<text, frozen<map<int, text>>>", {"type": "flat_object"}),
+        ("tuple<int, text>", {"type": "keyword"}),
+        ("frozen<address>", {"type": "object", "dynamic": True}),
+    ],
+)
+def test_field_types_per_cql_type(cql_type: str, field: dict[str, Any]) -> None:
+    assert field_for_cql_type(cql_type) == field
+
+
+def test_a_proposed_mapping_loads_back(tmp_path: Path) -> None:
+    columns = [
+        ("shop", "text", "partition_key"),
+        ("Region Id", "int", "partition_key"),
+        ("sku", "uuid", "clustering"),
+        ("banner", "text", "static"),
+        ("tags", "set<text>", "regular"),
+        ('quote"d', "map<text, int>", "regular"),
+    ]
+    text = propose_mapping("Demo", "Products", columns)
+    parsed = tomllib.loads(text)
+    assert set(parsed["index"]["mappings"]["properties"]) == {c[0] for c in columns}
+    mapping = mapping_from_dict(parsed, "proposed.toml")
+    assert mapping.alias == "demo-products"
+    assert mapping.document.id == ("shop", "Region Id", "sku")
+    assert mapping.mappings["dynamic"] == "strict"
+    assert mapping.mappings["properties"]['quote"d'] == {"type": "flat_object"}
+
+
+def test_a_proposal_takes_a_chosen_alias() -> None:
+    text = propose_mapping("demo", "t", [("id", "int", "partition_key")], alias="search-t")
+    assert tomllib.loads(text)["index"]["alias"] == "search-t"
