@@ -68,9 +68,17 @@ def emulator() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def cql_cluster(emulator: Any) -> Iterator[Any]:
-    from cassandra.cluster import Cluster
+    from cassandra import ConsistencyLevel
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 
-    cluster = Cluster(["127.0.0.1"], port=emulator.cql_port, protocol_version=4)
+    # Keyspaces takes writes at LOCAL_QUORUM only.
+    profile = ExecutionProfile(consistency_level=ConsistencyLevel.LOCAL_QUORUM)
+    cluster = Cluster(
+        ["127.0.0.1"],
+        port=emulator.cql_port,
+        protocol_version=4,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+    )
     try:
         yield cluster
     finally:
@@ -79,12 +87,7 @@ def cql_cluster(emulator: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def cql(cql_cluster: Any) -> Any:
-    from cassandra import ConsistencyLevel
-
-    session = cql_cluster.connect()
-    # Keyspaces takes writes at LOCAL_QUORUM only.
-    session.default_consistency_level = ConsistencyLevel.LOCAL_QUORUM
-    return session
+    return cql_cluster.connect()
 
 
 @pytest.fixture
