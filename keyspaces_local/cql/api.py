@@ -138,7 +138,9 @@ class Engine(Protocol):
 
     def prepare(self, cql: str, keyspace: str | None) -> Prepared: ...
 
-    def execute(self, statement_id: bytes, options: QueryOptions, keyspace: str | None) -> Result: ...
+    def execute(
+        self, statement_id: bytes, options: QueryOptions, keyspace: str | None
+    ) -> Result: ...
 
     def batch(
         self,
