@@ -31,6 +31,10 @@ READ_CONSISTENCY = {
 }
 
 
+# Enough HTTP connections for every backfill worker and follower shard thread.
+POOL_SIZE = 32
+
+
 def _aws_session(region: str) -> boto3.session.Session:
     return boto3.session.Session(region_name=region)
 
@@ -123,6 +127,8 @@ def opensearch_client(cfg: Config) -> OpenSearch:
         "http_compress": False,
         # The writer retries through one backoff policy; transport retries would stack on it.
         "max_retries": 0,
+        # One pooled connection per worker thread, so parallel bulk requests do not queue.
+        "pool_maxsize": POOL_SIZE,
     }
     if os_cfg.ca_file:
         options["ca_certs"] = os_cfg.ca_file

@@ -60,5 +60,8 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # The drivers are chatty at INFO about connection details that are not ours to report.
-    for noisy in ("cassandra", "opensearch", "botocore", "urllib3"):
+    for noisy in ("cassandra", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # opensearch-py logs every non-2xx answer as a warning, including the 409s that are
+    # our version and lease checks working; ks2os logs what those answers mean.
+    logging.getLogger("opensearch").setLevel(max(logging.ERROR, root.level))
