@@ -198,3 +198,12 @@ def test_batch_using_timestamp_follows_the_table_rules(plain: EngineSession, clo
             f"BEGIN BATCH USING TIMESTAMP {clock.now_us()} "
             "INSERT INTO plain (k, v) VALUES (1, 1); APPLY BATCH"
         )
+
+
+def test_a_batch_with_a_conditional_member_writes_nothing(plain: EngineSession) -> None:
+    with pytest.raises(Invalid):
+        plain.execute(
+            "BEGIN BATCH INSERT INTO plain (k, v) VALUES (1, 1); "
+            "UPDATE plain SET v = 2 WHERE k = 2 IF v = 1; APPLY BATCH"
+        )
+    assert plain.rows("SELECT * FROM plain") == []
