@@ -9,6 +9,10 @@ as it exists. Searches go through the alias, whose filter hides tombstones
 and expired rows (`sync.indices.alias_filter`).
 
 Every document carries `_ks2os = {version, source, expires_at?, deleted}`.
+Tables with static columns are written by `sync.statics` instead, from the
+pieces this builder gives it (`row_fields`, `static_values`, `partition_id`,
+`partition_doc_id`): their row documents add `partition` and
+`static_version`, and each partition has a document of its own.
 
 The document id is the id columns' canonical text forms, each
 percent-encoded (so `:` never occurs inside one) and joined with `:`. The
@@ -38,6 +42,10 @@ from sync.model import Change, Op, ScanPosition
 from sync.schema import TableKey
 
 META_FIELD = "_ks2os"
+# A partition document's id is this prefix and the partition id. Row ids are
+# percent-encoded components (never a `!`), so no row id can start with it.
+PARTITION_ID_PREFIX = "!p:"
+PARTITION_KIND = "partition"
 _EPOCH = dt.datetime(1970, 1, 1)
 _ONE_MS = dt.timedelta(milliseconds=1)
 _NANOS_PER_SECOND = 10**9
@@ -285,6 +293,10 @@ class DocumentBuilder:
         self._planned = frozenset(column for column, _, _ in self._plan)
         # Without an include list, columns the schema did not list still go in.
         self._take_unplanned = spec.include is None
+        static_columns = frozenset(table.static)
+        self.static_fields = frozenset(
+            field_name for column, field_name, _ in self._plan if column in static_columns
+        )
 
     def _positions(self, columns: Iterable[str], key: str) -> tuple[int, ...]:
         key_columns = self.table.key_columns
@@ -322,13 +334,61 @@ class DocumentBuilder:
             return None
         return ":".join([_quote(text_form(key[i])) for i in self._routing_positions])
 
+    # ------------------------------------------------ tables with static columns
+
+    def partition_id(self, key: tuple[Any, ...]) -> str:
+        """The partition's id (its key's components, as in a document id), from a row or
+        partition key: the partition-key columns come first in both."""
+        count = len(self.table.partition_key)
+        return ":".join([_quote(text_form(value)) for value in key[:count]])
+
+    @staticmethod
+    def partition_doc_id(partition_id: str) -> str:
+        """The id of the partition document that holds the partition's static values."""
+        return PARTITION_ID_PREFIX + partition_id
+
+    @staticmethod
+    def source_kind(change: Change) -> str:
+        return "scan" if isinstance(change.source, ScanPosition) else "stream"
+
+    def row_fields(self, image: Mapping[str, Any]) -> dict[str, Any]:
+        """The document fields of a row image without its static columns."""
+        statics = self.static_fields
+        return {name: value for name, value in self._source(image).items() if name not in statics}
+
+    def static_values(self, image: Mapping[str, Any]) -> dict[str, Any]:
+        """The document fields of the static columns in `image` (the partition's statics)."""
+        statics = self.static_fields
+        return {name: value for name, value in self._source(image).items() if name in statics}
+
+    def carries_statics(self, change: Change) -> bool:
+        """Does the change say what the partition's static values are, at its version?
+
+        A static-only change does; so does a snapshot row, which reads the
+        partition's statics with the row (a missing one is null); a stream row
+        record only when it has static cells (Keyspaces sends a write that
+        touches statics and row as two records, so normally it has none).
+        """
+        if change.static_only:
+            return True
+        if change.op is Op.DELETE or change.image is None:
+            return False
+        if isinstance(change.source, ScanPosition):
+            return True
+        return any(column in change.image for column in self.table.static)
+
     def action_for(self, change: Change) -> BulkAction:
-        """The bulk action that writes `change` (a tombstone for a delete)."""
+        """The bulk action that writes `change` (a tombstone for a delete).
+
+        Only for tables without static columns: a static-only change has no
+        single action; `BulkWriter` writes those tables' changes by merging
+        (`sync.statics`).
+        """
         if change.static_only:
             raise TerminalError(
                 f"{self.table.qualified_name}: a static-only change (partition {change.key!r}) "
-                "cannot be written yet",
-                hint="static-column fan-out to the partition's rows is not implemented",
+                "has no single versioned action",
+                hint="write it through BulkWriter, which merges statics into the partition's rows",
             )
         meta: dict[str, Any] = {
             "version": change.version,

@@ -1,9 +1,10 @@
 """Versioned indexes and their alias: create `<alias>_v<N>`, swap atomically, check mappings.
 
 Searches always go through the alias. Its filter hides tombstones (deleted
-rows) and rows whose TTL has run out, so a document stops being found the
-moment its row stops being readable in Keyspaces, not when the late TTL
-record arrives. Writers write to the concrete index the alias points at (or
+rows), partition documents (a static table's per-partition static values,
+see `sync.statics`) and rows whose TTL has run out, so a document stops
+being found the moment its row stops being readable in Keyspaces, not when
+the late TTL record arrives. Writers write to the concrete index the alias points at (or
 to a new index being built by a reindex).
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import NotFoundError
 
-from sync.documents import META_FIELD
+from sync.documents import META_FIELD, PARTITION_KIND
 from sync.errors import MappingConflict
 from sync.mapping import TableMapping
 
@@ -27,6 +28,13 @@ META_MAPPING: Mapping[str, Any] = {
         "source": {"type": "keyword"},
         "expires_at": {"type": "date", "format": "epoch_millis"},
         "deleted": {"type": "boolean"},
+        # Tables with static columns only (sync.statics): which partition a
+        # document belongs to, the version of the statics it shows, and the
+        # partition documents' own values (stored, never searched).
+        "kind": {"type": "keyword"},
+        "partition": {"type": "keyword"},
+        "static_version": {"type": "long"},
+        "statics": {"type": "object", "enabled": False},
     }
 }
 
@@ -40,11 +48,12 @@ def index_settings_and_mappings(mapping: TableMapping) -> dict[str, Any]:
 
 
 def alias_filter() -> dict[str, Any]:
-    """Hide tombstones and expired rows from everything that reads through the alias."""
+    """Hide tombstones, partition documents and expired rows from readers of the alias."""
     return {
         "bool": {
             "must_not": [
                 {"term": {f"{META_FIELD}.deleted": True}},
+                {"term": {f"{META_FIELD}.kind": PARTITION_KIND}},
                 {"range": {f"{META_FIELD}.expires_at": {"lte": "now"}}},
             ]
         }

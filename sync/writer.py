@@ -16,6 +16,12 @@ raised and nothing of the batch should be checkpointed. `write` returns only
 once every change is resolved, so the caller may checkpoint exactly the batch
 it passed.
 
+Tables with static columns take another path (`sync.statics`): a row
+document there depends on two version lines (the row's and its partition's
+statics), so rows are written with optimistic concurrency and statics kept
+in per-partition documents. `write` chooses by the table; its contract (every
+change applied, stale or dead-lettered when it returns) is the same.
+
 One `BulkWriter` may be shared by several threads, each writing its own
 batches: per-call state is local, the cumulative counters take a lock, and
 opensearch-py's client is thread-safe.
@@ -39,6 +45,7 @@ from sync.deadletter import DeadLetter, DeadLetterStore
 from sync.documents import BulkAction, DocumentBuilder
 from sync.errors import DecodeError, OpenSearchUnavailable, TerminalError
 from sync.model import Change
+from sync.statics import MergeResult, Outcome, StaticMergeWriter
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +140,16 @@ class BulkWriter:
         self.dead_letters = dead_letters
         self.settings = settings or WriterSettings()
         self.counters = WriterCounters()
+        self._merging = (
+            StaticMergeWriter(client, index, builder, self.settings)
+            if builder.table.static
+            else None
+        )
 
     def write(self, changes: Sequence[Change]) -> WriteReport:
         """Apply `changes`; returns once each is applied, stale or dead-lettered."""
+        if self._merging is not None:
+            return self._write_merging(self._merging, changes)
         report = WriteReport()
         requests = 0
         try:
@@ -145,6 +159,23 @@ class BulkWriter:
                 requests += self._write_chunk(chunk, report)
         finally:
             self.counters.add(report, requests)
+        return report
+
+    def _write_merging(self, merging: StaticMergeWriter, changes: Sequence[Change]) -> WriteReport:
+        """A static table's batch: one outcome per change (`bytes` counts every request)."""
+        report = WriteReport()
+        result = MergeResult()
+        try:
+            merging.write(changes, result)
+            report.retries, report.bytes = result.retries, result.bytes
+            for outcome in result.outcomes.values():
+                if outcome is Outcome.APPLIED:
+                    report.applied += 1
+                elif outcome is Outcome.STALE:
+                    report.stale += 1
+            self._put_dead(list(result.dead.values()), report)
+        finally:
+            self.counters.add(report, result.requests)
         return report
 
     # ---------------------------------------------------------------- build

@@ -151,7 +151,8 @@ def test_a_delete_is_a_tombstone_at_the_changes_version() -> None:
     assert action.doc_id == builder().action_for(upsert({})).doc_id
 
 
-def test_static_only_changes_are_refused_for_now() -> None:
+def test_a_static_only_change_is_no_single_document() -> None:
+    """It touches every row of its partition: the merge path (sync/statics.py) writes it."""
     change = Change(Op.UPSERT, ("s", Date(1)), {"banner": "x"}, 1, STREAM, static_only=True)
     with pytest.raises(TerminalError, match="static-only"):
         builder().action_for(change)
