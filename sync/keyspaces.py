@@ -1,0 +1,155 @@
+"""What ks2os reads about a source table over CQL: its layout, its Keyspaces options, the clock.
+
+The key layout comes from the driver's schema metadata; the Keyspaces-only
+options (client-side timestamps, TTL, CDC and its stream) from
+`system_schema_mcs.tables`. `service_now_ms` reads the service's own clock,
+which snapshot versions are based on (never the host clock: it may be off).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cassandra.cluster import Session
+
+from sync.errors import ConfigError
+from sync.schema import TableKey
+
+log = logging.getLogger(__name__)
+
+VIEW_TYPES = ("NEW_AND_OLD_IMAGES", "NEW_IMAGE", "OLD_IMAGE", "KEYS_ONLY")
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A source table's layout and Keyspaces options, as read at start."""
+
+    key: TableKey
+    regular: tuple[str, ...]  # regular (non-key, non-static) columns in schema order
+    client_side_timestamps: bool
+    ttl_enabled: bool
+    cdc_enabled: bool
+    view_type: str | None  # NEW_AND_OLD_IMAGES | NEW_IMAGE | OLD_IMAGE | KEYS_ONLY
+    latest_stream_arn: str | None
+
+    @property
+    def keyspace(self) -> str:
+        return self.key.keyspace
+
+    @property
+    def name(self) -> str:
+        return self.key.table
+
+    @property
+    def qualified_name(self) -> str:
+        return self.key.qualified_name
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column: key columns, then static, then regular."""
+        return self.key.key_columns + self.key.static + self.regular
+
+    def require_stream(self) -> str:
+        """The table's latest stream ARN, or a ConfigError saying how to enable CDC."""
+        if not self.cdc_enabled or not self.latest_stream_arn:
+            raise ConfigError(no_cdc_message(self.keyspace, self.name))
+        return self.latest_stream_arn
+
+    def version_rule(self) -> str:
+        """One line saying which version rule ks2os applies to this table."""
+        mode = "on" if self.client_side_timestamps else "off"
+        return (
+            f"table {self.qualified_name}: client-side timestamps {mode}: versions come from "
+            "stream order (createdAt + shard lineage) and the service clock at read; "
+            "WRITETIME() is not used"
+        )
+
+
+def quote(identifier: str) -> str:
+    """A CQL identifier, always double-quoted (case and reserved words survive)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def qualified(keyspace: str, table: str) -> str:
+    return f"{quote(keyspace)}.{quote(table)}"
+
+
+def no_cdc_message(keyspace: str, table: str) -> str:
+    return (
+        f"table {keyspace}.{table} has no CDC stream: enable it with ALTER TABLE "
+        f"{qualified(keyspace, table)} WITH cdc = true AND CUSTOM_PROPERTIES = "
+        "{'cdc_specification': {'view_type': 'NEW_AND_OLD_IMAGES'}}"
+    )
+
+
+def describe_table(session: Session, keyspace: str, table: str) -> TableInfo:
+    """Read the table's layout and options; ConfigError when the table does not exist."""
+    key, regular = _layout(session, keyspace, table)
+    options = _mcs_options(session, keyspace, table)
+    props = options.get("custom_properties") or {}
+    cdc_spec = props.get("cdc_specification") or {}
+    info = TableInfo(
+        key=key,
+        regular=regular,
+        client_side_timestamps=_enabled(props.get("client_side_timestamps")),
+        ttl_enabled=_enabled(props.get("ttl")) or int(options.get("default_time_to_live") or 0) > 0,
+        cdc_enabled=bool(options.get("cdc")) and _enabled(cdc_spec, default=True),
+        view_type=cdc_spec.get("view_type") if cdc_spec else None,
+        latest_stream_arn=cdc_spec.get("latest_stream_arn") if cdc_spec else None,
+    )
+    return info
+
+
+def _enabled(prop: Mapping[str, str] | None, *, default: bool = False) -> bool:
+    if not prop:
+        return default
+    return str(prop.get("status", "")).lower() in ("enabled", "true")
+
+
+def _layout(session: Session, keyspace: str, table: str) -> tuple[TableKey, tuple[str, ...]]:
+    cluster = session.cluster
+    cluster.refresh_table_metadata(keyspace, table)
+    meta = cluster.metadata.keyspaces.get(keyspace)
+    table_meta = None if meta is None else meta.tables.get(table)
+    if table_meta is None:
+        raise ConfigError(f"table {keyspace}.{table} does not exist")
+    partition = tuple(c.name for c in table_meta.partition_key)
+    clustering = tuple(c.name for c in table_meta.clustering_key)
+    static = tuple(c.name for c in table_meta.columns.values() if c.is_static)
+    keys = set(partition) | set(clustering) | set(static)
+    regular = tuple(name for name in table_meta.columns if name not in keys)
+    types = {name: c.cql_type for name, c in table_meta.columns.items()}
+    return TableKey(keyspace, table, partition, clustering, static, types), regular
+
+
+def _mcs_options(session: Session, keyspace: str, table: str) -> dict[str, Any]:
+    # Filtered here rather than in CQL: restricting table_name alone is
+    # portable across servers whatever their key layout of this system table.
+    rows = session.execute(
+        "SELECT table_name, cdc, custom_properties, default_time_to_live "
+        "FROM system_schema_mcs.tables WHERE keyspace_name = %s",
+        (keyspace,),
+    )
+    row = next((r for r in rows if _field(r, "table_name") == table), None)
+    if row is None:
+        raise ConfigError(f"table {keyspace}.{table} does not exist")
+    return {
+        "cdc": _field(row, "cdc"),
+        "custom_properties": _field(row, "custom_properties"),
+        "default_time_to_live": _field(row, "default_time_to_live"),
+    }
+
+
+def _field(row: Any, name: str) -> Any:
+    # The session's row factory may give named tuples or dicts.
+    return row[name] if isinstance(row, Mapping) else getattr(row, name)
+
+
+def service_now_ms(session: Session) -> int:
+    """The service clock in epoch ms, read over CQL (not this host's clock)."""
+    row = session.execute("SELECT toUnixTimestamp(now()) FROM system.local").one()
+    value = next(iter(row.values())) if isinstance(row, Mapping) else row[0]
+    return int(value)

@@ -1,0 +1,189 @@
+"""The snapshot scan: read a table over CQL as token ranges, page by page, as `Change`s.
+
+The Murmur3 ring (-2**63 .. 2**63-1) is split into ranges (start exclusive,
+end inclusive); each range is read with one prepared statement restricted on
+`token(<partition key>)`, page by page with the driver's paging state. Before
+each page the service clock is read over CQL, and every row of the page gets
+`snapshot_version(read_at, margin)`: lower than any stream record the read
+could have missed, so the follower always wins over a snapshot row it did not
+see (sync/version.py). Write times are never selected.
+
+Memory is bounded: one page of rows (and the changes built from it) per
+worker at a time. A scan can resume from the token of the last row of the
+last page it wrote: rows of one partition may span pages, so it resumes *at*
+that token, reading that partition again (harmless: same versions or lower).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cassandra import ConsistencyLevel
+from cassandra.cluster import Session
+from cassandra.query import PreparedStatement
+
+from sync.errors import ConfigError
+from sync.keyspaces import TableInfo, qualified, quote, service_now_ms
+from sync.model import Change, ScanPosition
+from sync.sources.rows import decode_row, ttl_alias
+from sync.version import snapshot_version
+
+log = logging.getLogger(__name__)
+
+MIN_TOKEN = -(2**63)
+MAX_TOKEN = 2**63 - 1
+
+READ_CONSISTENCY = {
+    "LOCAL_QUORUM": ConsistencyLevel.LOCAL_QUORUM,
+    "LOCAL_ONE": ConsistencyLevel.LOCAL_ONE,
+    "ONE": ConsistencyLevel.ONE,
+}
+
+# Result columns we add after the table's own: the row's token, then TTL()s.
+TOKEN_COLUMN = "ks2os_token"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRange:
+    """Tokens t with start < t <= end; the first range of the ring also holds MIN_TOKEN."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not MIN_TOKEN <= self.start < self.end <= MAX_TOKEN:
+            raise ValueError(f"not a token range: ({self.start}, {self.end}]")
+
+    @property
+    def width(self) -> int:
+        return self.end - self.start
+
+    def fraction_done(self, last_token: int | None) -> float:
+        """How far a scan that reached `last_token` is through this range, 0..1."""
+        if last_token is None:
+            return 0.0
+        done = min(max(last_token, self.start), self.end) - self.start
+        return done / self.width
+
+    def resume_from(self, last_token: int | None) -> TokenRange:
+        """The part still to read when the scan reached `last_token` (read it again)."""
+        if last_token is None or last_token <= self.start:
+            return self
+        if last_token - 1 <= self.start:
+            return self
+        return TokenRange(min(last_token - 1, self.end - 1), self.end)
+
+
+def split_ring(count: int) -> list[TokenRange]:
+    """The whole ring as `count` contiguous ranges of (nearly) equal width."""
+    if count < 1:
+        raise ValueError("at least one range")
+    span = MAX_TOKEN - MIN_TOKEN
+    bounds = [MIN_TOKEN + span * i // count for i in range(count)] + [MAX_TOKEN]
+    return [TokenRange(bounds[i], bounds[i + 1]) for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPage:
+    """One page of a range scan, decoded; `last_token` is where a resumed scan starts."""
+
+    changes: list[Change]
+    last_token: int | None  # None: the page held no rows
+    rows: int
+
+
+def read_consistency(name: str) -> int:
+    """A consistency Keyspaces accepts for reads, or a ConfigError."""
+    try:
+        level: int = READ_CONSISTENCY[name]
+    except KeyError:
+        allowed = ", ".join(READ_CONSISTENCY)
+        raise ConfigError(f"read consistency {name} is not allowed; use one of {allowed}") from None
+    return level
+
+
+class SnapshotScanner:
+    """Prepared statements and settings for scanning one table; safe to share by threads."""
+
+    def __init__(
+        self,
+        session: Session,
+        info: TableInfo,
+        *,
+        page_size: int = 1000,
+        consistency: str = "LOCAL_QUORUM",
+        margin_ms: int = 5000,
+    ) -> None:
+        self._session = session
+        self.info = info
+        self.page_size = page_size
+        self.margin_ms = margin_ms
+        self._consistency = read_consistency(consistency)
+        # TTL() only for regular columns: key columns have none, statics are per partition.
+        self.ttl_columns: tuple[str, ...] = (
+            tuple(c for c in info.regular if ttl_capable(info.key.cql_type(c)))
+            if info.ttl_enabled
+            else ()
+        )
+        self.selected: tuple[str, ...] = info.columns
+        select = self._select_list()
+        token = f"token({', '.join(quote(c) for c in info.key.partition_key)})"
+        table = qualified(info.keyspace, info.name)
+        where = f"FROM {table} WHERE {token} {{op}} ? AND {token} <= ?"
+        self._after: PreparedStatement = self._prepare(f"SELECT {select} {where.format(op='>')}")
+        # Only the first range must include MIN_TOKEN itself.
+        self._from: PreparedStatement = self._prepare(f"SELECT {select} {where.format(op='>=')}")
+
+    def _select_list(self) -> str:
+        partition = ", ".join(quote(c) for c in self.info.key.partition_key)
+        parts = [quote(c) for c in self.selected]
+        parts.append(f"token({partition}) AS {quote(TOKEN_COLUMN)}")
+        parts += [f"TTL({quote(c)}) AS {quote(ttl_alias(c))}" for c in self.ttl_columns]
+        return ", ".join(parts)
+
+    def _prepare(self, cql: str) -> PreparedStatement:
+        statement: PreparedStatement = self._session.prepare(cql)
+        statement.consistency_level = self._consistency
+        statement.fetch_size = self.page_size
+        return statement
+
+    def scan(self, token_range: TokenRange) -> Iterator[ScanPage]:
+        """Read the range page by page; each page is decoded before the next is fetched."""
+        statement = self._from if token_range.start == MIN_TOKEN else self._after
+        params = (token_range.start, token_range.end)
+        paging_state: bytes | None = None
+        while True:
+            read_at_ms = service_now_ms(self._session)
+            result = self._session.execute(statement, params, paging_state=paging_state)
+            rows = result.current_rows
+            yield self._decode_page(rows, token_range, read_at_ms)
+            paging_state = result.paging_state
+            if paging_state is None:
+                return
+
+    def _decode_page(self, rows: list[Any], token_range: TokenRange, read_at_ms: int) -> ScanPage:
+        position = ScanPosition(token_range.start, token_range.end, read_at_ms)
+        version = snapshot_version(read_at_ms, self.margin_ms)
+        changes: list[Change] = []
+        last: int | None = None
+        for row in rows:
+            fields = _as_dict(row)
+            last = int(fields.pop(TOKEN_COLUMN))
+            changes.append(decode_row(fields, self.info.key, position, version, self.ttl_columns))
+        return ScanPage(changes, last, len(rows))
+
+
+def ttl_capable(cql_type: str | None) -> bool:
+    """TTL() works on scalars and frozen values, not on non-frozen collections."""
+    text = (cql_type or "").strip().lower()
+    return not text.startswith(("list<", "set<", "map<"))
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    if isinstance(row, dict):
+        return row
+    fields: dict[str, Any] = row._asdict()
+    return fields

@@ -1,0 +1,198 @@
+"""The state store against a real OpenSearch-compatible server (osmem).
+
+What users rely on: exactly one worker owns a shard or range at a time, a
+worker that lost its lease cannot move a checkpoint, a crashed worker's unit
+is taken over after its lease expires, and checkpoints carry what a restart
+needs (sequence number and version; final versions of finished shards).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from opensearchpy import OpenSearch
+
+from sync.state import LeaseLost, StateStore
+
+TABLE = "ks.t"
+ARN = "arn:aws:cassandra:us-east-1:111122223333:/keyspace/ks/table/t/stream/2026-01-01T00:00:00.000"
+
+
+class FakeClock:
+    """Epoch ms that a test moves by hand, so leases expire without waiting."""
+
+    def __init__(self, now_ms: int = 1_800_000_000_000) -> None:
+        self.now = now_ms
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def client(osmem_clone: object) -> Iterator[OpenSearch]:
+    client = OpenSearch(hosts=[osmem_clone.url])  # type: ignore[attr-defined]
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def store(client: OpenSearch, clock: FakeClock, lease_seconds: float = 30) -> StateStore:
+    return StateStore(client, ".ks2os-state", lease_seconds=lease_seconds, clock=clock)
+
+
+def test_a_shard_has_one_owner_until_its_lease_expires(
+    client: OpenSearch, clock: FakeClock
+) -> None:
+    a, b = store(client, clock), store(client, clock)
+    mine = a.acquire_shard(TABLE, ARN, "shardId-0001", "worker-a", start_version=7)
+    assert mine is not None and mine.lease.owner == "worker-a"
+    assert mine.version == 7 and mine.sequence_number is None
+
+    assert b.acquire_shard(TABLE, ARN, "shardId-0001", "worker-b") is None
+    clock.now += 29_000
+    assert b.acquire_shard(TABLE, ARN, "shardId-0001", "worker-b") is None
+
+    clock.now += 2_000  # past expiry: worker-a crashed without releasing
+    theirs = b.acquire_shard(TABLE, ARN, "shardId-0001", "worker-b")
+    assert theirs is not None and theirs.lease.owner == "worker-b"
+    assert theirs.version == 7  # the takeover continues from the stored checkpoint
+
+
+def test_a_worker_that_lost_its_lease_cannot_move_the_checkpoint(
+    client: OpenSearch, clock: FakeClock
+) -> None:
+    a, b = store(client, clock), store(client, clock)
+    zombie = a.acquire_shard(TABLE, ARN, "shardId-0002", "worker-a")
+    assert zombie is not None
+    zombie = a.checkpoint_shard(zombie, "000000000000000000010", 100)
+    clock.now += 31_000
+    owner = b.acquire_shard(TABLE, ARN, "shardId-0002", "worker-b")
+    assert owner is not None and owner.sequence_number == "000000000000000000010"
+    owner = b.checkpoint_shard(owner, "000000000000000000020", 200)
+
+    with pytest.raises(LeaseLost):
+        a.checkpoint_shard(zombie, "000000000000000000030", 300)
+    with pytest.raises(LeaseLost):
+        a.renew_shard(zombie)
+    with pytest.raises(LeaseLost):
+        a.release_shard(zombie)
+
+    stored = a.get_shard(TABLE, ARN, "shardId-0002")
+    assert stored is not None
+    assert (stored.sequence_number, stored.version, stored.lease.owner) == (
+        "000000000000000000020",
+        200,
+        "worker-b",
+    )
+
+
+def test_release_frees_the_shard_at_once(client: OpenSearch, clock: FakeClock) -> None:
+    a, b = store(client, clock), store(client, clock)
+    mine = a.acquire_shard(TABLE, ARN, "shardId-0003", "worker-a")
+    assert mine is not None
+    a.release_shard(a.checkpoint_shard(mine, "000000000000000000005", 55))
+    theirs = b.acquire_shard(TABLE, ARN, "shardId-0003", "worker-b")
+    assert theirs is not None
+    assert (theirs.sequence_number, theirs.version) == ("000000000000000000005", 55)
+
+
+def test_renew_keeps_the_lease_past_its_first_expiry(client: OpenSearch, clock: FakeClock) -> None:
+    a, b = store(client, clock), store(client, clock)
+    mine = a.acquire_shard(TABLE, ARN, "shardId-0004", "worker-a")
+    assert mine is not None
+    for _ in range(5):
+        clock.now += int(a.renew_interval_s * 1000)
+        mine = a.renew_shard(mine)
+    assert b.acquire_shard(TABLE, ARN, "shardId-0004", "worker-b") is None
+
+
+def test_a_finished_shard_keeps_its_final_version_and_is_never_leased_again(
+    client: OpenSearch, clock: FakeClock
+) -> None:
+    a = store(client, clock)
+    mine = a.acquire_shard(TABLE, ARN, "shardId-0005", "worker-a")
+    assert mine is not None
+    a.finish_shard(mine, final_version=12345, sequence_number="000000000000000000099")
+    clock.now += 60_000
+    assert a.acquire_shard(TABLE, ARN, "shardId-0005", "worker-b") is None
+    states = a.get_shards(TABLE, ARN, ["shardId-0005", "shardId-never"])
+    assert set(states) == {"shardId-0005"}
+    done = states["shardId-0005"]
+    assert done.finished and done.final_version == 12345 and done.lease.owner is None
+    assert [s.shard_id for s in a.list_shards(TABLE, ARN)] == ["shardId-0005"]
+
+
+def test_racing_workers_get_exactly_one_lease(client: OpenSearch, clock: FakeClock) -> None:
+    stores = [store(client, clock) for _ in range(6)]
+    stores[0].ensure()
+    start = threading.Barrier(len(stores))
+    winners: list[str] = []
+    lock = threading.Lock()
+
+    def race(i: int) -> None:
+        start.wait()
+        got = stores[i].acquire_shard(TABLE, ARN, "shardId-race", f"worker-{i}")
+        if got is not None:
+            with lock:
+                winners.append(f"worker-{i}")
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    stored = stores[0].get_shard(TABLE, ARN, "shardId-race")
+    assert stored is not None and stored.lease.owner == winners[0]
+
+
+def test_one_backfill_run_wins_and_its_ranges_are_leased_once(
+    client: OpenSearch, clock: FakeClock
+) -> None:
+    a, b = store(client, clock), store(client, clock)
+    ranges = [(-(2**63), -1), (-1, 2**63 - 1)]
+    run = a.start_run(TABLE, "run-1", ranges)
+    with pytest.raises(LeaseLost):
+        b.start_run(TABLE, "run-2", ranges)
+    seen = b.get_run(TABLE)
+    assert seen is not None and (seen.run_id, seen.range_count) == ("run-1", 2)
+
+    first, second = a.list_ranges(run)
+    assert (first.range_start, first.range_end) == (-(2**63), -1)  # 64-bit tokens survive
+    mine = a.acquire_range(first, "worker-a")
+    assert mine is not None
+    assert b.acquire_range(first, "worker-b") is None  # stale view: conditional write fails
+    assert b.acquire_range(b.list_ranges(run)[0], "worker-b") is None  # fresh view: leased
+
+    mine = a.progress_range(mine, last_token=-(2**62), rows=10)
+    a.finish_range(mine, rows=25)
+    theirs = b.acquire_range(second, "worker-b")
+    assert theirs is not None
+    clock.now += 31_000
+    took_over = a.acquire_range(a.list_ranges(run)[1], "worker-a")
+    assert took_over is not None
+    with pytest.raises(LeaseLost):
+        b.progress_range(theirs, last_token=5, rows=1)
+
+    done, resumed = a.list_ranges(run)
+    assert done.done and done.rows == 25 and done.last_token == -(2**62)
+    assert not resumed.done and resumed.lease.owner == "worker-a"
+
+
+def test_restart_replaces_the_run_conditionally(client: OpenSearch, clock: FakeClock) -> None:
+    a = store(client, clock)
+    old = a.start_run(TABLE, "run-1", [(-(2**63), 2**63 - 1)])
+    new = a.start_run(TABLE, "run-2", [(-(2**63), 0), (0, 2**63 - 1)], replacing=old)
+    assert new.run_id == "run-2"
+    with pytest.raises(LeaseLost):
+        a.start_run(TABLE, "run-3", [(-(2**63), 2**63 - 1)], replacing=old)
+    current = a.get_run(TABLE)
+    assert current is not None and current.run_id == "run-2"
+    assert len(a.list_ranges(current)) == 2
+    assert a.finish_run(current).finished

@@ -1,0 +1,388 @@
+"""The CDC shard reader against keyspaces_local's Streams API, through real boto3.
+
+What users rely on: every change of a key comes out once and in order with
+rising versions, across splits and merges read in lineage order; a reader
+started from a checkpoint recomputes exactly the versions of the first read;
+expired iterators and throttling are survived; trimmed records are reported
+as a gap; a table without CDC (or a disabled stream) fails with a message
+saying how to enable it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sync.errors import ConfigError
+from sync.keyspaces import TableInfo, describe_table
+from sync.model import Change, Op
+from sync.sources.cql import read_consistency
+from sync.sources.streams import (
+    ReadResult,
+    RowLookup,
+    ShardProgress,
+    ShardReader,
+    StreamDescription,
+    describe_stream,
+    find_stream_arn,
+    readable_shards,
+    require_readable,
+    start_version,
+)
+
+CDC = "WITH cdc = true AND CUSTOM_PROPERTIES = {{'cdc_specification': {{'view_type': '{view}'}}}}"
+
+
+# This module moves the emulator clock ahead (up to days, to expire iterators
+# and trim records), which would skew every later test of the session: it
+# gets an emulator of its own, and the conftest fixtures below it follow.
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Any]:
+    from keyspaces_local.server import Emulator
+
+    emu = Emulator.start(shard_count=4, ttl_record_delay_s=2.0)
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture(scope="module")
+def cql_cluster(emulator: Any) -> Iterator[Any]:
+    from cassandra import ConsistencyLevel
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import RoundRobinPolicy
+
+    profile = ExecutionProfile(
+        consistency_level=ConsistencyLevel.LOCAL_QUORUM, load_balancing_policy=RoundRobinPolicy()
+    )
+    cluster = Cluster(
+        ["127.0.0.1"],
+        port=emulator.cql_port,
+        protocol_version=4,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cql(cql_cluster: Any) -> Any:
+    return cql_cluster.connect()
+
+
+def _create(cql: Any, keyspace: str, view: str = "NEW_AND_OLD_IMAGES") -> TableInfo:
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."events" ("id" int, "seq" int, "body" text, '
+        f'PRIMARY KEY ("id", "seq")) {CDC.format(view=view)}'
+    )
+    return describe_table(cql, keyspace, "events")
+
+
+@pytest.fixture
+def table(cql: Any, keyspace: str) -> Iterator[TableInfo]:
+    yield _create(cql, keyspace)
+
+
+class Drain:
+    """Reads a stream in lineage order to its current tip, like a follower would."""
+
+    def __init__(self, streams: Any, info: TableInfo, lookup: RowLookup | None = None) -> None:
+        self.streams, self.info, self.lookup = streams, info, lookup
+        self.arn = find_stream_arn(streams, info)
+        self.progress: dict[str, ShardProgress] = {}
+        self.checkpoints: dict[str, tuple[str | None, int]] = {}
+        self.changes: list[Change] = []
+        self.results: list[ReadResult] = []
+
+    def describe(self) -> StreamDescription:
+        return describe_stream(self.streams, self.arn)
+
+    def reader(self, stream: StreamDescription, shard_id: str) -> ShardReader:
+        after, previous = self.checkpoints.get(
+            shard_id, (None, start_version(stream.shards[shard_id], self.progress))
+        )
+        return ShardReader(
+            self.streams,
+            self.info,
+            self.arn,
+            shard_id,
+            view_type=stream.view_type,
+            after=after,
+            previous=previous,
+            limit=7,
+            lookup=self.lookup,
+        )
+
+    def to_tip(self) -> list[Change]:
+        """Every readable shard to its tip (or end), parents before children."""
+        read: list[Change] = []
+        while True:
+            stream = self.describe()
+            progressed = False
+            for shard_id in readable_shards(stream.shards, self.progress):
+                reader = self.reader(stream, shard_id)
+                while True:
+                    result = reader.read()
+                    self.results.append(result)
+                    read += result.changes
+                    if result.closed:
+                        self.progress[shard_id] = ShardProgress(True, reader.previous)
+                        progressed = True
+                        break
+                    if result.at_tip and not result.records:
+                        break
+                self.checkpoints[shard_id] = (reader.position, reader.previous)
+            if not progressed:
+                self.changes += read
+                return read
+
+
+def _rows(cql: Any, info: TableInfo, writes: list[tuple[str, int, int, str | None]]) -> None:
+    table = f'"{info.keyspace}"."{info.name}"'
+    for op, key, seq, body in writes:
+        if op == "upsert":
+            cql.execute(
+                f'INSERT INTO {table} ("id", "seq", "body") VALUES (%s, %s, %s)', (key, seq, body)
+            )
+        else:
+            cql.execute(f'DELETE FROM {table} WHERE "id" = %s AND "seq" = %s', (key, seq))
+
+
+def _final_state(changes: list[Change]) -> dict[tuple[Any, ...], tuple[int, Any]]:
+    """Apply changes the way OpenSearch external versions do: the highest version wins."""
+    state: dict[tuple[Any, ...], tuple[int, Any]] = {}
+    for change in changes:
+        current = state.get(change.key)
+        if current is None or change.version > current[0]:
+            state[change.key] = (change.version, None if change.op is Op.DELETE else change.image)
+    return state
+
+
+def test_the_stream_lists_its_shards_and_view_type(streams: Any, table: TableInfo) -> None:
+    stream = describe_stream(streams, find_stream_arn(streams, table))
+    assert stream.status == "ENABLED" and stream.view_type == "NEW_AND_OLD_IMAGES"
+    assert len(stream.shards) == 4
+    assert readable_shards(stream.shards, {}) == sorted(stream.shards)
+
+
+def test_changes_of_a_key_come_in_order_with_rising_versions(
+    cql: Any, streams: Any, table: TableInfo
+) -> None:
+    writes = [("upsert", k, s, f"v{n}") for n in range(3) for k in range(6) for s in range(2)]
+    writes += [("delete", 2, 0, None), ("upsert", 3, 1, "last")]
+    _rows(cql, table, writes)
+    drain = Drain(streams, table)
+    changes = drain.to_tip()
+    assert len(changes) == len(writes)
+    per_key: dict[tuple[Any, ...], list[Change]] = {}
+    for change in changes:
+        per_key.setdefault(change.key, []).append(change)
+    for history in per_key.values():
+        versions = [c.version for c in history]
+        assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    final = _final_state(changes)
+    assert final[(2, 0)][1] is None
+    assert final[(3, 1)][1]["body"] == "last"
+    assert final[(5, 1)][1]["body"] == "v2"
+
+
+def test_a_reader_resumed_from_a_checkpoint_recomputes_the_same_versions(
+    cql: Any, streams: Any, table: TableInfo
+) -> None:
+    _rows(cql, table, [("upsert", k % 3, k, f"b{k}") for k in range(40)])
+    first = Drain(streams, table)
+    all_changes = first.to_tip()
+    stream = first.describe()
+    by_shard: dict[str, list[Change]] = {}
+    for change in all_changes:
+        by_shard.setdefault(change.source.shard_id, []).append(change)  # type: ignore[union-attr]
+    shard_id, changes = max(by_shard.items(), key=lambda item: len(item[1]))
+    assert len(changes) >= 3
+    cut = changes[len(changes) // 2]
+    replay = ShardReader(
+        streams,
+        table,
+        first.arn,
+        shard_id,
+        view_type=stream.view_type,
+        after=cut.source.sequence_number,  # type: ignore[union-attr]
+        previous=cut.version,
+        limit=5,
+    )
+    again: list[Change] = []
+    while True:
+        result = replay.read()
+        again += result.changes
+        if result.at_tip and not result.records:
+            break
+    assert [c.version for c in again] == [c.version for c in changes[len(changes) // 2 + 1 :]]
+    assert [c.key for c in again] == [c.key for c in changes[len(changes) // 2 + 1 :]]
+
+
+def test_a_split_and_a_merge_lose_and_reorder_nothing(
+    cql: Any, streams: Any, table: TableInfo, emulator: Any
+) -> None:
+    drain = Drain(streams, table)
+    _rows(cql, table, [("upsert", k, 0, "before") for k in range(20)])
+    drain.to_tip()
+    stream = drain.describe()
+    parent = sorted(stream.shards)[0]
+    children = emulator.control.split_shard(drain.arn, parent)
+    _rows(cql, table, [("upsert", k, 0, "after split") for k in range(20)])
+    merged = emulator.control.merge_shards(drain.arn, children[0], children[1])
+    _rows(cql, table, [("upsert", k, 0, "after merge") for k in range(20)])
+    drain.to_tip()
+
+    graph = drain.describe().shards
+    assert set(graph[merged].parents) == set(children)
+    assert drain.progress[parent].finished and all(drain.progress[c].finished for c in children)
+    final = _final_state(drain.changes)
+    assert {k: v[1]["body"] for k, v in final.items()} == {(k, 0): "after merge" for k in range(20)}
+    # Lineage: the merge child's versions start above both parents' last versions.
+    assert start_version(graph[merged], drain.progress) == max(
+        drain.progress[c].final_version or 0 for c in children
+    )
+
+
+def test_an_expired_iterator_is_renewed_without_losing_records(
+    cql: Any, streams: Any, table: TableInfo, emulator: Any
+) -> None:
+    _rows(cql, table, [("upsert", 1, 1, "one")])
+    drain = Drain(streams, table)
+    drain.to_tip()
+    stream = drain.describe()
+    readers = {s: drain.reader(stream, s) for s in stream.shards}
+    for reader in readers.values():
+        reader.read()  # holds a live iterator now
+    emulator.control.advance_clock(16 * 60)  # iterators live 15 minutes
+    _rows(cql, table, [("upsert", 1, 1, "two")])
+    got: list[Change] = []
+    for reader in readers.values():
+        for _ in range(3):
+            got += reader.read().changes
+    assert [c.image["body"] for c in got if c.image] == ["two"]
+
+
+def test_throttling_and_server_errors_are_retried(
+    cql: Any, streams: Any, table: TableInfo, emulator: Any
+) -> None:
+    _rows(cql, table, [("upsert", k, 0, "x") for k in range(10)])
+    emulator.control.set_faults(throttle_rate=0.2, internal_error_rate=0.05, seed=7)
+    try:
+        changes = Drain(streams, table).to_tip()
+    finally:
+        emulator.control.set_faults(throttle_rate=0.0, internal_error_rate=0.0)
+    assert {c.key for c in changes} == {(k, 0) for k in range(10)}
+
+
+def test_trimmed_records_are_reported_as_a_gap(
+    cql: Any, streams: Any, table: TableInfo, emulator: Any
+) -> None:
+    _rows(cql, table, [("upsert", k, 0, "x") for k in range(8)])
+    drain = Drain(streams, table)
+    stream = drain.describe()
+    first = {s: drain.reader(stream, s) for s in stream.shards}
+    positions = {}
+    for shard_id, reader in first.items():
+        result = reader.read()
+        if result.records:
+            positions[shard_id] = (
+                result.changes[0].source.sequence_number,
+                result.changes[0].version,
+            )  # type: ignore[union-attr]
+    _rows(cql, table, [("upsert", k, 0, "y") for k in range(8)])
+    emulator.control.advance_clock(25 * 3600)  # past the 24 h retention
+    gaps = 0
+    for shard_id, (sequence, version) in positions.items():
+        reader = ShardReader(
+            streams,
+            table,
+            drain.arn,
+            shard_id,
+            view_type=stream.view_type,
+            after=sequence,
+            previous=version,
+        )
+        result = reader.read()
+        if result.gap:
+            gaps += 1
+            reader.restart_at_trim_horizon()
+            after_gap = reader.read()
+            assert not after_gap.gap
+            assert all(c.version > version for c in after_gap.changes)
+    assert gaps == len(positions) > 0
+
+
+def test_a_keys_only_stream_reads_the_row_over_cql(cql: Any, streams: Any, keyspace: str) -> None:
+    info = _create(cql, keyspace, view="KEYS_ONLY")
+    _rows(cql, info, [("upsert", 1, 1, "kept"), ("upsert", 2, 2, "gone"), ("delete", 2, 2, None)])
+    lookup = RowLookup(cql, info, read_consistency("LOCAL_QUORUM"))
+    changes = Drain(streams, info, lookup).to_tip()
+    final = _final_state(changes)
+    assert final[(1, 1)][1]["body"] == "kept"
+    assert final[(2, 2)][1] is None
+
+
+def test_a_table_without_cdc_says_how_to_enable_it(cql: Any, streams: Any, keyspace: str) -> None:
+    cql.execute(f'CREATE TABLE "{keyspace}"."plain" ("id" int PRIMARY KEY, "v" text)')
+    info = describe_table(cql, keyspace, "plain")
+    assert not info.cdc_enabled
+    with pytest.raises(ConfigError, match="has no CDC stream: enable it with ALTER TABLE"):
+        info.require_stream()
+
+
+def test_a_disabled_stream_is_refused(cql: Any, streams: Any, table: TableInfo) -> None:
+    arn = find_stream_arn(streams, table)
+    cql.execute(f'ALTER TABLE "{table.keyspace}"."{table.name}" WITH cdc = false')
+    stream = describe_stream(streams, arn)
+    assert stream.status == "DISABLED"
+    with pytest.raises(ConfigError, match="DISABLED"):
+        require_readable(stream, table)
+
+
+def test_replicated_records_are_skipped_but_keep_the_version_chain() -> None:
+    """With skip_replication, versions still depend on the stream alone (not on settings)."""
+    import datetime as dt
+
+    from sync.schema import TableKey
+
+    key = TableKey("ks", "t", ("id",), column_types={"id": "int", "v": "text"})
+    info = TableInfo(key, ("v",), False, False, True, "NEW_IMAGE", "arn")
+
+    def record(n: int, origin: str) -> dict[str, Any]:
+        return {
+            "sequenceNumber": f"{n:021d}",
+            "createdAt": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),  # all in one millisecond
+            "origin": origin,
+            "partitionKeys": {"id": {"intT": str(n)}},
+            "newImage": {"valueCells": {"v": {"value": {"textT": f"v{n}"}}}},
+        }
+
+    records = [record(1, "USER"), record(2, "REPLICATION"), record(3, "USER")]
+
+    def read(skip: bool) -> ReadResult:
+        reader = ShardReader(
+            None,
+            info,
+            "arn",
+            "shard",
+            view_type="NEW_IMAGE",
+            after=None,
+            previous=0,
+            skip_replication=skip,
+        )
+        return reader.decode(records)
+
+    skipping, keeping = read(True), read(False)
+    assert [c.key for c in skipping.changes] == [(1,), (3,)]
+    assert [c.version for c in skipping.changes] == [
+        keeping.changes[0].version,
+        keeping.changes[2].version,
+    ]
+    assert skipping.records == 3 and skipping.last_sequence == f"{3:021d}"
+    assert keeping.changes[0].version < keeping.changes[1].version < keeping.changes[2].version
