@@ -25,7 +25,7 @@ test: $(STAMP) ## run the whole test suite (bounded soak tests included)
 	$(BIN)/python -m pytest
 
 soak: $(STAMP) ## the long soak tests at full length
-	KS2OS_SOAK=full $(BIN)/python -m pytest -m slow
+	KS2OS_TEST_SOAK=full $(BIN)/python -m pytest -m slow
 
 bench: $(STAMP) ## measure throughput and latency against their ceilings, printed as ratios
 	$(BIN)/python scripts/bench.py

@@ -152,7 +152,7 @@ def wait_for(what: str, check: Callable[[], bool]) -> float:
 
 def hits(search: OpenSearch, query: dict[str, Any]) -> list[dict[str, Any]]:
     search.indices.refresh(index=ALIAS)
-    found = search.search(index=ALIAS, body={"query": query, "size": 20})
+    found = search.search(index=ALIAS, body={"query": query, "size": 100})
     return [h["_source"] for h in found["hits"]["hits"]]
 
 
@@ -176,6 +176,20 @@ def run_changes(session: Session, search: OpenSearch) -> None:
     session.execute(f"DELETE FROM demo.products {where(12)}")
     took = wait_for("product 12 to vanish", lambda: by_sku(search, 12) == [])
     say(f"   DELETE product 12                -> gone from search after {took * 1000:.0f} ms")
+
+    session.execute(
+        "UPDATE demo.products SET banner = 'Spring sale' WHERE shop = 'north' AND region = 'eu'"
+    )
+    partition = {"bool": {"filter": [{"term": {"shop": "north"}}, {"term": {"region": "eu"}}]}}
+    rows = search.count(index=ALIAS, body={"query": partition})["count"]
+    took = wait_for(
+        "the static banner on every row of the partition",
+        lambda: {d.get("banner") for d in hits(search, partition)} == {"Spring sale"},
+    )
+    say(
+        f"   UPDATE a STATIC column (banner)  -> all {rows} rows of partition (north, eu) "
+        f"show it after {took * 1000:.0f} ms"
+    )
 
     session.execute(f"UPDATE demo.products USING TTL 3 SET name = 'flash sale' {where(2003)}")
     took = wait_for("the flash-sale product", lambda: len(by_sku(search, 2003)) == 1)
@@ -222,8 +236,9 @@ def demo(
     search.indices.refresh(index=ALIAS)
     count = search.count(index=ALIAS)["count"]
     say(f"   the alias {ALIAS} now finds {count} products")
-    lamp = by_sku(search, 0)
-    say(f"   e.g. sku 0: {lamp[0] if lamp else 'missing!'}")
+    (lamp,) = by_sku(search, 0)
+    shown = {k: lamp[k] for k in ("shop", "region", "sku", "title", "price", "tags", "updated_at")}
+    say(f"   e.g. {shown}")
 
     say("\n4. Starting ks2os follow in the background (it reads the CDC stream)")
     follower = subprocess.Popen(ks2os(config, "follow"), stdout=subprocess.DEVNULL)

@@ -232,6 +232,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
 _keyspaces = iter(range(1, 1_000_000))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "client_timestamps", [False, True], ids=["timestamps-off", "timestamps-on"]
 )
