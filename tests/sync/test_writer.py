@@ -604,7 +604,7 @@ def test_a_value_with_no_document_form_is_dead_lettered(
     assert set(setup.visible()) == {"fine"}
 
 
-def test_a_static_only_change_stops_the_writer_for_now(
+def test_a_static_only_change_for_a_table_without_statics_is_refused(
     opensearch: OpenSearch, tmp_path: Path
 ) -> None:
     from sync.errors import TerminalError
