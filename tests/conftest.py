@@ -3,7 +3,8 @@ and every test gets a clean index (an osmem clone) and a fresh keyspace.
 
 - `osmem_server` (one per session) and `osmem_clone` (one per test, from osmem's plugin).
 - `opensearch`: a real opensearch-py client on a fresh clone.
-- `emulator`: one in-process keyspaces_local (CQL + Streams) for the session.
+- `emulator`: one in-process keyspaces_local (CQL + Streams) for the session, or
+  one of the module's own when the module sets `OWN_EMULATOR`.
 - `cql`: a cassandra-driver session to it; `streams`: a boto3 keyspacesstreams client.
 - `keyspace`: a new keyspace name, created for the test.
 - `make_config`: a ks2os `Config` pointing at the emulator and the clone.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -55,27 +57,43 @@ def opensearch(osmem_clone: Any) -> OpenSearch:
     return OpenSearch(hosts=[osmem_clone.url], timeout=30)
 
 
-@pytest.fixture(scope="session")
-def emulator() -> Iterator[Any]:
+def _owned_emulator_options(request: pytest.FixtureRequest) -> dict[str, Any] | None:
+    """A module that moves the emulator's clock or sets its faults asks for its own.
+
+    It says so with `OWN_EMULATOR = {<Emulator.start options>}` and a comment saying why;
+    every other module shares the session's emulator.
+    """
+    options = getattr(request.module, "OWN_EMULATOR", None)
+    return None if options is None else {**EMULATOR_DEFAULTS, **options}
+
+
+EMULATOR_DEFAULTS: dict[str, Any] = {"shard_count": 4, "ttl_record_delay_s": 2.0}
+
+
+@contextmanager
+def _running_emulator(options: dict[str, Any]) -> Iterator[Any]:
     from keyspaces_local.server import Emulator
 
-    emu = Emulator.start(shard_count=4, ttl_record_delay_s=2.0)
+    emu = Emulator.start(**options)
     try:
         yield emu
     finally:
         emu.stop()
 
 
-@pytest.fixture(scope="session")
-def cql_cluster(emulator: Any) -> Iterator[Any]:
+@contextmanager
+def _connected_cluster(port: int) -> Iterator[Any]:
     from cassandra import ConsistencyLevel
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import RoundRobinPolicy
 
     # Keyspaces takes writes at LOCAL_QUORUM only.
-    profile = ExecutionProfile(consistency_level=ConsistencyLevel.LOCAL_QUORUM)
+    profile = ExecutionProfile(
+        consistency_level=ConsistencyLevel.LOCAL_QUORUM, load_balancing_policy=RoundRobinPolicy()
+    )
     cluster = Cluster(
         ["127.0.0.1"],
-        port=emulator.cql_port,
+        port=port,
         protocol_version=4,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
     )
@@ -86,6 +104,37 @@ def cql_cluster(emulator: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def shared_emulator() -> Iterator[Any]:
+    with _running_emulator(EMULATOR_DEFAULTS) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="session")
+def shared_cql_cluster(shared_emulator: Any) -> Iterator[Any]:
+    with _connected_cluster(shared_emulator.cql_port) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def emulator(request: pytest.FixtureRequest) -> Iterator[Any]:
+    options = _owned_emulator_options(request)
+    if options is None:
+        yield request.getfixturevalue("shared_emulator")
+        return
+    with _running_emulator(options) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def cql_cluster(request: pytest.FixtureRequest, emulator: Any) -> Iterator[Any]:
+    if _owned_emulator_options(request) is None:
+        yield request.getfixturevalue("shared_cql_cluster")
+        return
+    with _connected_cluster(emulator.cql_port) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
 def cql(cql_cluster: Any) -> Any:
     return cql_cluster.connect()
 

@@ -20,13 +20,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cassandra import ConsistencyLevel
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.cluster import Session
 from opensearchpy import OpenSearch
 
 from keyspaces_local.server import Emulator
@@ -42,29 +41,8 @@ SHORT_TTL_S = 1
 CATCH_UP_S = 90.0
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Emulator]:
-    """An emulator of this module's own: nothing else moves its clock or sets its faults."""
-    emu = Emulator.start(shard_count=3, ttl_record_delay_s=1.0)
-    try:
-        yield emu
-    finally:
-        emu.stop()
-
-
-@pytest.fixture(scope="module")
-def session(stack: Emulator) -> Iterator[Session]:
-    profile = ExecutionProfile(consistency_level=ConsistencyLevel.LOCAL_QUORUM)
-    cluster = Cluster(
-        ["127.0.0.1"],
-        port=stack.cql_port,
-        protocol_version=4,
-        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-    )
-    try:
-        yield cluster.connect()
-    finally:
-        cluster.shutdown()
+# Resharding and faults here must not reach other modules' tests.
+OWN_EMULATOR = {"shard_count": 3, "ttl_record_delay_s": 1.0}
 
 
 def table_ddl(keyspace: str, client_timestamps: bool) -> str:
@@ -237,25 +215,25 @@ _keyspaces = iter(range(1, 1_000_000))
     "client_timestamps", [False, True], ids=["timestamps-off", "timestamps-on"]
 )
 def test_random_writes_with_backfill_kills_and_resharding_end_equal_to_the_model(
-    stack: Emulator,
-    session: Session,
+    emulator: Emulator,
+    cql: Session,
     osmem_clone: Any,
     tmp_path: Path,
     client_timestamps: bool,
 ) -> None:
     keyspace = f"e2e_{os.getpid()}_{next(_keyspaces)}"
-    session.execute(
+    cql.execute(
         f"CREATE KEYSPACE \"{keyspace}\" WITH replication = {{'class': 'SingleRegionStrategy'}}"
     )
-    session.execute(table_ddl(keyspace, client_timestamps))
-    config_path = write_files(tmp_path, stack, osmem_clone.url, keyspace)
+    cql.execute(table_ddl(keyspace, client_timestamps))
+    config_path = write_files(tmp_path, emulator, osmem_clone.url, keyspace)
     cfg: Config = load_config(config_path, env={})
     mapping = load_mapping(str(tmp_path / "items.toml"))
     search = OpenSearch(hosts=[osmem_clone.url])
-    arn = stack.store.latest_stream_arn(keyspace, "items")
+    arn = emulator.store.latest_stream_arn(keyspace, "items")
     assert arn is not None
     rng = random.Random(1234 if client_timestamps else 4321)
-    work = Workload(session, keyspace, client_timestamps, seed=rng.randrange(2**32))
+    work = Workload(cql, keyspace, client_timestamps, seed=rng.randrange(2**32))
 
     for _ in range(OPERATIONS // 3):  # rows that exist before anything syncs
         work.step()
@@ -280,7 +258,7 @@ def test_random_writes_with_backfill_kills_and_resharding_end_equal_to_the_model
         for n in range(OPERATIONS // 3):
             work.step()
             if n % 40 == 20:
-                reshard(stack, arn, rng)
+                reshard(emulator, arn, rng)
             if n % 50 == 35:
                 follow.send_signal(signal.SIGKILL)  # no flush, no checkpoint, no lease release
                 follow.wait()

@@ -36,43 +36,8 @@ CDC = "WITH cdc = true AND CUSTOM_PROPERTIES = {{'cdc_specification': {{'view_ty
 
 
 # This module moves the emulator clock ahead (up to days, to expire iterators
-# and trim records), which would skew every later test of the session: it
-# gets an emulator of its own, and the conftest fixtures below it follow.
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Any]:
-    from keyspaces_local.server import Emulator
-
-    emu = Emulator.start(shard_count=4, ttl_record_delay_s=2.0)
-    try:
-        yield emu
-    finally:
-        emu.stop()
-
-
-@pytest.fixture(scope="module")
-def cql_cluster(emulator: Any) -> Iterator[Any]:
-    from cassandra import ConsistencyLevel
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import RoundRobinPolicy
-
-    profile = ExecutionProfile(
-        consistency_level=ConsistencyLevel.LOCAL_QUORUM, load_balancing_policy=RoundRobinPolicy()
-    )
-    cluster = Cluster(
-        ["127.0.0.1"],
-        port=emulator.cql_port,
-        protocol_version=4,
-        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-    )
-    try:
-        yield cluster
-    finally:
-        cluster.shutdown()
-
-
-@pytest.fixture(scope="module")
-def cql(cql_cluster: Any) -> Any:
-    return cql_cluster.connect()
+# and trim records), which would skew every later test of the session.
+OWN_EMULATOR: dict[str, Any] = {}
 
 
 def _create(cql: Any, keyspace: str, view: str = "NEW_AND_OLD_IMAGES") -> TableInfo:
