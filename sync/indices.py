@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from opensearchpy import OpenSearch
-from opensearchpy.exceptions import NotFoundError
+from opensearchpy.exceptions import NotFoundError, RequestError
 
 from sync.documents import META_FIELD, PARTITION_KIND
 from sync.errors import MappingConflict
@@ -109,13 +109,30 @@ def swap_alias(client: OpenSearch, alias: str, new_index: str) -> None:
 
 
 def ensure_index(client: OpenSearch, mapping: TableMapping) -> str:
-    """The alias's current index; creates `<alias>_v1` and the alias when there is none."""
+    """The alias's current index; creates `<alias>_v1` and the alias when there is none.
+
+    Several workers may start at once (a backfill and a follower, say). Each creates
+    `_v1` — not "the next version", which would let the second one create `_v2` and
+    pull the alias away from the first one's documents — and adds the alias to it;
+    both steps are harmless when another worker got there first.
+    """
     targets = alias_targets(client, mapping.alias)
-    if targets:
-        return targets[-1] if len(targets) == 1 else _newest(targets, mapping.alias)
-    name = create_next_index(client, mapping)
-    swap_alias(client, mapping.alias, name)
-    return name
+    if not targets:
+        first = f"{mapping.alias}_v1"
+        try:
+            client.indices.create(index=first, body=index_settings_and_mappings(mapping))
+        except RequestError as exc:
+            if exc.error != "resource_already_exists_exception":
+                raise
+        add = {
+            "index": first,
+            "alias": mapping.alias,
+            "filter": alias_filter(),
+            "is_write_index": True,
+        }
+        client.indices.update_aliases(body={"actions": [{"add": add}]})
+        targets = alias_targets(client, mapping.alias)
+    return targets[-1] if len(targets) == 1 else _newest(targets, mapping.alias)
 
 
 def _newest(targets: list[str], alias: str) -> str:

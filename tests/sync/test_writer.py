@@ -33,6 +33,8 @@ from sync.indices import (
     check_mapping_compatible,
     create_next_index,
     ensure_index,
+    index_settings_and_mappings,
+    index_versions,
     swap_alias,
 )
 from sync.mapping import TableMapping, mapping_from_dict
@@ -298,6 +300,18 @@ def test_ensure_index_is_idempotent_and_next_index_counts_up(
     assert create_next_index(opensearch, setup.mapping) == f"{setup.alias}_v2"
     assert create_next_index(opensearch, setup.mapping) == f"{setup.alias}_v3"
     assert alias_targets(opensearch, setup.alias) == [setup.index]
+
+
+def test_workers_starting_together_converge_on_one_index(opensearch: OpenSearch) -> None:
+    """A second worker that finds `_v1` already created (no alias yet) joins it."""
+    mapping = make_mapping(f"items{next(_names)}")
+    opensearch.indices.create(
+        index=f"{mapping.alias}_v1", body=index_settings_and_mappings(mapping)
+    )
+    assert ensure_index(opensearch, mapping) == f"{mapping.alias}_v1"
+    assert ensure_index(opensearch, mapping) == f"{mapping.alias}_v1"
+    assert alias_targets(opensearch, mapping.alias) == [f"{mapping.alias}_v1"]
+    assert sorted(index_versions(opensearch, mapping.alias)) == [f"{mapping.alias}_v1"]
 
 
 def test_swap_alias_is_atomic_for_readers(opensearch: OpenSearch, tmp_path: Path) -> None:
