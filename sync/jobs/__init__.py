@@ -21,7 +21,7 @@ from sync.config import Config
 from sync.deadletter import DeadLetterStore, FileDeadLetters, IndexDeadLetters
 from sync.documents import DocumentBuilder
 from sync.errors import ConfigError
-from sync.indices import ensure_index
+from sync.indices import check_mapping_compatible, ensure_index
 from sync.keyspaces import TableInfo, describe_table
 from sync.mapping import TableMapping
 from sync.state import StateStore
@@ -61,6 +61,9 @@ class Job:
         try:
             self.info: TableInfo = describe_table(self.session, mapping.keyspace, mapping.table)
             self.index = ensure_index(self.client, mapping)
+            # Refuse before writing: documents shaped for another mapping would all be
+            # dead-lettered or, worse, indexed with the wrong field types.
+            check_mapping_compatible(self.client, self.index, mapping)
             self.builder = DocumentBuilder(mapping, self.info.key)
             self.dead_letters = dead_letter_store(cfg, self.client, mapping)
             self.store = StateStore(

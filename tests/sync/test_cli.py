@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 import sync
+from sync.mapping import load_mapping
 
 
 def ks2os(
@@ -70,3 +72,90 @@ def test_config_check_prints_effective_config_without_secrets(tmp_path: Path) ->
     assert shown["opensearch"]["username"] == "u"
     assert shown["opensearch"]["password"] == "***"
     assert "s3cret" not in result.stdout + result.stderr
+
+
+def _config_file(make_config: Any, tmp_path: Path, mapping: Path | None = None) -> Path:
+    """The Config the fixture builds is also written where the CLI can read it."""
+    make_config(str(mapping) if mapping else None)
+    return tmp_path / "ks2os.toml"
+
+
+def test_mapping_generate_proposes_a_file_that_loads(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path
+) -> None:
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."orders" (shop text, id uuid, placed timestamp, '
+        "total decimal, items map<text, int>, PRIMARY KEY (shop, id))"
+    )
+    out = tmp_path / "orders.toml"
+    config = _config_file(make_config, tmp_path)
+    result = ks2os(
+        "--config",
+        str(config),
+        "mapping",
+        "generate",
+        f"{keyspace}.orders",
+        "-o",
+        str(out),
+        cwd=tmp_path,
+        env=_aws_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    mapping = load_mapping(str(out))
+    assert (mapping.keyspace, mapping.table) == (keyspace, "orders")
+    properties = mapping.mappings["properties"]
+    assert properties["placed"]["type"] == "date"
+    assert properties["shop"]["type"] in {"keyword", "text"}
+
+
+def test_a_missing_table_is_one_line_naming_it(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path
+) -> None:
+    config = _config_file(make_config, tmp_path)
+    line = one_line_error(
+        ks2os(
+            "--config",
+            str(config),
+            "mapping",
+            "generate",
+            f"{keyspace}.nope",
+            cwd=tmp_path,
+            env=_aws_env(),
+        )
+    )
+    assert f"table {keyspace}.nope not found" in line
+
+
+def test_backfill_refuses_an_index_whose_mapping_conflicts(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path, opensearch: Any
+) -> None:
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."t" (id int PRIMARY KEY, n int) WITH cdc = true '
+        "AND CUSTOM_PROPERTIES = {'cdc_specification': {'view_type': 'NEW_AND_OLD_IMAGES'}}"
+    )
+    alias = f"{keyspace}-t"
+    # An index already behind the alias, where `n` is text; the file says integer.
+    opensearch.indices.create(
+        index=f"{alias}_v1", body={"mappings": {"properties": {"n": {"type": "text"}}}}
+    )
+    opensearch.indices.put_alias(index=f"{alias}_v1", name=alias)
+    mapping = tmp_path / "t.toml"
+    mapping.write_text(
+        f'[source]\nkeyspace = "{keyspace}"\ntable = "t"\n[index]\nalias = "{alias}"\n'
+        '[index.mappings.properties]\nn = { type = "integer" }\n'
+    )
+    config = _config_file(make_config, tmp_path, mapping)
+    result = ks2os("--config", str(config), "backfill", cwd=tmp_path, env=_aws_env())
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ks2os:")]
+    assert len(lines) == 1 and "field 'n' is text in OpenSearch but integer" in lines[0]
+    assert opensearch.count(index=f"{alias}_v1")["count"] == 0
+
+
+def _aws_env() -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
