@@ -35,7 +35,7 @@ import backoff
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConflictError, ConnectionError, NotFoundError, RequestError
 
-from sync.errors import Ks2osError
+from sync.errors import Ks2osError, OpenSearchUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +263,8 @@ def range_doc_id(table: str, run_id: str, number: int) -> str:
 _transient = backoff.on_exception(
     backoff.expo, ConnectionError, max_time=30, max_value=2, logger=log
 )
+# Items of a state bulk request that come back 429/5xx are sent again, for at most this long.
+_ITEM_RETRY_S = 30.0
 
 
 class StateStore:
@@ -378,6 +380,68 @@ class StateStore:
             index=self.index, id=doc_id, body=source, **params
         )
         return reply
+
+    @_transient
+    def _bulk(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        reply = self._client.bulk(index=self.index, body=lines)
+        return [next(iter(item.values())) for item in reply["items"]]
+
+    def _write_many(
+        self, op: str, items: list[tuple[str, dict[str, Any], Stamp | None]]
+    ) -> list[Stamp | None]:
+        """Several documents in one bulk request, each conditional on its own stamp.
+
+        `op` is "index" (conditional overwrite, `stamp` required) or "create".
+        The answer holds, per item, its new stamp or None where the condition
+        failed (someone else changed or created the document). Like `_replace`,
+        a 409 on a document that already holds exactly our source (a retried
+        request that landed) counts as written.
+        """
+        if not items:
+            return []
+        self.ensure()
+        if len({doc_id for doc_id, _, _ in items}) != len(items):
+            raise ValueError("one document twice in one state bulk request")
+        results: list[Stamp | None] = [None] * len(items)
+        conflicts: list[int] = []
+        todo = list(range(len(items)))
+        deadline = time.monotonic() + _ITEM_RETRY_S
+        delay = 0.05
+        while todo:
+            lines: list[dict[str, Any]] = []
+            for i in todo:
+                doc_id, source, stamp = items[i]
+                action: dict[str, Any] = {"_id": doc_id}
+                if stamp is not None:
+                    action["if_seq_no"] = stamp.seq_no
+                    action["if_primary_term"] = stamp.primary_term
+                lines += [{op: action}, source]
+            again: list[int] = []
+            for i, item in zip(todo, self._bulk(lines), strict=True):
+                status = int(item.get("status", 500))
+                if 200 <= status < 300:
+                    results[i] = Stamp(item["_seq_no"], item["_primary_term"])
+                elif status == 409:
+                    conflicts.append(i)
+                elif status == 429 or status >= 500:
+                    again.append(i)
+                else:
+                    raise Ks2osError(f"state index refused {items[i][0]}: {item.get('error')}")
+            if again and time.monotonic() + delay > deadline:
+                raise OpenSearchUnavailable(
+                    f"state index kept refusing {len(again)} item(s) for {_ITEM_RETRY_S:.0f} s"
+                )
+            if again:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            todo = again
+        if conflicts:
+            current = self._mget([items[i][0] for i in conflicts])
+            for i in conflicts:
+                found = current.get(items[i][0])
+                if found is not None and found[0] == items[i][1]:
+                    results[i] = found[1]
+        return results
 
     def _lease(self, worker: str) -> Lease:
         return Lease(owner=worker, expires_at_ms=self.now_ms() + self.lease_ms)
@@ -571,12 +635,12 @@ class StateStore:
         should read the winner's run with `get_run`.
         """
         run = BackfillRun(table, run_id, len(ranges), self.now_ms(), False, Stamp(-1, -1))
-        # Ranges first: a run document must never point at missing ranges.
-        for number, (start, end) in enumerate(ranges):
-            state = RangeState(
-                table, run_id, number, start, end, False, None, 0, FREE, Stamp(-1, -1)
-            )
-            self._create(state.doc_id, state.source())
+        # Ranges first (one request): a run document must never point at missing ranges.
+        states = [
+            RangeState(table, run_id, number, start, end, False, None, 0, FREE, Stamp(-1, -1))
+            for number, (start, end) in enumerate(ranges)
+        ]
+        self._write_many("create", [(s.doc_id, s.source(), None) for s in states])
         if replacing is None:
             stamp = self._create(run_doc_id(table), run.source())
             if stamp is None:
@@ -596,35 +660,96 @@ class StateStore:
 
     def acquire_range(self, state: RangeState, worker: str) -> RangeState | None:
         """Lease a range (as seen in `list_ranges`) if it is free or expired and not done."""
-        if state.done or not state.lease.free_for(worker, self.now_ms()):
-            return None
-        if state.lease.owner not in (None, worker):
-            log.warning("taking over backfill range %d from %s", state.number, state.lease.owner)
-        new = replace(state, lease=self._lease(worker))
-        try:
-            return replace(new, stamp=self._replace(new.doc_id, new.source(), state.stamp))
-        except LeaseLost:
-            return None
+        leased = self.acquire_ranges([state], worker, limit=1)
+        return leased[0] if leased else None
+
+    def acquire_ranges(
+        self, states: Iterable[RangeState], worker: str, *, limit: int
+    ) -> list[RangeState]:
+        """Lease up to `limit` of these ranges (as seen in `list_ranges`) in one request.
+
+        Ranges done, or leased by someone else and not expired, are skipped;
+        each lease is conditional on the range as seen, so a stale view only
+        means fewer leases. Returns the ranges leased, in the order given.
+        """
+        leases = self.range_leases(states, worker, limit)
+        return [s for s in self.update_ranges(leases) if s is not None]
+
+    def range_leases(
+        self, states: Iterable[RangeState], worker: str, limit: int
+    ) -> list[tuple[RangeState, RangeState]]:
+        """(as seen, leased by `worker`) for up to `limit` ranges that `worker` may take.
+
+        Pass them to `update_ranges` (maybe with other updates, in one request).
+        """
+        now = self.now_ms()
+        pairs: list[tuple[RangeState, RangeState]] = []
+        for state in states:
+            if len(pairs) >= limit:
+                break
+            if state.done or not state.lease.free_for(worker, now):
+                continue
+            if state.lease.owner not in (None, worker):
+                log.warning(
+                    "taking over backfill range %d from %s", state.number, state.lease.owner
+                )
+            pairs.append((state, replace(state, lease=self._lease(worker))))
+        return pairs
+
+    def update_ranges(
+        self, updates: Iterable[tuple[RangeState, RangeState]]
+    ) -> list[RangeState | None]:
+        """Write several ranges in one request, each conditional on the range as last seen.
+
+        `updates` are (as last seen, new) pairs. Per pair, the answer is the new
+        state as stored, or None where another worker changed the range since
+        (its lease is lost: drop it).
+        """
+        pairs = list(updates)
+        stamps = self._write_many(
+            "index", [(new.doc_id, new.source(), old.stamp) for old, new in pairs]
+        )
+        return [
+            None if stamp is None else replace(new, stamp=stamp)
+            for (_, new), stamp in zip(pairs, stamps, strict=True)
+        ]
 
     def _update_range(self, state: RangeState, new: RangeState) -> RangeState:
         return replace(new, stamp=self._replace(new.doc_id, new.source(), state.stamp))
 
+    # New states of a leased range, to write with `update_ranges` (or the methods below).
+
+    def renewed(self, state: RangeState) -> RangeState:
+        """The lease extended; `LeaseLost` if the range is not leased."""
+        return replace(state, lease=self._lease(_owner(state.lease)))
+
+    def progressed(self, state: RangeState, last_token: int | None, rows: int) -> RangeState:
+        """Every row up to `last_token` written (None: nothing yet); the lease extended."""
+        return replace(
+            state, last_token=last_token, rows=rows, lease=self._lease(_owner(state.lease))
+        )
+
+    @staticmethod
+    def finished(state: RangeState, rows: int) -> RangeState:
+        """Every row of the range written: done for good, its lease freed."""
+        return replace(state, done=True, rows=rows, lease=FREE)
+
+    @staticmethod
+    def released(state: RangeState) -> RangeState:
+        return replace(state, lease=FREE)
+
     def renew_range(self, state: RangeState) -> RangeState:
-        return self._update_range(state, replace(state, lease=self._lease(_owner(state.lease))))
+        return self._update_range(state, self.renewed(state))
 
     def progress_range(self, state: RangeState, last_token: int, rows: int) -> RangeState:
         """Record that every row up to `last_token` is written; renews the lease."""
-        new = replace(
-            state, last_token=last_token, rows=rows, lease=self._lease(_owner(state.lease))
-        )
-        return self._update_range(state, new)
+        return self._update_range(state, self.progressed(state, last_token, rows))
 
     def finish_range(self, state: RangeState, rows: int) -> RangeState:
-        new = replace(state, done=True, rows=rows, lease=FREE)
-        return self._update_range(state, new)
+        return self._update_range(state, self.finished(state, rows))
 
     def release_range(self, state: RangeState) -> RangeState:
-        return self._update_range(state, replace(state, lease=FREE))
+        return self._update_range(state, self.released(state))
 
 
 def _owner(lease: Lease) -> str:

@@ -3,16 +3,23 @@
 Flow::
 
     plan (a run: N token ranges, in the state store) -> W worker threads
-      each: lease a range -> scan it page by page -> BulkWriter.write(page)
-            -> record the last token reached (conditional on the lease)
-            -> mark the range done
+      each: lease a few ranges -> scan them page by page into one buffer
+            -> BulkWriter.write(full requests of writer.max_docs changes)
+            -> once the writer acknowledged a range's last row: mark it done
+            -> every third of a lease: record the last token acknowledged
+
+A worker's buffer spans range boundaries, so a range's end costs no small
+bulk request, and its state writes (ranges done, progress, lease renewals,
+new leases) go together in one conditional bulk request to the state index.
+A range is marked done only after the writer acknowledged all its rows, and
+the recorded token of a range never runs ahead of what was acknowledged.
 
 A run survives the process: started again, the job resumes the table's
-unfinished run from the last token each range reached (`restart=True` plans
+unfinished run from the last token each range recorded (`restart=True` plans
 a new run). Several processes, on several machines, may run the same
 backfill at once: each range is leased by one worker, and a crashed worker's
-range is taken over once its lease expires. The job returns when every range
-of the run is done (or `stop` is set).
+ranges are taken over once their leases expire. The job returns when every
+range of the run is done (or `stop` is set).
 """
 
 from __future__ import annotations
@@ -23,15 +30,17 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from sync.config import Config
 from sync.jobs import Job
 from sync.mapping import TableMapping
+from sync.model import Change
 from sync.sources.cql import SnapshotScanner, TokenRange, split_ring
 from sync.state import BackfillRun, LeaseLost, RangeState, StateStore
-from sync.writer import BulkWriter, WriteReport
+from sync.writer import WriteReport
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,9 @@ RING = 2**64 - 1
 # How long an idle worker waits before looking again for a range another
 # worker holds (it may crash, and its lease then expires).
 _RECHECK_S = 1.0
+_IDLE_POLL_S = 0.05
+# At most this many ranges leased in one request.
+_MAX_LEASE = 8
 
 
 @dataclass
@@ -189,7 +201,7 @@ class _Backfill:
         self.failed = threading.Event()  # one worker failed: the others stop too
         # What this process last saw of every range. Leasing tries it first and
         # reads the store again only when nothing in it can be had: a stale
-        # entry just fails its conditional write. Saves a read per range.
+        # entry just fails its conditional write. Saves a read per lease.
         self._seen: dict[int, RangeState] = {r.number: r for r in ranges}
 
     def halted(self) -> bool:
@@ -197,84 +209,239 @@ class _Backfill:
 
     def work(self, number: int) -> None:
         """One worker thread: lease ranges until none is left or we are stopped."""
-        # Each thread leases under its own name: a lease held by "this
-        # process" would let two of its threads take the same range.
-        worker = f"{self.job.worker_id}#{number}"
-        writer = self.job.new_writer()
         try:
-            while not self.halted() and not self.all_done.is_set():
-                state = self._lease_next(worker, number)
-                if state is None:
-                    self.stop.wait(_RECHECK_S)
-                    continue
-                try:
-                    self._scan(state, writer)
-                except LeaseLost:
-                    log.warning("lost the lease on range %d; dropping it", state.number)
+            _Worker(self, number).run()
         except BaseException as exc:
             with self._lock:
                 self.errors.append(exc)
             self.failed.set()
 
-    def _lease_next(self, worker: str, number: int) -> RangeState | None:
-        store = self.job.store
-        for fresh in (False, True):
-            if fresh:
-                self._saw(*store.list_ranges(self.run))
-            with self._lock:
-                pending = sorted(
-                    (s for s in self._seen.values() if not s.done), key=lambda s: s.number
-                )
-            if not pending:  # done is final: nothing can become pending again
-                self.all_done.set()
-                return None
-            # Threads start looking at different places so they rarely race for one range.
-            offset = number * len(pending) // max(self.job.cfg.backfill.workers, 1)
-            for state in pending[offset:] + pending[:offset]:
-                if not state.lease.free_for(worker, store.now_ms()):
-                    continue
-                leased = store.acquire_range(state, worker)
-                if leased is not None:
-                    self._saw(leased)
-                    return leased
-        return None
+    def pending(self) -> list[RangeState]:
+        """Ranges not done as this process last saw them, in range order."""
+        with self._lock:
+            return sorted((s for s in self._seen.values() if not s.done), key=lambda s: s.number)
 
-    def _saw(self, *states: RangeState) -> None:
+    def refresh(self) -> None:
+        self.saw(*self.job.store.list_ranges(self.run))
+
+    def saw(self, *states: RangeState) -> None:
         with self._lock:
             for state in states:
                 self._seen[state.number] = state
 
-    def _scan(self, state: RangeState, writer: BulkWriter) -> None:
-        store = self.job.store
-        whole = TokenRange(state.range_start, state.range_end)
-        rows, last_token = state.rows, state.last_token
-        recorded = time.monotonic()
-        for page in self.scanner.scan(whole.resume_from(state.last_token)):
-            if page.changes:
-                self._add(writer.write(page.changes))
-            if page.last_token is not None:
-                rows, last_token = rows + page.rows, page.last_token
-                self.progress.update(state.number, whole.fraction_done(last_token), page.rows)
-            if self.halted():
-                self._saw(store.release_range(self._record(state, last_token, rows)))
+    def idle(self) -> None:
+        """Wait a while for a range another worker holds (it may crash, and its lease expire)."""
+        deadline = time.monotonic() + _RECHECK_S
+        while time.monotonic() < deadline and not self.all_done.is_set():
+            if self.stop.wait(_IDLE_POLL_S) or self.failed.is_set():
                 return
-            # Progress is recorded (and the lease renewed) every third of a
-            # lease, not every page: a resume re-reads at most that much.
-            if time.monotonic() - recorded >= store.renew_interval_s:
-                state = self._record(state, last_token, rows)
-                recorded = time.monotonic()
-        self._saw(store.finish_range(state, rows))
-        self.progress.update(state.number, 1.0)
 
-    def _record(self, state: RangeState, last_token: int | None, rows: int) -> RangeState:
-        """Store how far the range got; conditional on our lease (`LeaseLost` if not ours)."""
-        if last_token is None or last_token == state.last_token:
-            return self.job.store.renew_range(state)
-        return self.job.store.progress_range(state, last_token, rows)
-
-    def _add(self, report: WriteReport) -> None:
+    def add(self, report: WriteReport) -> None:
         with self._lock:
             self.report.add(report)
+
+
+@dataclass
+class _Held:
+    """A range one worker leased: as stored, and what the writer acknowledged of it."""
+
+    state: RangeState
+    last_token: int | None  # the last token whose rows are all acknowledged
+    rows: int
+    complete: bool = False  # scanned to its end and every row acknowledged
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """Where a page of a range ends in the worker's stream of changes."""
+
+    position: int  # changes the worker had buffered in all, this page included
+    number: int
+    last_token: int | None
+    rows: int
+    end: bool  # the range's last page
+
+
+class _Worker:
+    """One worker thread's leases, its bulk buffer, and what of it is acknowledged.
+
+    Pages of every range the worker holds go into one buffer, sent in full
+    requests of `writer.max_docs` changes, so range ends cost no small bulk
+    requests. A `_Mark` per page says which range got how far once the writer
+    acknowledged everything up to it; a range is marked done only when its
+    last mark is acknowledged. State writes go in one conditional bulk request
+    (`StateStore.update_ranges`) per checkpoint: the done ranges, the progress
+    and lease renewal of the held ones, and new leases, together.
+    """
+
+    def __init__(self, backfill: _Backfill, number: int) -> None:
+        self.b = backfill
+        self.store = backfill.job.store
+        self.number = number
+        # Each thread leases under its own name: a lease held by "this
+        # process" would let two of its threads take the same range.
+        self.name = f"{backfill.job.worker_id}#{number}"
+        self.writer = backfill.job.new_writer()
+        self.max_docs = max(backfill.job.cfg.writer.max_docs, 1)
+        self.workers = max(backfill.job.cfg.backfill.workers, 1)
+        self.held: dict[int, _Held] = {}
+        self.todo: list[int] = []  # held ranges not scanned yet
+        self.buffer: list[Change] = []
+        self.buffered = 0  # changes ever put into the buffer
+        self.acknowledged = 0  # of those, changes the writer acknowledged
+        self.marks: deque[_Mark] = deque()
+        self.checkpointed = time.monotonic()
+
+    def run(self) -> None:
+        b = self.b
+        while not b.halted() and not b.all_done.is_set():
+            if not self.todo and not self._lease():
+                if self.held or self.buffer:
+                    # Nothing to take: write and record what we hold, then look
+                    # again at once (those may have been the last ranges).
+                    self._flush(everything=True)
+                    self._checkpoint()
+                elif not b.all_done.is_set():
+                    b.idle()
+                continue
+            self._scan(self.todo.pop(0))
+        if self.held and not b.failed.is_set():
+            self._flush(everything=True)
+            self._checkpoint(release=b.halted())
+
+    # ---- leases ---------------------------------------------------------------
+
+    def _lease(self) -> bool:
+        """Lease more ranges (and checkpoint what is due in the same request)."""
+        for fresh in (False, True):
+            if fresh:
+                self.b.refresh()
+            pending = [s for s in self.b.pending() if s.number not in self.held]
+            if not pending and not self.held:
+                self.b.all_done.set()  # done is final: nothing can become pending again
+                return False
+            now = self.store.now_ms()
+            free = [s for s in pending if s.lease.free_for(self.name, now)]
+            if not free:
+                continue
+            # Several ranges per request while many are left, one each near the end
+            # (so the last ranges spread over the workers). Threads start looking
+            # at different places so they rarely race for the same ranges.
+            limit = max(1, min(_MAX_LEASE, len(free) // (2 * self.workers)))
+            offset = self.number * len(free) // self.workers
+            leases = self.store.range_leases(free[offset:] + free[:offset], self.name, limit)
+            if self._checkpoint(leases):
+                return True
+        return False
+
+    def _checkpoint(
+        self,
+        leases: list[tuple[RangeState, RangeState]] | None = None,
+        *,
+        release: bool = False,
+    ) -> list[RangeState]:
+        """One state request: every held range's progress (done ones finished), plus `leases`.
+
+        Returns the ranges newly leased. A held range whose write fails was
+        taken over: it is dropped (its buffered rows are still written: harmless).
+        """
+        pairs: list[tuple[RangeState, RangeState]] = []
+        for held in self.held.values():
+            if held.complete:
+                new = self.store.finished(held.state, held.rows)
+            elif held.last_token != held.state.last_token or held.rows != held.state.rows:
+                new = self.store.progressed(held.state, held.last_token, held.rows)
+            else:
+                new = self.store.renewed(held.state)
+            pairs.append((held.state, self.store.released(new) if release else new))
+        pairs += leases or []
+        if not pairs:
+            return []
+        results = self.store.update_ranges(pairs)
+        self.checkpointed = time.monotonic()
+        leased: list[RangeState] = []
+        for (old, _), result in zip(pairs, results, strict=True):
+            if result is not None:
+                self.b.saw(result)
+            if old.number not in self.held:  # a new lease
+                if result is not None:
+                    leased.append(result)
+                    self.held[result.number] = _Held(result, result.last_token, result.rows)
+                    self.todo.append(result.number)
+            elif result is None:
+                log.warning("lost the lease on range %d; dropping it", old.number)
+                self._drop(old.number)
+            elif result.done or release:
+                if result.done:
+                    self.b.progress.update(result.number, 1.0)
+                self._drop(result.number)
+            else:
+                self.held[result.number].state = result
+        return leased
+
+    def _drop(self, number: int) -> None:
+        self.held.pop(number, None)
+        with contextlib.suppress(ValueError):
+            self.todo.remove(number)
+
+    def _due(self) -> bool:
+        """A checkpoint is due: a range is complete, or a third of a lease went by."""
+        return any(h.complete for h in self.held.values()) or (
+            time.monotonic() - self.checkpointed >= self.store.renew_interval_s
+        )
+
+    # ---- scanning and writing ---------------------------------------------------
+
+    def _scan(self, number: int) -> None:
+        held = self.held[number]
+        whole = TokenRange(held.state.range_start, held.state.range_end)
+        rows, last_token = held.rows, held.last_token
+        for page in self.b.scanner.scan(whole.resume_from(held.state.last_token)):
+            if page.last_token is not None:
+                rows, last_token = rows + page.rows, page.last_token
+                self.b.progress.update(number, whole.fraction_done(last_token), page.rows)
+            self._buffer(page.changes, number, last_token, rows, end=False)
+            if self.b.halted():
+                return
+            self._flush()
+            if self._due():
+                if not any(h.complete for h in self.held.values()):
+                    # Only the timer: write everything so the checkpoint records it all.
+                    self._flush(everything=True)
+                self._checkpoint()
+            if number not in self.held:  # the lease was lost
+                return
+        self._buffer([], number, last_token, rows, end=True)
+        self.b.progress.update(number, 1.0)
+        if self._due():
+            self._checkpoint()
+
+    def _buffer(
+        self, changes: list[Change], number: int, last_token: int | None, rows: int, *, end: bool
+    ) -> None:
+        self.buffer.extend(changes)
+        self.buffered += len(changes)
+        self.marks.append(_Mark(self.buffered, number, last_token, rows, end))
+        self._acknowledge()
+
+    def _flush(self, *, everything: bool = False) -> None:
+        """Send full requests from the buffer (`everything`: the rest too)."""
+        while len(self.buffer) >= self.max_docs or (everything and self.buffer):
+            batch = self.buffer[: self.max_docs]
+            del self.buffer[: self.max_docs]
+            self.b.add(self.writer.write(batch))
+            self.acknowledged += len(batch)
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """Move held ranges' acknowledged progress up to what the writer acknowledged."""
+        while self.marks and self.marks[0].position <= self.acknowledged:
+            mark = self.marks.popleft()
+            held = self.held.get(mark.number)
+            if held is None:
+                continue  # dropped
+            held.last_token, held.rows = mark.last_token, mark.rows
+            held.complete = mark.end
 
 
 def run_backfill(

@@ -8,6 +8,7 @@ needs (sequence number and version; final versions of finished shards).
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 
@@ -196,3 +197,48 @@ def test_restart_replaces_the_run_conditionally(client: OpenSearch, clock: FakeC
     assert current is not None and current.run_id == "run-2"
     assert len(a.list_ranges(current)) == 2
     assert a.finish_run(current).finished
+
+
+def test_several_ranges_are_leased_in_one_request_each_conditionally(
+    client: OpenSearch, clock: FakeClock
+) -> None:
+    a, b = store(client, clock), store(client, clock)
+    bounds = [-(2**63) + i * 2**61 for i in range(8)] + [2**63 - 1]
+    run = a.start_run(TABLE, "run-many", list(itertools.pairwise(bounds)))
+    ranges = a.list_ranges(run)
+    assert [r.number for r in ranges] == list(range(8))
+
+    mine = a.acquire_ranges(ranges, "worker-a", limit=3)
+    assert [r.number for r in mine] == [0, 1, 2]
+    assert all(r.lease.owner == "worker-a" for r in mine)
+    # A stale view of 0..3: the three leased ones fail their condition, 3 is had.
+    theirs = b.acquire_ranges(ranges[:4], "worker-b", limit=8)
+    assert [r.number for r in theirs] == [3]
+    # A fresh view: ranges others hold are skipped (its own one is leased anew).
+    theirs = b.acquire_ranges(b.list_ranges(run), "worker-b", limit=2)
+    assert [r.number for r in theirs] == [3, 4]
+
+    # One request: 0 done, 1 progressed, 2 released; a stale write of 3 is refused.
+    done, progressed, released = a.update_ranges(
+        [
+            (mine[0], a.finished(mine[0], rows=7)),
+            (mine[1], a.progressed(mine[1], last_token=-(2**62), rows=3)),
+            (mine[2], a.released(mine[2])),
+        ]
+    )
+    assert done is not None and done.done and done.lease.owner is None
+    assert progressed is not None and progressed.last_token == -(2**62)
+    assert released is not None and released.lease.owner is None
+    assert a.update_ranges([(ranges[3], a.renewed(mine[0]))]) == [None]
+    # The same request sent again (a retry after a lost reply) finds its own write: no loss.
+    again = a.update_ranges([(mine[1], progressed)])
+    assert again == [progressed]
+
+    stored = {r.number: r for r in a.list_ranges(run)}
+    assert stored[0].done and stored[0].rows == 7
+    assert stored[1].rows == 3 and stored[1].lease.owner == "worker-a"
+    assert stored[3].lease.owner == "worker-b"
+    # Done ranges are never leased again, expired ones are taken over.
+    clock.now += 31_000
+    again = b.acquire_ranges(a.list_ranges(run), "worker-b", limit=8)
+    assert [r.number for r in again] == [1, 2, 3, 4, 5, 6, 7]

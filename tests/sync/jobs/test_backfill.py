@@ -119,7 +119,10 @@ def test_a_stopped_backfill_resumes_its_run(
 
     model = _create_rows(cql, keyspace, 400)
     mapping = _mapping(keyspace)
-    cfg = make_config(backfill={"ranges": 16, "workers": 1, "page_size": 5})
+    # Small bulk requests, so ranges are done (and the stop comes) before the end.
+    cfg = make_config(
+        backfill={"ranges": 16, "workers": 1, "page_size": 5}, writer={"max_docs": 10}
+    )
     stop = threading.Event()
     with Job(cfg, mapping) as job:
 
@@ -244,3 +247,158 @@ def test_a_backfill_racing_the_follower_and_live_writes_converges_to_the_table(
     finally:
         stop.set()
         follower.join(timeout=60)
+
+
+# ---- one worker's buffer and checkpoints, with a fake scan and writer -----------------------
+
+
+class _Fakes:
+    """A scan of `sizes[n]` rows in range n (evenly spread over its tokens), pages of
+    `page` rows; a writer that records its batches and, at each one, checks that no
+    range records more than was acknowledged by earlier batches."""
+
+    def __init__(self, store: Any, run: Any, sizes: list[int], page: int) -> None:
+        self.store, self.run, self.sizes, self.page = store, run, sizes, page
+        self.ranges = split_ring(len(sizes))
+        self.ends = {r.end: n for n, r in enumerate(self.ranges)}
+        self.batches: list[list[tuple[int, int]]] = []
+        self.acknowledged: set[tuple[int, int]] = set()
+
+    def token(self, number: int, row: int) -> int:
+        whole = self.ranges[number]
+        return whole.start + whole.width // (self.sizes[number] + 1) * (row + 1)
+
+    def scan(self, token_range: Any) -> Any:
+        from sync.sources.cql import ScanPage
+
+        number = self.ends[token_range.end]
+        rows = [
+            (number, i)
+            for i in range(self.sizes[number])
+            if self.token(number, i) > token_range.start
+        ]
+        for first in range(0, len(rows), self.page) or [0]:
+            chunk = rows[first : first + self.page]
+            last = self.token(*chunk[-1]) if chunk else None
+            yield ScanPage(chunk, last, len(chunk))  # type: ignore[arg-type]
+
+    def check(self) -> None:
+        """Every row a range's state says is written was acknowledged."""
+        for state in self.store.list_ranges(self.run):
+            n = state.number
+            written = [
+                i
+                for i in range(self.sizes[n])
+                if state.done
+                or (state.last_token is not None and self.token(n, i) <= state.last_token)
+            ]
+            assert all((n, i) in self.acknowledged for i in written)
+
+    def write(self, batch: list[tuple[int, int]]) -> Any:
+        from sync.writer import WriteReport
+
+        self.check()
+        self.batches.append(list(batch))
+        self.acknowledged.update(batch)
+        return WriteReport(applied=len(batch))
+
+
+def _fake_backfill(
+    store: Any, run: Any, fakes: _Fakes, monkeypatch: pytest.MonkeyPatch, stop: threading.Event
+) -> Any:
+    """A `_Backfill` of one worker over the fake scan and writer, the real state store."""
+    from types import SimpleNamespace
+
+    import sync.jobs.backfill as backfill
+
+    monkeypatch.setattr(backfill, "SnapshotScanner", lambda *a, **k: fakes)
+    cfg = SimpleNamespace(
+        backfill=SimpleNamespace(workers=1, page_size=4, snapshot_margin_ms=0),
+        keyspaces=SimpleNamespace(read_consistency="ONE"),
+        writer=SimpleNamespace(max_docs=10),
+    )
+    job = SimpleNamespace(
+        cfg=cfg, store=store, session=None, info=None, worker_id="host", new_writer=lambda: fakes
+    )
+    return backfill._Backfill(job, run, stop)  # type: ignore[arg-type]
+
+
+SIZES = [7, 0, 12, 3, 25, 9, 1, 0, 14, 6, 11, 5]
+
+
+def test_pages_of_many_ranges_share_full_bulk_requests_and_ranges_end_only_when_written(
+    opensearch: OpenSearch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sync.jobs.backfill import plan_run
+    from sync.state import StateStore
+
+    sizes = SIZES
+    store = StateStore(opensearch, ".ks2os-state", lease_seconds=300)
+    run = plan_run(store, "ks.t->t_v1", len(sizes), restart=False)
+    fakes = _Fakes(store, run, sizes, page=4)
+    leases_per_request: list[int] = []  # ranges newly leased, per state request
+    update_ranges = store.update_ranges
+
+    def counted(pairs: list[Any]) -> Any:
+        leases_per_request.append(sum(old.lease.owner != "host#0" for old, _ in pairs))
+        return update_ranges(pairs)
+
+    monkeypatch.setattr(store, "update_ranges", counted)
+    work = _fake_backfill(store, run, fakes, monkeypatch, threading.Event())
+    work.work(0)
+
+    assert not work.errors and work.all_done.is_set()
+    # One buffer across range ends: every request full but the last.
+    assert [len(b) for b in fakes.batches] == [10] * 9 + [3]
+    assert sorted(fakes.acknowledged) == [
+        (n, i) for n, size in enumerate(sizes) for i in range(size)
+    ]
+    assert sum(len(b) for b in fakes.batches) == sum(sizes)  # nothing written twice
+    stored = store.list_ranges(run)
+    assert all(s.done and s.lease.owner is None for s in stored)
+    assert [s.rows for s in stored] == sizes
+    # Several ranges leased per request while many are left; otherwise one state
+    # request per bulk request at most (each done range is recorded with others).
+    assert max(leases_per_request) > 1 and sum(leases_per_request) == len(sizes)
+    leasing = sum(1 for n in leases_per_request if n)
+    assert len(leases_per_request) - leasing <= len(fakes.batches)
+    assert work.progress.estimate(time.monotonic())[0] == pytest.approx(1.0)
+
+
+def test_a_stopped_worker_records_only_what_was_written_and_frees_its_ranges(
+    opensearch: OpenSearch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sync.jobs.backfill import plan_run
+    from sync.state import StateStore
+
+    store = StateStore(opensearch, ".ks2os-state", lease_seconds=300)
+    run = plan_run(store, "ks.t->t_v1", len(SIZES), restart=False)
+    fakes = _Fakes(store, run, SIZES, page=4)
+    stop = threading.Event()
+    write = fakes.write
+
+    def write_then_stop(batch: list[tuple[int, int]]) -> Any:
+        if len(fakes.batches) == 2:
+            stop.set()  # the third request: the worker stops after it
+        return write(batch)
+
+    monkeypatch.setattr(fakes, "write", write_then_stop)
+    first = _fake_backfill(store, run, fakes, monkeypatch, stop)
+    first.work(0)
+    assert not first.errors and not first.all_done.is_set()
+
+    stored = store.list_ranges(run)
+    assert any(s.done for s in stored) and not all(s.done for s in stored)
+    assert all(s.lease.owner is None for s in stored)  # released: others may go on at once
+    fakes.check()  # recorded progress never runs ahead of what the writer acknowledged
+    assert any(s.last_token is not None and not s.done for s in stored)  # a partial range
+
+    second = _fake_backfill(store, run, fakes, monkeypatch, threading.Event())
+    second.work(0)
+    assert not second.errors and second.all_done.is_set()
+    assert all(s.done for s in store.list_ranges(run))
+    assert sorted(fakes.acknowledged) == [
+        (n, i) for n, size in enumerate(SIZES) for i in range(size)
+    ]
+    # Done ranges were not read again: fewer rows written than twice the table.
+    assert sum(len(b) for b in fakes.batches) < 2 * sum(SIZES)
