@@ -82,6 +82,24 @@ def _quote(text: str) -> str:
     return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
 
 
+def _key_text(key: tuple[Any, ...], positions: tuple[int, ...]) -> str:
+    """The key components at `positions`, each `_quote(text_form(...))`, joined with `:`."""
+    parts = []
+    for position in positions:
+        value = key[position]
+        cls = type(value)
+        if cls is str:
+            parts.append(value if _is_unreserved(value) else quote(value, safe=""))
+        elif cls is int:
+            parts.append(str(value))  # digits and `-`: nothing to encode
+        else:
+            parts.append(_quote(text_form(value)))
+    return ":".join(parts)
+
+
+_is_unreserved = _UNRESERVED.fullmatch
+
+
 def bulk_lines(actions: Iterable[BulkAction]) -> bytes:
     """The NDJSON body of a bulk request (sent to `/<index>/_bulk`)."""
     return b"".join(action.lines() for action in actions)
@@ -103,6 +121,19 @@ def iso_timestamp(value: dt.datetime) -> str:
     if value.tzinfo is not None or value.microsecond % 1000:
         value = _EPOCH + epoch_millis(value) * _ONE_MS
     return value.isoformat(timespec="milliseconds") + "Z"
+
+
+def _iso_timestamp(value: dt.datetime) -> str:
+    """`iso_timestamp` of an exact `datetime`, from its plain isoformat().
+
+    isoformat() is fixed-width up to the seconds and adds `.ffffff` only when
+    there are microseconds; at millisecond precision the first three digits
+    are the milliseconds.
+    """
+    if value.tzinfo is not None or value.microsecond % 1000:
+        value = _EPOCH + epoch_millis(value) * _ONE_MS
+    text = value.isoformat()
+    return text[:23] + "Z" if value.microsecond else text + ".000Z"
 
 
 def iso_duration(value: Duration) -> str:
@@ -173,7 +204,7 @@ class _Converter:
         self.epoch_millis = timestamps is Timestamps.EPOCH_MILLIS
         self.big_as_number = big_numbers is BigNumbers.NUMBER
         self.explicit_nulls = explicit_nulls
-        self._by_class: dict[type, Callable[[Any], Any]] = {
+        self.by_class: dict[type, Callable[[Any], Any]] = {
             str: _same,
             bool: _same,
             float: _same,
@@ -183,7 +214,7 @@ class _Converter:
             uuid.UUID: str,
             Date: str,
             Time: str,
-            dt.datetime: epoch_millis if self.epoch_millis else iso_timestamp,
+            dt.datetime: epoch_millis if self.epoch_millis else _iso_timestamp,
             Duration: iso_duration,
             bytes: _base64,
             list: self._array,
@@ -193,11 +224,19 @@ class _Converter:
             OrderedMapSerializedKey: self._map,
             dict: self._map,
         }
+        # For a body orjson serialises at once: it writes a UUID exactly as
+        # str() does, so the conversion is left to it.
+        self.native_by_class = {**self.by_class, uuid.UUID: _same}
 
     def convert(self, value: Any, varint: bool = False) -> Any:
-        if varint and type(value) is int and not self.big_as_number:
-            return str(value)
-        handler = self._by_class.get(type(value))
+        cls = type(value)
+        if cls is str:
+            return value
+        if cls is int:
+            if varint and not self.big_as_number:
+                return str(value)
+            return value if -(2**63) <= value < 2**64 else orjson.Fragment(str(value))
+        handler = self.by_class.get(cls)
         if handler is not None:
             return handler(value)
         return self._convert_other(value)
@@ -235,10 +274,19 @@ class _Converter:
         return orjson.Fragment(str(value)) if self.big_as_number else str(value)
 
     def _array(self, value: Iterable[Any]) -> list[Any]:
-        return [self.convert(item) for item in value]
+        convert = self.convert
+        return [item if type(item) is str else convert(item) for item in value]
 
     def _map(self, value: Any) -> dict[str, Any]:
-        return self._object((text_form(k), v) for k, v in value.items())
+        convert = self.convert
+        explicit_nulls = self.explicit_nulls
+        return {
+            (k if type(k) is str else text_form(k)): (
+                v if type(v) is str or (type(v) is int and -(2**63) <= v < 2**64) else convert(v)
+            )
+            for k, v in value.items()
+            if v is not None or explicit_nulls
+        }
 
     def _object(self, items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
         return {
@@ -291,6 +339,11 @@ class DocumentBuilder:
         self._converter = _Converter(spec.timestamps, spec.big_numbers, self._explicit_nulls)
         self._plan = self._plan_fields()
         self._planned = frozenset(column for column, _, _ in self._plan)
+        self._plain_plan: tuple[tuple[str, str], ...] | None = (
+            None
+            if self._explicit_nulls or any(varint for _, _, varint in self._plan)
+            else tuple((column, field_name) for column, field_name, _ in self._plan)
+        )
         # Without an include list, columns the schema did not list still go in.
         self._take_unplanned = spec.include is None
         static_columns = frozenset(table.static)
@@ -327,12 +380,12 @@ class DocumentBuilder:
         return tuple(plan.values())
 
     def doc_id(self, key: tuple[Any, ...]) -> str:
-        return ":".join([_quote(text_form(key[i])) for i in self._id_positions])
+        return _key_text(key, self._id_positions)
 
     def routing(self, key: tuple[Any, ...]) -> str | None:
         if self._routing_positions is None:
             return None
-        return ":".join([_quote(text_form(key[i])) for i in self._routing_positions])
+        return _key_text(key, self._routing_positions)
 
     # ------------------------------------------------ tables with static columns
 
@@ -390,41 +443,59 @@ class DocumentBuilder:
                 "has no single versioned action",
                 hint="write it through BulkWriter, which merges statics into the partition's rows",
             )
-        meta: dict[str, Any] = {
-            "version": change.version,
-            "source": "scan" if isinstance(change.source, ScanPosition) else "stream",
-        }
-        if change.op is Op.DELETE or change.image is None:
-            meta["deleted"] = True
-            body: dict[str, Any] = {META_FIELD: meta}
+        version = change.version
+        source = "scan" if isinstance(change.source, ScanPosition) else "stream"
+        image = change.image
+        body: dict[str, Any]
+        if change.op is Op.DELETE or image is None:
+            body = {META_FIELD: {"version": version, "source": source, "deleted": True}}
         else:
-            if change.expires_at_ms is not None:
-                meta["expires_at"] = change.expires_at_ms
-            meta["deleted"] = False
-            body = self._source(change.image)
-            body[META_FIELD] = meta
+            body = self._source(image, native=True)
+            expires_at = change.expires_at_ms
+            if expires_at is None:
+                body[META_FIELD] = {"version": version, "source": source, "deleted": False}
+            else:
+                body[META_FIELD] = {
+                    "version": version,
+                    "source": source,
+                    "expires_at": expires_at,
+                    "deleted": False,
+                }
+        key = change.key
+        routing = self._routing_positions
         return BulkAction(
-            op="index",
-            doc_id=self.doc_id(change.key),
-            routing=self.routing(change.key),
-            version=change.version,
-            body=orjson.dumps(body),
-            change=change,
+            "index",
+            _key_text(key, self._id_positions),
+            None if routing is None else _key_text(key, routing),
+            version,
+            orjson.dumps(body),
+            change,
         )
 
-    def _source(self, image: Mapping[str, Any]) -> dict[str, Any]:
-        convert = self._converter.convert
+    def _source(self, image: Mapping[str, Any], native: bool = False) -> dict[str, Any]:
+        """The document fields of `image`: JSON-ready values, or for `native`, values
+        orjson writes identically itself (a UUID stays a UUID)."""
+        converter = self._converter
+        by_class = converter.native_by_class if native else converter.by_class
+        convert = converter.convert
         explicit_nulls = self._explicit_nulls
         source: dict[str, Any] = {}
-        for column, field_name, varint in self._plan:
-            value = image.get(column)
-            if type(value) is str:
-                source[field_name] = value  # the commonest value needs no conversion
-            elif value is not None:
-                source[field_name] = convert(value, varint)
-            elif explicit_nulls:
-                source[field_name] = None
-        if self._take_unplanned:
+        if self._plain_plan is not None:
+            # No varint column and nulls left out: the loop below, with less to ask.
+            for column, field_name in self._plain_plan:
+                value = image.get(column)
+                if value is None:
+                    continue
+                cls = type(value)
+                if cls is str or (cls is int and -(2**63) <= value < 2**64):
+                    source[field_name] = value
+                else:
+                    handler = by_class.get(cls)
+                    source[field_name] = handler(value) if handler is not None else convert(value)
+        else:
+            self._source_planned(image, by_class, source)
+        # Without an include list, columns the schema did not list still go in.
+        if self._take_unplanned and not image.keys() <= self._planned:
             spec = self.mapping.document
             for column, value in image.items():
                 if column in self._planned or column in spec.exclude:
@@ -432,3 +503,25 @@ class DocumentBuilder:
                 if value is not None or explicit_nulls:
                     source[spec.rename.get(column, column)] = convert(value)
         return source
+
+    def _source_planned(
+        self, image: Mapping[str, Any], by_class: Mapping[type, Any], source: dict[str, Any]
+    ) -> None:
+        convert = self._converter.convert
+        explicit_nulls = self._explicit_nulls
+        for column, field_name, varint in self._plan:
+            value = image.get(column)
+            if value is None:
+                if explicit_nulls:
+                    source[field_name] = None
+                continue
+            cls = type(value)
+            if cls is str:
+                source[field_name] = value  # the commonest value needs no conversion
+            elif cls is int and not varint and -(2**63) <= value < 2**64:
+                source[field_name] = value
+            else:
+                handler = None if varint else by_class.get(cls)
+                source[field_name] = (
+                    handler(value) if handler is not None else convert(value, varint)
+                )

@@ -58,6 +58,8 @@ from sync.errors import DecodeError
 
 _EPOCH = dt.datetime(1970, 1, 1)
 _EPOCH_ORDINAL = _EPOCH.toordinal()
+_ONE_MS = dt.timedelta(milliseconds=1)
+_Decimal = decimal.Decimal
 _NANOS_PER_DAY = 86_400 * 10**9
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -93,28 +95,79 @@ def decode_cell(cell: Mapping[str, Any], column: str) -> Any:
     try:
         ((member, raw),) = cell.items()
     except (AttributeError, TypeError, ValueError):
-        raise DecodeError(
-            f"column {column!r}: a cell value must have exactly one member, got {cell!r}",
-            hint="the record does not follow the KeyspacesCellValue shape",
-        ) from None
-    if type(raw) is str and member in _TEXT_MEMBERS:
-        return raw  # the commonest cell, on the fast path
+        raise _not_one_member(cell, column) from None
     decoder = _DECODERS.get(member)
     if decoder is None:
-        raise DecodeError(
-            f"column {column!r}: unknown cell type {member!r} in {cell!r}",
-            hint="a newer Keyspaces type this version of ks2os does not know",
-        )
+        raise _unknown_member(cell, member, column)
+    if decoder is _text and type(raw) is str:
+        return raw  # the commonest cell, on the fast path
     try:
         return decoder(raw, column)
     except DecodeError:
         raise
-    except (ValueError, TypeError, ArithmeticError, KeyError, binascii.Error) as exc:
-        message = f"column {column!r}: cannot decode {member} value {raw!r}: {exc}"
-        raise DecodeError(message) from exc
+    except _DECODE_FAILURES as exc:
+        raise _cannot_decode(member, raw, column, exc) from exc
 
 
-_TEXT_MEMBERS = frozenset({"textT", "varcharT", "asciiT"})
+def decode_cells(cells: Mapping[str, Any], skip: frozenset[str], into: dict[str, Any]) -> None:
+    """Decode a row's `KeyspacesCell`s (name -> {value, metadata}) into `into`.
+
+    Cells named in `skip` are passed over; a cell without a value is a null
+    and, like a null in a CQL row, left out. `decode_cell`'s dispatch is
+    inlined: this loop runs for every cell of every record.
+    """
+    decoders = _DECODERS
+    text = _text
+    integer = _integer
+    for name, cell in cells.items():
+        if name in skip:
+            continue
+        try:
+            value = cell.get("value")
+        except AttributeError:
+            raise DecodeError(f"column {name!r}: expected a cell, got {cell!r}") from None
+        if value is None:
+            continue
+        try:
+            ((member, raw),) = value.items()
+            decoder = decoders[member]
+        except (AttributeError, TypeError, ValueError, KeyError):
+            into[name] = decode_cell(value, name)  # raises the precise error
+            continue
+        if type(raw) is str:
+            if decoder is text:
+                into[name] = raw
+                continue
+            if decoder is integer and raw.isdigit():
+                into[name] = int(raw)
+                continue
+        try:
+            into[name] = decoder(raw, name)
+        except DecodeError:
+            raise
+        except _DECODE_FAILURES as exc:
+            raise _cannot_decode(member, raw, name, exc) from exc
+
+
+_DECODE_FAILURES = (ValueError, TypeError, ArithmeticError, KeyError, binascii.Error)
+
+
+def _not_one_member(cell: Any, column: str) -> DecodeError:
+    return DecodeError(
+        f"column {column!r}: a cell value must have exactly one member, got {cell!r}",
+        hint="the record does not follow the KeyspacesCellValue shape",
+    )
+
+
+def _unknown_member(cell: Any, member: Any, column: str) -> DecodeError:
+    return DecodeError(
+        f"column {column!r}: unknown cell type {member!r} in {cell!r}",
+        hint="a newer Keyspaces type this version of ks2os does not know",
+    )
+
+
+def _cannot_decode(member: str, raw: Any, column: str, exc: Exception) -> DecodeError:
+    return DecodeError(f"column {column!r}: cannot decode {member} value {raw!r}: {exc}")
 
 
 def _text(raw: Any, column: str) -> str:
@@ -124,7 +177,7 @@ def _text(raw: Any, column: str) -> str:
 
 
 def _integer(raw: Any, column: str) -> int:
-    if type(raw) is str and _is_integer_text(raw):
+    if type(raw) is str and (raw.isdigit() or _is_integer_text(raw)):
         return int(raw)
     text = _text(raw, column).strip()
     if not _INTEGER.fullmatch(text):
@@ -144,7 +197,7 @@ def _float32(raw: Any, column: str) -> float:
 
 
 def _decimal(raw: Any, column: str) -> decimal.Decimal:
-    value = decimal.Decimal(_text(raw, column).strip())
+    value = _Decimal(raw.strip() if type(raw) is str else _text(raw, column).strip())
     if not value.is_finite():
         raise ValueError("CQL decimals are finite")
     return value
@@ -165,7 +218,24 @@ def _blob(raw: Any, column: str) -> bytes:
 
 
 def _uuid(raw: Any, column: str) -> uuid.UUID:
+    if type(raw) is str:
+        digits = raw.replace("-", "")
+        if len(digits) == 32 and digits.isascii() and digits.isalnum():
+            # What uuid.UUID(raw) does for this text (no braces, no urn: prefix),
+            # without its argument checks: int(digits, 16) is the whole parse.
+            value = _new_object(_UUID)
+            _set_uuid_int(value, int(digits, 16))
+            _set_uuid_safety(value, _UUID_UNKNOWN_SAFETY)
+            return value
     return uuid.UUID(_text(raw, column))
+
+
+_UUID = uuid.UUID
+_UUID_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
+_new_object = object.__new__
+# The slots' own setters: what UUID.__init__'s object.__setattr__ calls reach.
+_set_uuid_int = vars(_UUID)["int"].__set__
+_set_uuid_safety = vars(_UUID)["is_safe"].__set__
 
 
 def _inet(raw: Any, column: str) -> str:
@@ -187,9 +257,11 @@ def _is_integer_text(text: str) -> bool:
 
 
 def _timestamp(raw: Any, column: str) -> dt.datetime:
+    if type(raw) is str and raw.isdigit():
+        return _EPOCH + _ONE_MS * int(raw)  # exact: timedelta times an int
     text = _text(raw, column)
     if _is_integer_text(text):
-        return _EPOCH + dt.timedelta(milliseconds=int(text))
+        return _EPOCH + _ONE_MS * int(text)
     text = text.strip()
     parsed = dt.datetime.fromisoformat(text)
     if parsed.tzinfo is not None:
@@ -268,9 +340,46 @@ def _iso_duration(body: str) -> tuple[int, int, int]:
 
 
 def _elements(raw: Any, column: str) -> list[Any]:
-    if not _is_array(raw):
+    if type(raw) is not list and not _is_array(raw):
         raise TypeError(f"expected an array of cells, got {type(raw).__name__}")
-    return [_nested(element, column) for element in raw]
+    elements = []
+    decoders = _DECODERS
+    text = _text
+    integer = _integer
+    for cell in raw:
+        # _nested, inlined with decode_cell's text fast path.
+        if type(cell) is not dict:
+            elements.append(_nested(cell, column))
+            continue
+        value = cell.get("value")
+        if value is None:
+            elements.append(None)
+            continue
+        if type(value) is dict and len(value) == 1:  # _leaf inlined
+            ((member, raw_element),) = value.items()
+            if type(raw_element) is str:
+                decoder = decoders.get(member)
+                if decoder is text:
+                    elements.append(raw_element)
+                    continue
+                if decoder is integer and raw_element.isdigit():
+                    elements.append(int(raw_element))
+                    continue
+        elements.append(decode_cell(value, column))
+    return elements
+
+
+def _leaf(value: Any, column: str) -> Any:
+    """`decode_cell(value, column)`, with text and plain integers decoded in place."""
+    if type(value) is dict and len(value) == 1:
+        ((member, raw),) = value.items()
+        if type(raw) is str:
+            decoder = _DECODERS.get(member)
+            if decoder is _text:
+                return raw
+            if decoder is _integer and raw.isdigit():
+                return int(raw)
+    return decode_cell(value, column)
 
 
 def _nested(cell: Any, column: str) -> Any:
@@ -289,7 +398,25 @@ def _list(raw: Any, column: str) -> list[Any]:
 
 
 def _set(raw: Any, column: str) -> SortedSet:
-    return SortedSet(_elements(raw, column))
+    return _sorted_set(_elements(raw, column))
+
+
+def _sorted_set(elements: list[Any]) -> SortedSet:
+    """`SortedSet(elements)`, built in one sort when the elements are all text or all ints.
+
+    For those, sorting the distinct elements gives exactly the list that
+    SortedSet's element-by-element insertion builds (a total order, and
+    `==` is equality of value); anything else goes through SortedSet itself.
+    """
+    kind = str if not elements else type(elements[0])
+    if kind is str or kind is int:
+        for element in elements:
+            if type(element) is not kind:
+                return SortedSet(elements)
+        built: SortedSet = _new_object(SortedSet)
+        built._items = sorted(set(elements))
+        return built
+    return SortedSet(elements)
 
 
 def _tuple(raw: Any, column: str) -> tuple[Any, ...]:
@@ -301,20 +428,54 @@ def _map(raw: Any, column: str) -> Mapping[Any, Any]:
 
     An OrderedMap when a key is unhashable (a frozen collection as key).
     """
-    if not _is_array(raw):
+    if type(raw) is not list and not _is_array(raw):
         raise TypeError(f"expected an array of map entries, got {type(raw).__name__}")
+    decoded: dict[Any, Any] = {}
+    decoders = _DECODERS
+    text = _text
+    for entry in raw:
+        if (type(entry) is not dict and not _is_mapping(entry)) or "key" not in entry:
+            raise TypeError(f"expected a map entry with a key, got {entry!r}")
+        value = entry.get("value")  # absent: a null value (possible in frozen maps)
+        if value is not None:
+            value = _leaf(value, column)
+        key = entry["key"]
+        # _leaf inlined for the commonest key, text.
+        if type(key) is dict and len(key) == 1:
+            ((member, text_value),) = key.items()
+            if type(text_value) is str and decoders.get(member) is text:
+                key = text_value
+            else:
+                key = _leaf(key, column)
+        else:
+            key = _leaf(key, column)
+        try:
+            decoded[key] = value
+        except TypeError:
+            if not _is_unhashable(key):
+                raise
+            return _ordered_map(raw, column)
+    return decoded
+
+
+def _is_unhashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return True
+    return False
+
+
+def _ordered_map(raw: Any, column: str) -> Mapping[Any, Any]:
     entries: list[tuple[Any, Any]] = []
     for entry in raw:
         if not _is_mapping(entry) or "key" not in entry:
             raise TypeError(f"expected a map entry with a key, got {entry!r}")
-        value = entry.get("value")  # absent: a null value (possible in frozen maps)
+        value = entry.get("value")
         decoded = None if value is None else decode_cell(value, column)
         entries.append((decode_cell(entry["key"], column), decoded))
-    try:
-        return dict(entries)
-    except TypeError:
-        ordered: Mapping[Any, Any] = OrderedMap(entries)
-        return ordered
+    ordered: Mapping[Any, Any] = OrderedMap(entries)
+    return ordered
 
 
 def _udt(raw: Any, column: str) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 from sync.errors import DecodeError
 from sync.model import Change, Op, StreamPosition
 from sync.schema import TableKey
-from sync.values import decode_cell
+from sync.values import decode_cell, decode_cells
 
 NEW_IMAGE_VIEWS = frozenset({"NEW_AND_OLD_IMAGES", "NEW_IMAGE"})
 VIEW_TYPES = NEW_IMAGE_VIEWS | {"OLD_IMAGE", "KEYS_ONLY"}
@@ -65,8 +65,7 @@ def decode_record(
     if view_type not in VIEW_TYPES:
         raise ValueError(f"unknown stream view type {view_type!r}")
     static_only = bool(table.clustering) and not record.get("clusteringKeys")
-    key_values = _key_values(record, table, static_only)
-    key = tuple(key_values.values())
+    key = _key(record, table, static_only)
     if view_type not in NEW_IMAGE_VIEWS:
         raise ImageUnavailable(
             f"{table.qualified_name}: a {view_type} record does not carry the new row "
@@ -78,34 +77,33 @@ def decode_record(
     if new_image is None:
         return Change(Op.DELETE, key, None, version, position, static_only=static_only)
     image = _image(new_image, table, static_only)
-    image.update(key_values)
+    # The key columns come from the key cells (as an update() of the image would).
+    for name, value in zip(
+        table.partition_key if static_only else table.key_columns, key, strict=True
+    ):
+        image[name] = value
     return Change(
-        Op.UPSERT,
-        key,
-        image,
-        version,
-        position,
-        expires_at_ms=_expiry_ms(new_image, table),
-        static_only=static_only,
+        Op.UPSERT, key, image, version, position, _expiry_ms(new_image, table), static_only
     )
 
 
-def _key_values(record: Mapping[str, Any], table: TableKey, static_only: bool) -> dict[str, Any]:
+def _key(record: Mapping[str, Any], table: TableKey, static_only: bool) -> tuple[Any, ...]:
+    """The decoded primary key (partition key only for a static-only record), in schema order."""
     partition = record.get("partitionKeys") or {}
-    clustering = record.get("clusteringKeys") or {}
-    values: dict[str, Any] = {}
+    values = []
     for name in table.partition_key:
         cell = partition.get(name)
         if cell is None:
             raise _missing_key(record, table, name)
-        values[name] = decode_cell(cell, name)
+        values.append(decode_cell(cell, name))
     if not static_only:
+        clustering = record.get("clusteringKeys") or {}
         for name in table.clustering:
             cell = clustering.get(name)
             if cell is None:
                 raise _missing_key(record, table, name)
-            values[name] = decode_cell(cell, name)
-    return values
+            values.append(decode_cell(cell, name))
+    return tuple(values)
 
 
 def _missing_key(record: Mapping[str, Any], table: TableKey, name: str) -> DecodeError:
@@ -120,26 +118,22 @@ def _image(row: Mapping[str, Any], table: TableKey, static_only: bool) -> dict[s
     """Decoded cells; a cell without a value is a null and, like a null in a CQL row, left out."""
     image: dict[str, Any] = {}
     if not static_only:
-        _decode_cells(row.get("valueCells") or {}, table.key_set, image)
-    _decode_cells(row.get("staticCells") or {}, frozenset(), image)
+        value_cells = row.get("valueCells")
+        if value_cells:
+            decode_cells(value_cells, table.key_set, image)
+    static_cells = row.get("staticCells")
+    if static_cells:
+        decode_cells(static_cells, _NO_COLUMNS, image)
     return image
 
 
-def _decode_cells(cells: Mapping[str, Any], skip: frozenset[str], image: dict[str, Any]) -> None:
-    # One loop with the cell access inlined: this runs for every cell of every record.
-    for name, cell in cells.items():
-        if name in skip:
-            continue
-        try:
-            value = cell.get("value")
-        except AttributeError:
-            raise DecodeError(f"column {name!r}: expected a cell, got {cell!r}") from None
-        if value is not None:
-            image[name] = decode_cell(value, name)
+_NO_COLUMNS: frozenset[str] = frozenset()
 
 
 def _expiry_ms(row: Mapping[str, Any], table: TableKey) -> int | None:
-    metadata = row.get("rowMetadata") or {}
+    metadata = row.get("rowMetadata")
+    if not metadata:
+        return None
     text = metadata.get("expirationTime")
     if text is None or text == "":
         return None

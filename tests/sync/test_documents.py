@@ -277,3 +277,13 @@ def test_iso_durations_read_back_as_the_same_duration(
     sign = -1 if negative else 1
     duration = Duration(*(sign * part for part in parts))
     assert decode_cell({"durationT": iso_duration(duration)}, "d") == duration
+
+
+@given(st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30)))
+def test_the_document_timestamp_form_is_iso_timestamp(value: dt.datetime) -> None:
+    from sync.documents import _iso_timestamp, iso_timestamp
+
+    assert _iso_timestamp(value) == iso_timestamp(value)
+    assert _iso_timestamp(value.replace(microsecond=0)) == iso_timestamp(
+        value.replace(microsecond=0)
+    )

@@ -309,3 +309,80 @@ def test_what_the_emulator_emits_decodes_to_what_the_driver_reads(
     for metadata in (None, {"writeTime": "1700000000000000"}):
         cell = renderer.value(cql_type, serialised, metadata)
         assert decode_cell(cell, "c") == cql_type.from_binary(serialised, 4), cell
+
+
+# ------------------------------------------------- fast paths = the general path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+        "6BA7B810-9DAD-11D1-80B4-00C04FD430C8",
+        "6ba7b8109dad11d180b400c04fd430c8",
+        "{6ba7b810-9dad-11d1-80b4-00c04fd430c8}",
+        "urn:uuid:6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+        "00000000-0000-0000-0000-000000000000",
+        "ffffffff-ffff-ffff-ffff-ffffffffffff",
+    ],
+)
+def test_uuid_fast_path_builds_what_uuid_uuid_builds(text: str) -> None:
+    decoded = decode_cell({"uuidT": text}, "c")
+    expected = uuid.UUID(text)
+    assert type(decoded) is uuid.UUID
+    assert (decoded, decoded.int, decoded.is_safe, str(decoded)) == (
+        expected,
+        expected.int,
+        expected.is_safe,
+        str(expected),
+    )
+
+
+@pytest.mark.parametrize("text", ["6ba7b810-9dad-11d1-80b4-00c04fd430cg", "6ba7b810", "x" * 36])
+def test_uuid_fast_path_rejects_what_uuid_uuid_rejects(text: str) -> None:
+    with pytest.raises(DecodeError, match="'c'"):
+        decode_cell({"uuidT": text}, "c")
+
+
+@pytest.mark.parametrize(
+    "elements",
+    [
+        ["b", "a", "b", "c"],
+        [3, 1, 2, 1, -5],
+        [],
+        ["a", 1],  # mixed: SortedSet's own insertion
+        [True, 1, 2],
+        [decimal.Decimal("1.5"), decimal.Decimal("0.5")],
+    ],
+)
+def test_set_fast_path_builds_what_sorted_set_builds(elements: list[Any]) -> None:
+    from sync.values import _sorted_set
+
+    built = _sorted_set(list(elements))
+    expected = SortedSet(elements)
+    assert type(built) is SortedSet
+    assert list(built) == list(expected)
+    assert built == expected
+
+
+def test_set_cells_of_text_and_integers_decode_sorted_and_distinct() -> None:
+    cell = {"setT": [{"value": {"intT": n}} for n in ("3", "-1", "3", "+2")]}
+    decoded = decode_cell(cell, "c")
+    assert list(decoded) == [-1, 2, 3]
+    assert decoded == driver(typed("set", T["int"]), {3, -1, 2})
+
+
+def test_map_with_repeated_keys_keeps_the_last_value_in_the_first_position() -> None:
+    entries = [("b", "1"), ("a", "2"), ("b", "3")]
+    cell = {"mapT": [{"key": {"textT": k}, "value": {"intT": v}} for k, v in entries]}
+    decoded = decode_cell(cell, "c")
+    assert list(decoded.items()) == list(dict([("b", 1), ("a", 2), ("b", 3)]).items())
+
+
+def test_timestamp_fast_path_is_exact_at_the_extremes() -> None:
+    for millis in (0, 1, 1767225603141, 253402300799999):
+        assert decode_cell({"timestampT": str(millis)}, "c") == dt.datetime(
+            1970, 1, 1
+        ) + dt.timedelta(milliseconds=millis)
+    with pytest.raises(DecodeError, match="'c'"):
+        decode_cell({"timestampT": "9" * 30}, "c")
