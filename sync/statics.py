@@ -45,7 +45,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import backoff
 import orjson
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
@@ -56,6 +55,7 @@ from sync.deadletter import DeadLetter
 from sync.documents import META_FIELD, PARTITION_KIND, DocumentBuilder
 from sync.errors import DecodeError, OpenSearchUnavailable, TerminalError
 from sync.model import Change, Op
+from sync.retry import retry_pending
 
 log = logging.getLogger(__name__)
 
@@ -632,17 +632,7 @@ class StaticMergeWriter:
                 state.error,
             )
 
-        retrying = backoff.on_predicate(
-            backoff.expo,
-            predicate=bool,
-            max_time=self.settings.max_retry_seconds,
-            jitter=backoff.full_jitter,
-            on_backoff=on_backoff,
-            logger=None,
-            factor=self.settings.initial_backoff,
-            max_value=self.settings.max_backoff,
-        )(attempt)
-        remaining = retrying()
+        remaining = retry_pending(attempt, self.settings, on_backoff)
         if remaining:
             raise OpenSearchUnavailable(
                 f"{what} in {self.index}: {len(remaining)} item(s) still failing after "

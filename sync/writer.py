@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import backoff
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import TransportError
@@ -45,6 +44,7 @@ from sync.deadletter import DeadLetter, DeadLetterStore
 from sync.documents import BulkAction, DocumentBuilder
 from sync.errors import DecodeError, OpenSearchUnavailable, TerminalError
 from sync.model import Change
+from sync.retry import retry_pending
 from sync.statics import MergeResult, Outcome, StaticMergeWriter
 
 log = logging.getLogger(__name__)
@@ -237,17 +237,7 @@ class BulkWriter:
             state.pending = self._send(state, dead, report)
             return state.pending
 
-        retrying = backoff.on_predicate(
-            backoff.expo,
-            predicate=bool,  # keep going while some items still need sending
-            max_time=self.settings.max_retry_seconds,
-            jitter=backoff.full_jitter,
-            on_backoff=on_backoff,
-            logger=None,
-            factor=self.settings.initial_backoff,
-            max_value=self.settings.max_backoff,
-        )(attempt)
-        remaining = retrying()
+        remaining = retry_pending(attempt, self.settings, on_backoff)
         # Items already refused for their content are stored even if the rest gives up.
         self._put_dead(dead, report)
         if remaining:
