@@ -152,6 +152,29 @@ def streams(emulator: Any) -> Any:
     )
 
 
+@pytest.fixture(params=[False, True], ids=["timestamps-off", "timestamps-on"])
+def client_timestamps(request: pytest.FixtureRequest) -> bool:
+    """Keyspaces' two timestamp modes; the end-to-end scenarios run in both.
+
+    Off is the default, and permanent for most real tables: no WRITETIME(), no
+    USING TIMESTAMP. On: every cell carries a client write time.
+    """
+    return bool(request.param)
+
+
+def table_options(*, view_type: str | None, client_timestamps: bool) -> str:
+    """The WITH clause of a CREATE TABLE: CDC with `view_type` (None: off) and the mode."""
+    properties = []
+    if view_type is not None:
+        properties.append(f"'cdc_specification': {{'view_type': '{view_type}'}}")
+    if client_timestamps:
+        properties.append("'client_side_timestamps': {'status': 'enabled'}")
+    if not properties:
+        return ""
+    cdc = "cdc = true AND " if view_type is not None else ""
+    return f" WITH {cdc}CUSTOM_PROPERTIES = {{{', '.join(properties)}}}"
+
+
 _keyspace_numbers = itertools.count(1)
 
 

@@ -211,9 +211,6 @@ _keyspaces = iter(range(1, 1_000_000))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "client_timestamps", [False, True], ids=["timestamps-off", "timestamps-on"]
-)
 def test_random_writes_with_backfill_kills_and_resharding_end_equal_to_the_model(
     emulator: Emulator,
     cql: Session,

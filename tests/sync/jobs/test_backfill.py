@@ -19,6 +19,7 @@ from sync.config import Config
 from sync.jobs.backfill import Progress, render_bar, run_backfill
 from sync.mapping import TableMapping, mapping_from_dict
 from sync.sources.cql import split_ring
+from tests.conftest import table_options
 
 # ---- pure -----------------------------------------------------------------------------
 
@@ -66,19 +67,15 @@ def _mapping(keyspace: str) -> TableMapping:
     )
 
 
-CDC = (
-    " WITH cdc = true AND CUSTOM_PROPERTIES = "
-    "{'cdc_specification': {'view_type': 'NEW_AND_OLD_IMAGES'}}"
-)
-
-
 def _create_rows(
-    cql: Any, keyspace: str, count: int, cdc: bool = False
+    cql: Any, keyspace: str, count: int, cdc: bool = False, client_timestamps: bool = False
 ) -> dict[str, dict[str, Any]]:
     """Writes `count` rows; returns the model the index must equal (doc id -> fields)."""
+    view_type = "NEW_AND_OLD_IMAGES" if cdc else None
     cql.execute(
         f'CREATE TABLE "{keyspace}"."products" ("shop" int, "sku" text, "price" int, '
-        '"title" text, PRIMARY KEY ("shop", "sku"))' + (CDC if cdc else "")
+        '"title" text, PRIMARY KEY ("shop", "sku"))'
+        + table_options(view_type=view_type, client_timestamps=client_timestamps)
     )
     insert = cql.prepare(
         f'INSERT INTO "{keyspace}"."products" ("shop", "sku", "price", "title") VALUES (?, ?, ?, ?)'
@@ -101,9 +98,13 @@ def _indexed(client: OpenSearch, alias: str) -> dict[str, dict[str, Any]]:
 
 
 def test_a_backfill_leaves_exactly_the_table_in_the_index(
-    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    client_timestamps: bool,
 ) -> None:
-    model = _create_rows(cql, keyspace, 300)
+    model = _create_rows(cql, keyspace, 300, client_timestamps=client_timestamps)
     mapping = _mapping(keyspace)
     cfg = make_config(backfill={"ranges": 8, "workers": 3, "page_size": 40})
     summary = run_backfill(cfg, mapping)
@@ -202,12 +203,16 @@ def test_two_backfill_processes_share_one_run(
 
 
 def test_a_backfill_racing_the_follower_and_live_writes_converges_to_the_table(
-    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    client_timestamps: bool,
 ) -> None:
     """Snapshot rows and stream records of the same rows race; the newest state wins."""
     from sync.jobs.follow import run_follow
 
-    model = _create_rows(cql, keyspace, 200, cdc=True)
+    model = _create_rows(cql, keyspace, 200, cdc=True, client_timestamps=client_timestamps)
     mapping = _mapping(keyspace)
     cfg = make_config(backfill={"ranges": 8, "workers": 2, "page_size": 10})
     update = cql.prepare(

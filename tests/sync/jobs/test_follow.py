@@ -26,6 +26,7 @@ from sync.jobs.follow import Batch, Follower, FollowSummary, IdlePacer, run_foll
 from sync.mapping import TableMapping, mapping_from_dict
 from sync.metrics import Metrics, MetricsServer
 from sync.sources.streams import ReadResult, find_stream_arn
+from tests.conftest import table_options
 
 # ---- pure ---------------------------------------------------------------------------------
 
@@ -110,12 +111,18 @@ def _mapping(keyspace: str) -> TableMapping:
 class Table:
     """The source table and the model of what the index must hold (doc id -> fields)."""
 
-    def __init__(self, cql: Any, keyspace: str, view_type: str = "NEW_AND_OLD_IMAGES") -> None:
+    def __init__(
+        self,
+        cql: Any,
+        keyspace: str,
+        view_type: str = "NEW_AND_OLD_IMAGES",
+        client_timestamps: bool = False,
+    ) -> None:
         self.cql, self.keyspace = cql, keyspace
         cql.execute(
             f'CREATE TABLE "{keyspace}"."orders" ("customer" int, "order" int, "state" text, '
-            '"amount" int, PRIMARY KEY ("customer", "order")) WITH cdc = true AND '
-            f"CUSTOM_PROPERTIES = {{'cdc_specification': {{'view_type': '{view_type}'}}}}"
+            '"amount" int, PRIMARY KEY ("customer", "order"))'
+            + table_options(view_type=view_type, client_timestamps=client_timestamps)
         )
         self._insert = cql.prepare(
             f'INSERT INTO "{keyspace}"."orders" ("customer", "order", "state", "amount") '
@@ -207,9 +214,13 @@ def following(cfg: Config, mapping: TableMapping) -> Iterator[list[FollowSummary
 
 
 def test_follow_applies_inserts_updates_and_deletes(
-    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    client_timestamps: bool,
 ) -> None:
-    table = Table(cql, keyspace)
+    table = Table(cql, keyspace, client_timestamps=client_timestamps)
     mapping = _mapping(keyspace)
     port = _free_port()
     with following(make_config(follow={"metrics_port": port}), mapping) as summary:
@@ -265,9 +276,13 @@ def test_streams_without_new_images_are_followed_by_reading_rows_over_cql(
 
 
 def test_follow_resumes_from_its_checkpoints_after_a_stop(
-    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    client_timestamps: bool,
 ) -> None:
-    table = Table(cql, keyspace)
+    table = Table(cql, keyspace, client_timestamps=client_timestamps)
     mapping = _mapping(keyspace)
     cfg = make_config()
     with following(cfg, mapping) as first:
@@ -291,10 +306,11 @@ def test_a_split_and_a_merge_mid_stream_lose_and_reorder_nothing(
     make_config: Callable[..., Config],
     emulator: Any,
     streams: Any,
+    client_timestamps: bool,
 ) -> None:
     from sync.keyspaces import describe_table
 
-    table = Table(cql, keyspace)
+    table = Table(cql, keyspace, client_timestamps=client_timestamps)
     mapping = _mapping(keyspace)
     arn = find_stream_arn(streams, describe_table(cql, keyspace, "orders"))
     # GetStream keeps listing closed parents as open for a while, as Keyspaces may.
