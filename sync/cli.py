@@ -149,6 +149,7 @@ def _follow(args: argparse.Namespace, cfg: Config) -> int:
 
 def _mapping_generate(args: argparse.Namespace, cfg: Config) -> int:
     from sync.clients import cql_session
+    from sync.keyspaces import describe_table
     from sync.mapping import propose_mapping
 
     keyspace, dot, table = args.table.partition(".")
@@ -156,38 +157,16 @@ def _mapping_generate(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError(f"{args.table!r} is not KEYSPACE.TABLE", hint="e.g. shop.orders")
     session = cql_session(cfg)
     try:
-        columns = _table_columns(session, keyspace, table)
+        key = describe_table(session, keyspace, table).key
     finally:
         session.cluster.shutdown()
-    text = propose_mapping(keyspace, table, columns, alias=args.alias)
+    text = propose_mapping(keyspace, table, key.columns(), alias=args.alias)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)
     else:
         sys.stdout.write(text)
     return EXIT_OK
-
-
-def _table_columns(session: Any, keyspace: str, table: str) -> list[tuple[str, str, str]]:
-    """(name, CQL type, kind) of each column, from the driver's schema metadata."""
-    meta = session.cluster.metadata.keyspaces.get(keyspace)
-    table_meta = meta.tables.get(table) if meta is not None else None
-    if table_meta is None:
-        raise ConfigError(
-            f"table {keyspace}.{table} not found",
-            hint="check the keyspace and table names (they are case-sensitive)",
-        )
-    partition = {c.name for c in table_meta.partition_key}
-    clustering = {c.name for c in table_meta.clustering_key}
-
-    def kind(column: Any) -> str:
-        if column.name in partition:
-            return "partition_key"
-        if column.name in clustering:
-            return "clustering"
-        return "static" if column.is_static else "regular"
-
-    return [(c.name, c.cql_type, kind(c)) for c in table_meta.columns.values()]
 
 
 def _print_summary(summary: object) -> None:

@@ -103,9 +103,14 @@ def swap_alias(client: OpenSearch, alias: str, new_index: str) -> None:
         for old in alias_targets(client, alias)
         if old != new_index
     ]
-    add = {"index": new_index, "alias": alias, "filter": alias_filter(), "is_write_index": True}
-    actions.append({"add": add})
+    actions.append(_add_alias(alias, new_index))
     client.indices.update_aliases(body={"actions": actions})
+
+
+def _add_alias(alias: str, index: str) -> dict[str, Any]:
+    """The `_aliases` action that puts `alias`, with its filter, on `index` for writes."""
+    add = {"index": index, "alias": alias, "filter": alias_filter(), "is_write_index": True}
+    return {"add": add}
 
 
 def ensure_index(client: OpenSearch, mapping: TableMapping) -> str:
@@ -124,13 +129,7 @@ def ensure_index(client: OpenSearch, mapping: TableMapping) -> str:
         except RequestError as exc:
             if exc.error != "resource_already_exists_exception":
                 raise
-        add = {
-            "index": first,
-            "alias": mapping.alias,
-            "filter": alias_filter(),
-            "is_write_index": True,
-        }
-        client.indices.update_aliases(body={"actions": [{"add": add}]})
+        client.indices.update_aliases(body={"actions": [_add_alias(mapping.alias, first)]})
         targets = alias_targets(client, mapping.alias)
     return targets[-1] if len(targets) == 1 else _newest(targets, mapping.alias)
 

@@ -82,3 +82,17 @@ class TableKey:
             elif role is ColumnKind.STATIC:
                 static.append(name)
         return cls(keyspace, table, tuple(partition), tuple(clustering), tuple(static), types)
+
+    def columns(self) -> list[tuple[str, str, str]]:
+        """`(name, cql_type_text, kind)` per typed column: what `from_columns` takes."""
+        return [
+            (name, cql_type, self.kind_of(name).value)
+            for name, cql_type in self.column_types.items()
+        ]
+
+    def kind_of(self, column: str) -> ColumnKind:
+        if column in self.partition_key:
+            return ColumnKind.PARTITION_KEY
+        if column in self.clustering:
+            return ColumnKind.CLUSTERING
+        return ColumnKind.STATIC if column in self.static else ColumnKind.REGULAR

@@ -123,7 +123,7 @@ def test_a_missing_table_is_one_line_naming_it(
             env=_aws_env(),
         )
     )
-    assert f"table {keyspace}.nope not found" in line
+    assert f"table {keyspace}.nope does not exist" in line
 
 
 def test_backfill_refuses_an_index_whose_mapping_conflicts(
