@@ -7,8 +7,15 @@ file, overlays the environment (`KS2OS_<SECTION>_<KEY>`, e.g.
 as it builds: an unknown key, a value of the wrong type or a value outside its
 allowed set raises `ConfigError` naming the key and the expected form.
 
+Paths in the file (`mapping`, a `dead_letter` file, the `ca_file`s) are
+relative to the file's directory, so a config works from any working
+directory; paths from the environment are taken as given. The auth settings
+are checked as a whole once built (`check_auth`): credentials that the chosen
+`auth` needs must be there, and credentials it would ignore must not be.
+
 Secrets (passwords) are best given through the environment; `describe`
-never prints them. This module imports nothing else of ours but the errors.
+never prints them, and `config_source` names the variables read, never their
+values. This module imports nothing else of ours but the errors.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import socket
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +38,15 @@ ENV_PREFIX = "KS2OS_"
 ENV_NOT_KEYS = frozenset({"KS2OS_CONFIG"})
 ENV_IGNORED_PREFIX = "KS2OS_TEST_"
 SECRET_KEYS = frozenset({"password"})
+# Keys holding a file path; in a config file they are relative to the file's directory.
+PATH_KEYS: tuple[tuple[str | None, str], ...] = (
+    (None, "mapping"),
+    (None, "dead_letter"),
+    ("keyspaces", "ca_file"),
+    ("opensearch", "ca_file"),
+)
+# `dead_letter` holds a path or this word.
+DEAD_LETTER_INDEX = "index"
 
 Consistency = Literal["LOCAL_QUORUM", "LOCAL_ONE", "ONE"]
 
@@ -157,10 +173,125 @@ class Config:
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
     """The configuration from `path` (None: defaults only) overlaid with `env`."""
     raw = _read_toml(Path(path)) if path is not None else {}
+    if path is not None:
+        raw = _relative_to(raw, Path(path).parent)
     source = str(path) if path is not None else "defaults"
     overlay = _environment_overlay(os.environ if env is None else env)
-    cfg: Config = _build(Config, _merge(raw, overlay), source, prefix="")
+    merged = _merge(raw, overlay)
+    cfg: Config = _build(Config, merged, source, prefix="")
+    check_auth(cfg, lambda key: _origin(merged, key, source))
     return cfg
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a configuration was read from: names only, never values."""
+
+    path: str | None  # the file; None: defaults only
+    variables: tuple[str, ...]  # the KS2OS_* variables that set keys, sorted
+
+
+def config_source(path: str | Path | None, env: Mapping[str, str] | None = None) -> ConfigSource:
+    """The file and the `KS2OS_*` variables `load_config(path, env)` reads."""
+    names = _env_names()
+    given = os.environ if env is None else env
+    return ConfigSource(
+        path=None if path is None else str(path),
+        variables=tuple(sorted(name for name in given if name in names)),
+    )
+
+
+def env_name(section: str | None, key: str) -> str:
+    """The environment variable that sets `key` (of `section`; None: top level)."""
+    name = f"{section}_{key}" if section else key
+    return ENV_PREFIX + name.upper()
+
+
+# ---- auth, checked as a whole ----------------------------------------------------------
+
+# For each section: the auth value that uses user name and password, and how it is spelt.
+_CREDENTIAL_AUTH = {"keyspaces": "password", "opensearch": "basic"}
+
+
+def check_auth(cfg: Config, origin: Callable[[str], str] | None = None) -> None:
+    """Refuse auth settings that cannot work, or that would leave a credential unused.
+
+    `origin(key)` names where a key was set (the file or a variable), for the message.
+    """
+    where = origin or (lambda key: "config")
+    for section in ("keyspaces", "opensearch"):
+        settings = getattr(cfg, section)
+        _check_credentials(section, settings.auth, settings.username, settings.password, where)
+    ks = cfg.keyspaces
+    if ks.ca_file is not None and not ks.tls:
+        raise ConfigError(
+            f"{where('keyspaces.ca_file')}: keyspaces.ca_file is set but keyspaces.tls = false "
+            "would never use it",
+            hint="set keyspaces.tls = true (Keyspaces requires TLS) or remove keyspaces.ca_file",
+        )
+
+
+def _check_credentials(
+    section: str,
+    auth: str,
+    username: str | None,
+    password: str | None,
+    where: Callable[[str], str],
+) -> None:
+    wanted = _CREDENTIAL_AUTH[section]
+    user_key, password_key = f"{section}.username", f"{section}.password"
+    variables = f"{env_name(section, 'username')} / {env_name(section, 'password')}"
+    if auth == wanted:
+        missing = [
+            key for key, value in ((user_key, username), (password_key, password)) if not value
+        ]
+        if missing:
+            raise ConfigError(
+                f"{where(f'{section}.auth')}: {section}.auth = {wanted!r} needs {user_key} and "
+                f"{password_key} ({' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                "missing)",
+                hint=f"set them in [{section}] or as {variables} (the password best in the "
+                "environment)",
+            )
+        return
+    unused = [key for key, value in ((user_key, username), (password_key, password)) if value]
+    if unused:
+        raise ConfigError(
+            f"{where(unused[-1])}: {' and '.join(unused)} set but {section}.auth = {auth!r} "
+            "does not use them",
+            hint=f"remove them (and {variables}), or set {section}.auth = {wanted!r}",
+        )
+
+
+def _origin(raw: Mapping[str, Any], dotted: str, source: str) -> str:
+    """The variable that set `dotted` (e.g. `keyspaces.password`), else the file."""
+    section, _, key = dotted.rpartition(".")
+    table = raw.get(section) if section else raw
+    value = table.get(key) if isinstance(table, Mapping) else None
+    return value.variable if isinstance(value, _EnvValue) else source
+
+
+# ---- paths relative to the file --------------------------------------------------------
+
+
+def _relative_to(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """`raw` with each relative path key joined to `base` (the config file's directory)."""
+    resolved = dict(raw)
+    for section, key in PATH_KEYS:
+        if section is None:
+            table: Any = resolved
+        else:
+            table = resolved.get(section)
+            if not isinstance(table, dict):
+                continue  # missing, or not a table: _build reports the latter
+            table = resolved[section] = dict(table)
+        value = table.get(key)
+        if not isinstance(value, str) or not value:
+            continue  # wrong types are _build's to report
+        if section is None and key == "dead_letter" and value == DEAD_LETTER_INDEX:
+            continue
+        table[key] = str(base / Path(value).expanduser())
+    return resolved
 
 
 def describe(cfg: Config) -> dict[str, Any]:
@@ -219,10 +350,10 @@ def _env_names() -> dict[str, tuple[str | None, str]]:
     for f in dataclasses.fields(Config):
         section_type = _section_type(f)
         if section_type is None:
-            names[f"{ENV_PREFIX}{f.name.upper()}"] = (None, f.name)
+            names[env_name(None, f.name)] = (None, f.name)
             continue
         for sub in dataclasses.fields(section_type):
-            names[f"{ENV_PREFIX}{f.name.upper()}_{sub.name.upper()}"] = (f.name, sub.name)
+            names[env_name(f.name, sub.name)] = (f.name, sub.name)
     return names
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sync.clients import cql_session, opensearch_client
-from sync.config import load_config
+from sync.config import Config, OpenSearchConfig, load_config
 from sync.errors import ConfigError, TransientError
 
 
@@ -23,9 +23,9 @@ def test_opensearch_client_from_config_writes_and_reads(osmem_clone: Any, tmp_pa
 
 
 def test_basic_auth_without_password_is_a_config_error() -> None:
-    cfg = load_config(
-        None, env={"KS2OS_OPENSEARCH_AUTH": "basic", "KS2OS_OPENSEARCH_USERNAME": "u"}
-    )
+    # load_config refuses this already (tests/sync/test_config.py); the client checks again
+    # for a Config built in code.
+    cfg = Config(opensearch=OpenSearchConfig(auth="basic", username="u"))
     with pytest.raises(ConfigError, match=r"needs opensearch\.username and a password"):
         opensearch_client(cfg)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import Config, describe, load_config
+from sync.config import Config, ConfigSource, config_source, describe, load_config
 from sync.errors import ConfigError
 
 
@@ -33,7 +33,7 @@ def test_file_values_are_typed(tmp_path: Path) -> None:
     )
     cfg = load_config(path, env={})
     assert isinstance(cfg, Config)
-    assert cfg.mapping == "m.toml"
+    assert cfg.mapping == str(tmp_path / "m.toml")  # relative to the file, not the cwd
     assert cfg.keyspaces.port == 9042
     assert cfg.keyspaces.hosts() == ["cassandra.eu-west-1.amazonaws.com"]
     assert cfg.backfill.workers == 8
@@ -41,8 +41,9 @@ def test_file_values_are_typed(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "[opensearch]\nhosts = ['https://a:9200']\n")
+    path = write(tmp_path, "[opensearch]\nhosts = ['https://a:9200']\nauth = 'basic'\n")
     env = {
+        "KS2OS_OPENSEARCH_USERNAME": "ks2os",
         "KS2OS_OPENSEARCH_HOSTS": "https://b:9200, https://c:9200",
         "KS2OS_OPENSEARCH_PASSWORD": "s3cret",
         "KS2OS_FOLLOW_SKIP_REPLICATION": "true",
@@ -58,7 +59,12 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 
 
 def test_describe_masks_secrets() -> None:
-    cfg = load_config(None, env={"KS2OS_KEYSPACES_PASSWORD": "s3cret"})
+    env = {
+        "KS2OS_KEYSPACES_AUTH": "password",
+        "KS2OS_KEYSPACES_USERNAME": "ks2os",
+        "KS2OS_KEYSPACES_PASSWORD": "s3cret",
+    }
+    cfg = load_config(None, env=env)
     shown = describe(cfg)
     assert shown["keyspaces"]["password"] == "***"
     assert "s3cret" not in repr(shown)
@@ -95,3 +101,143 @@ def test_missing_file_says_how_to_name_one(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml", env={})
     assert "absent.toml not found" in str(caught.value)
     assert "--config" in caught.value.hint
+
+
+# ---- paths are relative to the config file ----------------------------------------------
+
+
+def test_paths_in_the_file_are_relative_to_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    path = conf / "ks2os.toml"
+    path.write_text(
+        'mapping = "mappings/orders.toml"\ndead_letter = "dead/letters.ndjson"\n'
+        '[keyspaces]\nca_file = "certs/amazon-root-ca.pem"\n'
+        '[opensearch]\nca_file = "/etc/ssl/os.pem"\n'
+    )
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(path, env={})
+    assert cfg.mapping == str(conf / "mappings" / "orders.toml")
+    assert cfg.dead_letter == str(conf / "dead" / "letters.ndjson")
+    assert cfg.keyspaces.ca_file == str(conf / "certs" / "amazon-root-ca.pem")
+    assert cfg.opensearch.ca_file == "/etc/ssl/os.pem"  # absolute paths stay as they are
+
+
+def test_a_relative_config_path_gives_paths_relative_to_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "ks2os.toml").write_text('mapping = "m.toml"\ndead_letter = "index"\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("conf/ks2os.toml", env={})
+    assert cfg.mapping == "conf/m.toml"
+    assert cfg.dead_letter == "index"  # the word, not a file named index
+
+
+def test_paths_from_the_environment_are_taken_as_given(tmp_path: Path) -> None:
+    path = write(tmp_path, 'mapping = "from-file.toml"\n')
+    cfg = load_config(path, env={"KS2OS_MAPPING": "mappings/from-env.toml"})
+    assert cfg.mapping == "mappings/from-env.toml"
+
+
+# ---- where the configuration came from -----------------------------------------------------
+
+
+def test_config_source_names_the_file_and_the_variables_never_values(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    env = {
+        "KS2OS_OPENSEARCH_PASSWORD": "s3cret",
+        "KS2OS_BACKFILL_WORKERS": "2",
+        "KS2OS_CONFIG": str(path),  # names the file: not a key
+        "KS2OS_TEST_SOAK": "full",  # the test suite's own
+        "HOME": "/root",
+    }
+    source = config_source(path, env)
+    assert source.path == str(path)
+    assert source.variables == ("KS2OS_BACKFILL_WORKERS", "KS2OS_OPENSEARCH_PASSWORD")
+    assert "s3cret" not in repr(source)
+    assert config_source(None, {}) == ConfigSource(path=None, variables=())
+
+
+# ---- auth settings are checked as a whole ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        (
+            "[keyspaces]\nauth = 'password'\n",
+            {},
+            "keyspaces.auth = 'password' needs keyspaces.username and keyspaces.password "
+            "(keyspaces.username and keyspaces.password are missing)",
+        ),
+        (
+            "[keyspaces]\nauth = 'password'\nusername = 'u'\n",
+            {},
+            "(keyspaces.password is missing)",
+        ),
+        (
+            "[keyspaces]\nauth = 'password'\n",
+            {"KS2OS_KEYSPACES_PASSWORD": "s3cret"},
+            "(keyspaces.username is missing)",
+        ),
+        (
+            "",
+            {"KS2OS_KEYSPACES_PASSWORD": "s3cret"},
+            "KS2OS_KEYSPACES_PASSWORD: keyspaces.password set but keyspaces.auth = 'sigv4' "
+            "does not use them",
+        ),
+        (
+            "[keyspaces]\nauth = 'none'\nusername = 'u'\npassword = 'p'\n",
+            {},
+            "keyspaces.username and keyspaces.password set but keyspaces.auth = 'none'",
+        ),
+        (
+            "[opensearch]\nauth = 'basic'\n",
+            {},
+            "opensearch.auth = 'basic' needs opensearch.username and opensearch.password",
+        ),
+        (
+            "[opensearch]\nauth = 'sigv4'\nusername = 'u'\n",
+            {},
+            "opensearch.username set but opensearch.auth = 'sigv4' does not use them",
+        ),
+        (
+            "",
+            {"KS2OS_OPENSEARCH_PASSWORD": "s3cret"},
+            "opensearch.password set but opensearch.auth = 'none'",
+        ),
+        (
+            "[keyspaces]\ntls = false\nca_file = 'ca.pem'\n",
+            {},
+            "keyspaces.ca_file is set but keyspaces.tls = false",
+        ),
+    ],
+)
+def test_auth_settings_are_checked_as_a_whole(
+    tmp_path: Path, text: str, env: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), env=env)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+    assert caught.value.hint
+    assert "s3cret" not in message + caught.value.hint
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[keyspaces]\nauth = 'password'\nusername = 'u'\npassword = 'p'\n",
+        "[keyspaces]\nauth = 'sigv4'\n[opensearch]\nauth = 'sigv4'\n",
+        "[keyspaces]\nauth = 'none'\ntls = false\n",
+        "[opensearch]\nauth = 'basic'\nusername = 'u'\npassword = 'p'\n",
+    ],
+)
+def test_consistent_auth_settings_load(tmp_path: Path, text: str) -> None:
+    load_config(write(tmp_path, text), env={})
