@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 
 from sync import __version__
-from sync.config import Config, describe, load_config
+from sync.config import Config, config_source, describe, load_config
 from sync.errors import ConfigError, Ks2osError
 from sync.logs import configure_logging
 
@@ -71,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_commands.required = True
     check = config_commands.add_parser(
-        "check", help="validate the configuration and print it, secrets masked"
+        "check",
+        help="validate the configuration and print it, secrets masked; say what was read",
+    )
+    check.add_argument(
+        "--defaults",
+        action="store_true",
+        help="with no config file, check the defaults and KS2OS_* variables (else an error)",
     )
     check.set_defaults(handler=_config_check)
 
@@ -181,6 +187,24 @@ def _plain(value: object) -> Any:
 
 
 def _config_check(args: argparse.Namespace, cfg: Config) -> int:
+    """The effective configuration on stdout; what it was read from on stderr (names only)."""
+    path = _config_path(args)
+    if path is None and not args.defaults:
+        raise ConfigError(
+            f"no config file: no --config, no KS2OS_CONFIG and no ./{DEFAULT_CONFIG}",
+            hint="pass --config FILE, or `config check --defaults` to check the defaults "
+            "with the KS2OS_* variables alone",
+        )
+    source = config_source(path)
+    if source.path is None:
+        file_line = "none: defaults (--defaults)"
+    else:
+        from_env = not args.config and os.environ.get("KS2OS_CONFIG")
+        named_by = " (named by KS2OS_CONFIG)" if from_env else ""
+        file_line = os.path.abspath(source.path) + named_by
+    sys.stderr.write(f"ks2os: config file: {file_line}\n")
+    variables = ", ".join(source.variables) or "none"
+    sys.stderr.write(f"ks2os: KS2OS_* variables read: {variables}\n")
     sys.stdout.write(orjson.dumps(describe(cfg), option=orjson.OPT_INDENT_2).decode() + "\n")
     return EXIT_OK
 

@@ -72,6 +72,34 @@ def test_config_check_prints_effective_config_without_secrets(tmp_path: Path) ->
     assert shown["opensearch"]["username"] == "u"
     assert shown["opensearch"]["password"] == "***"
     assert "s3cret" not in result.stdout + result.stderr
+    assert f"config file: {tmp_path / 'ks2os.toml'}" in result.stderr
+    assert "KS2OS_* variables read: KS2OS_OPENSEARCH_PASSWORD" in result.stderr
+
+
+def test_config_check_without_a_file_fails_unless_told_to_use_defaults(tmp_path: Path) -> None:
+    line = one_line_error(ks2os("config", "check", cwd=tmp_path))
+    assert "no config file" in line and "--defaults" in line
+    env = {"KS2OS_BACKFILL_WORKERS": "2"}
+    result = ks2os("config", "check", "--defaults", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["backfill"]["workers"] == 2
+    assert "config file: none: defaults" in result.stderr
+    assert "KS2OS_* variables read: KS2OS_BACKFILL_WORKERS" in result.stderr
+
+
+def test_config_check_resolves_paths_against_the_file_named_by_ks2os_config(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "ks2os.toml").write_text('mapping = "mappings/orders.toml"\n')
+    work = tmp_path / "work"
+    work.mkdir()
+    result = ks2os("config", "check", cwd=work, env={"KS2OS_CONFIG": "../conf/ks2os.toml"})
+    assert result.returncode == 0, result.stderr
+    assert f"config file: {conf / 'ks2os.toml'} (named by KS2OS_CONFIG)" in result.stderr
+    mapping = orjson.loads(result.stdout)["mapping"]
+    assert (work / mapping).resolve() == conf / "mappings" / "orders.toml"
 
 
 def _config_file(make_config: Any, tmp_path: Path, mapping: Path | None = None) -> Path:
