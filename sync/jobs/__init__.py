@@ -24,6 +24,7 @@ from sync.errors import ConfigError
 from sync.indices import check_mapping_compatible, ensure_index
 from sync.keyspaces import TableInfo, describe_table
 from sync.mapping import TableMapping
+from sync.mapping_check import check_mapping_against_table
 from sync.state import StateStore
 from sync.writer import BulkWriter
 
@@ -60,6 +61,8 @@ class Job:
             raise
         try:
             self.info: TableInfo = describe_table(self.session, mapping.keyspace, mapping.table)
+            # Before any write: a mapping the table defeats would dead-letter every row.
+            check_mapping_against_table(mapping, self.info.key)
             self.index = ensure_index(self.client, mapping)
             # Refuse before writing: documents shaped for another mapping would all be
             # dead-lettered or, worse, indexed with the wrong field types.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 import sync
 from sync.mapping import load_mapping
@@ -187,3 +188,46 @@ def _aws_env() -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+@pytest.mark.parametrize(
+    ("properties", "expected"),
+    [
+        # OpenSearch refuses the index: a traceback before this check.
+        (
+            'n = { type = "intger" }',
+            "index.mappings.properties.n.type: 'intger' is not an OpenSearch field type",
+        ),
+        # OpenSearch refuses every document: all rows dead-lettered, exit 0, before.
+        (
+            'id = { type = "integer" }\nnn = { type = "integer" }',
+            "index.mappings.properties.nn: no column 'nn' in",
+        ),
+    ],
+    ids=["unknown-type", "missing-column"],
+)
+def test_backfill_refuses_a_mapping_the_table_defeats_before_writing(
+    cql: Any,
+    keyspace: str,
+    make_config: Any,
+    tmp_path: Path,
+    opensearch: Any,
+    properties: str,
+    expected: str,
+) -> None:
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."t" (id int PRIMARY KEY, n int) WITH cdc = true '
+        "AND CUSTOM_PROPERTIES = {'cdc_specification': {'view_type': 'NEW_AND_OLD_IMAGES'}}"
+    )
+    cql.execute(f'INSERT INTO "{keyspace}"."t" (id, n) VALUES (1, 1)')
+    alias = f"{keyspace}-t"
+    mapping = tmp_path / "t.toml"
+    mapping.write_text(
+        f'[source]\nkeyspace = "{keyspace}"\ntable = "t"\n[index]\nalias = "{alias}"\n'
+        f'[index.mappings]\ndynamic = "strict"\n[index.mappings.properties]\n{properties}\n'
+    )
+    config = _config_file(make_config, tmp_path, mapping)
+    line = one_line_error(ks2os("--config", str(config), "backfill", cwd=tmp_path, env=_aws_env()))
+    assert expected in line
+    # Nothing written: no index, no dead letters.
+    assert opensearch.indices.get(index=f"{alias}*", params={"expand_wildcards": "all"}) == {}
