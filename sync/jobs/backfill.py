@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from sync.config import Config
+from sync.errors import ConfigError
 from sync.jobs import Job
+from sync.keyspaces import no_cdc_message
 from sync.mapping import TableMapping
 from sync.model import Change
 from sync.sources.cql import SnapshotScanner, TokenRange, split_ring
@@ -451,13 +453,19 @@ def run_backfill(
     restart: bool = False,
     stop: threading.Event | None = None,
     job: Job | None = None,
+    require_cdc: bool = False,
 ) -> BackfillSummary:
-    """Backfill the mapping's table into its index; see the module docstring."""
+    """Backfill the mapping's table into its index; see the module docstring.
+
+    A table without CDC is refused when `require_cdc` (the CLI's default, since
+    nothing would follow the changes made after the snapshot), else warned about.
+    """
     stop = stop or threading.Event()
     own_job = job is None
     job = job or Job(cfg, mapping)
     started = time.monotonic()
     try:
+        _check_cdc(job, require_cdc)
         log.info(job.info.version_rule())
         run = plan_run(job.store, state_key(job), cfg.backfill.ranges, restart)
         backfill = _Backfill(job, run, stop)
@@ -504,6 +512,24 @@ def run_backfill(
     finally:
         if own_job:
             job.close()
+
+
+def _check_cdc(job: Job, require_cdc: bool) -> None:
+    if job.info.cdc_enabled:
+        return
+    table = job.info.qualified_name
+    if require_cdc:
+        raise ConfigError(
+            f"table {table} has no CDC stream, so nothing would follow the changes made "
+            "after this backfill",
+            hint=no_cdc_message(job.info.keyspace, job.info.name).split(": ", 1)[1]
+            + "; or pass --no-cdc to load a snapshot only",
+        )
+    log.warning(
+        "table %s has no CDC stream: this backfill loads a snapshot, and later changes "
+        "will not be followed",
+        table,
+    )
 
 
 def _finish(store: StateStore, run: BackfillRun) -> None:
