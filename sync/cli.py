@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start a new run instead of resuming the unfinished one",
     )
+    backfill.add_argument(
+        "--no-cdc",
+        action="store_true",
+        help="load a table without CDC anyway (a snapshot: later changes are not followed)",
+    )
     backfill.set_defaults(handler=_backfill)
 
     follow = commands.add_parser(
@@ -138,7 +143,9 @@ def _backfill(args: argparse.Namespace, cfg: Config) -> int:
 
     mapping = _load_table_mapping(args, cfg)
     with stop_on_signals() as stop:
-        summary = run_backfill(cfg, mapping, restart=args.restart, stop=stop)
+        summary = run_backfill(
+            cfg, mapping, restart=args.restart, stop=stop, require_cdc=not args.no_cdc
+        )
     _print_summary(summary)
     return EXIT_OK
 

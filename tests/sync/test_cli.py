@@ -231,3 +231,29 @@ def test_backfill_refuses_a_mapping_the_table_defeats_before_writing(
     assert expected in line
     # Nothing written: no index, no dead letters.
     assert opensearch.indices.get(index=f"{alias}*", params={"expand_wildcards": "all"}) == {}
+
+
+def test_backfill_of_a_table_without_cdc_is_refused_unless_no_cdc(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path, opensearch: Any
+) -> None:
+    cql.execute(f'CREATE TABLE "{keyspace}"."t" (id int PRIMARY KEY, n int)')
+    cql.execute(f'INSERT INTO "{keyspace}"."t" (id, n) VALUES (1, 1)')
+    alias = f"{keyspace}-t"
+    mapping = tmp_path / "t.toml"
+    mapping.write_text(
+        f'[source]\nkeyspace = "{keyspace}"\ntable = "t"\n[index]\nalias = "{alias}"\n'
+    )
+    config = _config_file(make_config, tmp_path, mapping)
+    line = one_line_error(ks2os("--config", str(config), "backfill", cwd=tmp_path, env=_aws_env()))
+    assert f"table {keyspace}.t has no CDC stream" in line
+    assert "ALTER TABLE" in line and "--no-cdc" in line
+
+    result = ks2os("--config", str(config), "backfill", "--no-cdc", cwd=tmp_path, env=_aws_env())
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["written"] == 1
+    warnings = [
+        orjson.loads(line) for line in result.stderr.splitlines() if '"level":"warning"' in line
+    ]
+    assert any("later changes will not be followed" in w["msg"] for w in warnings)
+    opensearch.indices.refresh(index=alias)
+    assert opensearch.count(index=alias)["count"] == 1
