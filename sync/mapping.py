@@ -333,6 +333,26 @@ def _split_type(text: str) -> tuple[str, list[str]]:
     return name.strip().lower(), args
 
 
+# Proposed for key columns instead of their CQL type's field: ids are matched
+# exactly, never analysed as words (text), and binary fields cannot be searched.
+_KEY_FIELD_OVERRIDES = {"text": "keyword", "binary": "keyword"}
+_KEY_KINDS = {"partition_key": "partition key", "clustering": "clustering column"}
+FIELD_TYPES_URL = "https://docs.opensearch.org/latest/mappings/supported-field-types/"
+
+
+def default_alias(keyspace: str, table: str) -> str:
+    """`<keyspace>-<table>` in lowercase, made a valid index name."""
+    return re.sub(r"[^a-z0-9_\-]", "-", f"{keyspace}-{table}".lower()).lstrip("-_")
+
+
+def proposed_field(cql_type: str, kind: str) -> dict[str, Any]:
+    """The field a column of `cql_type` and `kind` (as system_schema spells it) is proposed."""
+    proposed = field_for_cql_type(cql_type)
+    if kind in _KEY_KINDS and proposed["type"] in _KEY_FIELD_OVERRIDES:
+        return {"type": _KEY_FIELD_OVERRIDES[proposed["type"]]}
+    return proposed
+
+
 def propose_mapping(
     keyspace: str,
     table: str,
@@ -341,43 +361,83 @@ def propose_mapping(
 ) -> str:
     """A starting mapping file (TOML text) for a table's `(name, cql_type, kind)` columns.
 
-    `alias` defaults to `<keyspace>-<table>` in lowercase.
+    `alias` defaults to `<keyspace>-<table>` in lowercase. Comments list the
+    choices each section offers; the text loads with `load_mapping` as it is.
     """
-    key_kinds = ("partition_key", "clustering")
-    primary_key = [name for name, _, kind in columns if kind in key_kinds]
-    if not alias:
-        alias = re.sub(r"[^a-z0-9_\-]", "-", f"{keyspace}-{table}".lower()).lstrip("-_")
+    primary_key = [name for name, _, kind in columns if kind in _KEY_KINDS]
+    others = [name for name, _, kind in columns if kind not in _KEY_KINDS]
+    alias = alias or default_alias(keyspace, table)
     lines = [
-        f"# Proposed by ks2os for {keyspace}.{table}: review the field types before use.",
+        f"# Mapping of {keyspace}.{table} to OpenSearch, proposed by `ks2os mapping generate`.",
+        "# Review the field types before the first backfill: they are guesses from the CQL",
+        "# types. Every key is described in docs/mapping.md.",
         "",
         "[source]",
         f"keyspace = {_toml_value(keyspace)}",
         f"table = {_toml_value(table)}",
         "",
         "[index]",
+        "# Searches use this alias; ks2os writes to <alias>_v<N> behind it.",
         f"alias = {_toml_value(alias)}",
         "",
         "[index.settings]",
+        "# Any OpenSearch index setting, merged over the ks2os defaults:",
+        *(f"# {line}" for line in _settings_lines(DEFAULT_SETTINGS)),
         "number_of_shards = 1",
         "",
         "[index.mappings]",
+        '# dynamic: "strict" refuses a document with a field that has no property below',
+        "# (it goes to the dead-letter store: a column added to the table later must get a",
+        "# property first); true maps new fields by guessing; false keeps them unsearchable.",
         'dynamic = "strict"',
         "",
         "[index.mappings.properties]",
+        "# One property per field. Common types: keyword (exact values), text (full text;",
+        '# add fields = { keyword = { type = "keyword" } } to sort and aggregate too),',
+        "# integer, long, double, date, boolean, ip, binary, flat_object, object, nested.",
+        f"# All types: {FIELD_TYPES_URL}",
+        "# Key columns are keyword (or their exact type): ids are matched exactly.",
     ]
-    for name, cql_type, _kind in columns:
-        lines.append(f"{_toml_key(name)} = {_toml_value(field_for_cql_type(cql_type))}")
-    lines += [
-        "",
-        "[document]",
-        f"id = {_toml_value(primary_key)}",
-        'routing = "none"',
-        'timestamps = "iso8601"',
-        'big_numbers = "string"',
-        'nulls = "omit"',
-        "",
-    ]
+    for name, cql_type, kind in columns:
+        role = _KEY_KINDS.get(kind, "static" if kind == "static" else "")
+        note = f"{cql_type}, {role}" if role else cql_type
+        field_text = _toml_value(proposed_field(cql_type, kind))
+        lines.append(f"{_toml_key(name)} = {field_text}  # {note}")
+    lines += ["", "[document]", *_document_lines(primary_key, others), ""]
     return "\n".join(lines)
+
+
+def _settings_lines(settings: Mapping[str, Any]) -> list[str]:
+    index = settings.get("index", {})
+    return [f"{key} = {_toml_value(value)}" for key, value in index.items()]
+
+
+def _choices(kind: type[enum.Enum]) -> str:
+    return " or ".join(json.dumps(member.value) for member in kind)
+
+
+def _document_lines(primary_key: list[str], others: list[str]) -> list[str]:
+    example = others[:2] or ["column"]
+    return [
+        "# The columns forming the document id, primary-key columns only (default: the",
+        "# whole primary key, in order).",
+        f"id = {_toml_value(primary_key)}",
+        "# Only these columns go into documents (key columns always do); default: all.",
+        f"# include = {_toml_value(example)}",
+        "# Never these columns.",
+        f"# exclude = {_toml_value(example[-1:])}",
+        "# A field name for a column (its property then goes under the new name).",
+        f"# rename = {{ {_toml_key(example[0])} = {_toml_value(example[0] + '_renamed')} }}",
+        f"# routing: {_choices(Routing)} (a partition's rows share an OpenSearch shard).",
+        f"routing = {json.dumps(Routing.NONE.value)}",
+        f"# timestamps: {_choices(Timestamps)}.",
+        f"timestamps = {json.dumps(Timestamps.ISO8601.value)}",
+        f"# big_numbers (decimal, varint): {_choices(BigNumbers)} (a JSON number may lose",
+        "# digits in OpenSearch).",
+        f"big_numbers = {json.dumps(BigNumbers.STRING.value)}",
+        f"# nulls: {_choices(Nulls)} (a null column is left out, or written as null).",
+        f"nulls = {json.dumps(Nulls.OMIT.value)}",
+    ]
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -31,7 +31,7 @@ from typing import Any
 
 from sync.documents import META_FIELD
 from sync.errors import ConfigError
-from sync.mapping import TableMapping
+from sync.mapping import FIELD_TYPES_URL, TableMapping
 from sync.schema import TableKey
 
 # The field types of OpenSearch's "Supported field types" reference
@@ -119,7 +119,6 @@ _METADATA_FIELDS = frozenset(
         "_size",
     }
 )
-FIELD_TYPES_URL = "https://docs.opensearch.org/latest/mappings/supported-field-types/"
 _MAPPINGS = "index.mappings"
 
 

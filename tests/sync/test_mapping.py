@@ -162,14 +162,52 @@ def test_a_proposed_mapping_loads_back(tmp_path: Path) -> None:
         ("tags", "set<text>", "regular"),
         ('quote"d', "map<text, int>", "regular"),
     ]
-    text = propose_mapping("Demo", "Products", columns)
-    parsed = tomllib.loads(text)
-    assert set(parsed["index"]["mappings"]["properties"]) == {c[0] for c in columns}
-    mapping = mapping_from_dict(parsed, "proposed.toml")
+    path = tmp_path / "proposed.toml"
+    path.write_text(propose_mapping("Demo", "Products", columns))
+    mapping = load_mapping(path)
+    assert set(mapping.mappings["properties"]) == {c[0] for c in columns}
     assert mapping.alias == "demo-products"
     assert mapping.document.id == ("shop", "Region Id", "sku")
     assert mapping.mappings["dynamic"] == "strict"
     assert mapping.mappings["properties"]['quote"d'] == {"type": "flat_object"}
+
+
+def test_a_proposal_maps_key_columns_to_exact_fields() -> None:
+    columns = [
+        ("shop", "text", "partition_key"),
+        ("code", "blob", "partition_key"),
+        ("n", "int", "clustering"),
+        ("sku", "uuid", "clustering"),
+        ("name", "text", "regular"),
+        ("banner", "varchar", "static"),
+    ]
+    properties = tomllib.loads(propose_mapping("demo", "t", columns))["index"]["mappings"][
+        "properties"
+    ]
+    # Ids are matched exactly: text keys are keyword, not analysed words.
+    assert properties["shop"] == {"type": "keyword"}
+    assert properties["code"] == {"type": "keyword"}  # a binary field cannot be searched
+    assert properties["n"] == {"type": "integer"}  # exact already, and ranges still work
+    assert properties["sku"] == {"type": "keyword"}
+    assert properties["name"]["type"] == "text"
+    assert properties["banner"]["type"] == "text"
+
+
+def test_a_proposal_lists_the_choices_each_section_offers() -> None:
+    text = propose_mapping(
+        "demo", "t", [("id", "int", "partition_key"), ("name", "text", "regular")]
+    )
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    for kind in (Routing, Timestamps, BigNumbers, Nulls):
+        for member in kind:
+            assert f'"{member.value}"' in comments, member
+    for key in ("include", "exclude", "rename", "dynamic", "alias", "number_of_replicas"):
+        assert key in comments, key
+    assert "docs/mapping.md" in comments
+    # The commented examples are valid once uncommented.
+    uncommented = text.replace("# include = ", "include = ").replace("# rename = ", "rename = ")
+    spec = mapping_from_dict(tomllib.loads(uncommented)).document
+    assert spec.include == ("name",) and spec.rename == {"name": "name_renamed"}
 
 
 def test_a_proposal_takes_a_chosen_alias() -> None:
