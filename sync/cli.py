@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("table", metavar="KEYSPACE.TABLE")
     generate.add_argument("--alias", help="index alias (default: KEYSPACE-TABLE)")
     generate.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    generate.add_argument(
+        "--force", action="store_true", help="overwrite the --output file if it exists"
+    )
     generate.set_defaults(handler=_mapping_generate)
     return parser
 
@@ -163,23 +167,46 @@ def _follow(args: argparse.Namespace, cfg: Config) -> int:
 def _mapping_generate(args: argparse.Namespace, cfg: Config) -> int:
     from sync.clients import cql_session
     from sync.keyspaces import describe_table
-    from sync.mapping import propose_mapping
+    from sync.mapping import default_alias, mapping_from_dict, propose_mapping
 
     keyspace, dot, table = args.table.partition(".")
     if not dot or not keyspace or not table:
         raise ConfigError(f"{args.table!r} is not KEYSPACE.TABLE", hint="e.g. shop.orders")
+    if args.output and not args.force and os.path.exists(args.output):
+        raise ConfigError(
+            f"{args.output} exists; not overwriting it",
+            hint="pass --force to replace it, or -o another file",
+        )
     session = cql_session(cfg)
     try:
         key = describe_table(session, keyspace, table).key
     finally:
         session.cluster.shutdown()
-    text = propose_mapping(keyspace, table, key.columns(), alias=args.alias)
+    alias = args.alias or default_alias(keyspace, table)
+    text = propose_mapping(keyspace, table, key.columns(), alias=alias)
+    # What is written must load: a bad --alias is refused here, not at the first backfill.
+    mapping_from_dict(tomllib.loads(text), args.output or "the proposed mapping")
+    what = f"mapping of {keyspace}.{table} to the alias {alias}"
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        _write_new(args.output, text, overwrite=args.force)
+        sys.stderr.write(f"ks2os: wrote {args.output}: {what}; review its field types\n")
     else:
         sys.stdout.write(text)
+        sys.stderr.write(f"ks2os: proposed a {what} (on stdout); review its field types\n")
     return EXIT_OK
+
+
+def _write_new(path: str, text: str, *, overwrite: bool) -> None:
+    """Write `path`; without `overwrite`, only if it does not exist (checked atomically)."""
+    try:
+        with open(path, "w" if overwrite else "x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise ConfigError(
+            f"{path} exists; not overwriting it", hint="pass --force to replace it"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _print_summary(summary: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +131,45 @@ def test_mapping_generate_proposes_a_file_that_loads(
         env=_aws_env(),
     )
     assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"ks2os: wrote {out}: mapping of {keyspace}.orders to the alias {keyspace}-orders; "
+        "review its field types\n"
+    )
     mapping = load_mapping(str(out))
     assert (mapping.keyspace, mapping.table) == (keyspace, "orders")
     properties = mapping.mappings["properties"]
     assert properties["placed"]["type"] == "date"
-    assert properties["shop"]["type"] in {"keyword", "text"}
+    assert properties["shop"] == {"type": "keyword"}  # a key: matched exactly
+
+
+def test_mapping_generate_never_overwrites_without_force(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path
+) -> None:
+    cql.execute(f'CREATE TABLE "{keyspace}"."t" (id int PRIMARY KEY, name text)')
+    config = _config_file(make_config, tmp_path)
+    out = tmp_path / "t.toml"
+    out.write_text("# my edited mapping\n")
+    generate = ("--config", str(config), "mapping", "generate", f"{keyspace}.t", "-o", str(out))
+    line = one_line_error(ks2os(*generate, cwd=tmp_path, env=_aws_env()))
+    assert f"{out} exists; not overwriting it" in line and "--force" in line
+    assert out.read_text() == "# my edited mapping\n"
+
+    forced = ks2os(*generate, "--force", "--alias", "search-t", cwd=tmp_path, env=_aws_env())
+    assert forced.returncode == 0, forced.stderr
+    assert load_mapping(out).alias == "search-t"
+
+    line = one_line_error(
+        ks2os(*generate, "--force", "--alias", "Not An Index", cwd=tmp_path, env=_aws_env())
+    )
+    assert "index.alias" in line
+    assert load_mapping(out).alias == "search-t"  # a refused proposal writes nothing
+
+    shown = ks2os(*generate[:-2], cwd=tmp_path, env=_aws_env())
+    assert shown.returncode == 0, shown.stderr
+    assert tomllib.loads(shown.stdout)["index"]["alias"] == f"{keyspace}-t"
+    assert f"proposed a mapping of {keyspace}.t to the alias {keyspace}-t (on stdout)" in (
+        shown.stderr
+    )
 
 
 def test_a_missing_table_is_one_line_naming_it(
