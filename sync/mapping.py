@@ -23,7 +23,8 @@ A mapping file is TOML::
 
 `load_mapping` validates everything and raises `ConfigError` whose one-line
 message names the file, the key and the form expected. `propose_mapping`
-writes a starting file from a table's columns.
+writes a starting file from a table's columns. The reference for users is
+docs/mapping.md; `sync.mapping_check` checks a file against its table.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ class _Checker:
         got_text = "" if got is None else f", got {got!r}"
         raise ConfigError(
             f"{self.where}: {key}: expected {expected}{got_text}",
-            hint="see the mapping file format in sync/mapping.py or `ks2os mapping generate`",
+            hint="see the mapping file format in docs/mapping.md, or `ks2os mapping generate`",
         )
 
     def section(self, data: Mapping[str, Any], name: str, required: bool) -> Mapping[str, Any]:
