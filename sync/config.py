@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from sync.errors import ConfigError
 
@@ -222,6 +223,15 @@ def check_auth(cfg: Config, origin: Callable[[str], str] | None = None) -> None:
     for section in ("keyspaces", "opensearch"):
         settings = getattr(cfg, section)
         _check_credentials(section, settings.auth, settings.username, settings.password, where)
+    for i, host in enumerate(cfg.opensearch.hosts):
+        if "@" in urlsplit(host).netloc:
+            # Never echo the URL: its user-info part is the secret.
+            raise ConfigError(
+                f"{where('opensearch.hosts')}: opensearch.hosts[{i}] carries credentials in "
+                "the URL, where every message that names the host would show them",
+                hint="remove user:password@ from the URL; use opensearch.auth = 'basic' with "
+                f"opensearch.username and {env_name('opensearch', 'password')}",
+            )
     ks = cfg.keyspaces
     if ks.ca_file is not None and not ks.tls:
         raise ConfigError(

@@ -59,7 +59,8 @@ ks2os reads one TOML file and then the environment:
 - **Auth is checked as a whole** when loaded: `keyspaces.auth = "password"`
   needs `keyspaces.username` and `keyspaces.password`, `opensearch.auth =
   "basic"` needs `opensearch.username` and `opensearch.password`, and
-  credentials beside an `auth` that does not use them are refused, as is
+  credentials beside an `auth` that does not use them are refused, as are
+  credentials inside an `opensearch.hosts` URL (`https://user:pass@...`) and
   `keyspaces.ca_file` with `keyspaces.tls = false`.
 
 A mistake is one line naming the key and the form expected, and exit code 2:

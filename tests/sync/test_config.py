@@ -212,6 +212,11 @@ def test_config_source_names_the_file_and_the_variables_never_values(tmp_path: P
             "opensearch.password set but opensearch.auth = 'none'",
         ),
         (
+            "[opensearch]\nhosts = ['https://a:9200', 'https://admin:s3cret@b:9200']\n",
+            {},
+            "opensearch.hosts[1] carries credentials in the URL",
+        ),
+        (
             "[keyspaces]\ntls = false\nca_file = 'ca.pem'\n",
             {},
             "keyspaces.ca_file is set but keyspaces.tls = false",
