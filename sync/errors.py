@@ -9,6 +9,8 @@ The tree::
     └── TerminalError          retrying cannot help; a person must act
         ├── MappingConflict    the live index mapping disagrees with the file
         └── DecodeError        a change record or cell could not be decoded
+            └── DocumentError  a change's document could not be built (a hook
+                               raised, or returned no JSON-ready body)
 
 Jobs decide by class alone: retry a `TransientError`, stop on anything else.
 """
@@ -46,3 +48,11 @@ class MappingConflict(TerminalError):
 
 class DecodeError(TerminalError):
     """A change record, row or cell value could not be decoded."""
+
+
+class DocumentError(DecodeError):
+    """One change's document could not be built from its row: bad input of that change alone.
+
+    A `DecodeError`, so the writers dead-letter the change with this message
+    and go on, as they do for a value with no document form.
+    """

@@ -265,10 +265,11 @@ class StaticMergeWriter:
             )
         if change.static_only:
             return static_task, None
-        fields = {} if change.image is None else builder.row_fields(change.image)
+        # A row the mapping's filter or hook leaves out comes back as a delete (a tombstone).
+        row_change, fields = builder.row_document(change)
         own = static_task.statics if static_task is not None else None
         row_task = _RowTask(
-            owner, builder.doc_id(change.key), partition, routing, change, fields, own
+            owner, builder.doc_id(change.key), partition, routing, row_change, fields, own
         )
         return static_task, row_task
 

@@ -63,11 +63,13 @@ class Job:
             self.info: TableInfo = describe_table(self.session, mapping.keyspace, mapping.table)
             # Before any write: a mapping the table defeats would dead-letter every row.
             check_mapping_against_table(mapping, self.info.key)
+            # First of what needs the table's layout: a filter, computed field or hook the
+            # table cannot take is a mistake in the file, refused before any index is made.
+            self.builder = DocumentBuilder(mapping, self.info.key)
             self.index = ensure_index(self.client, mapping)
             # Refuse before writing: documents shaped for another mapping would all be
             # dead-lettered or, worse, indexed with the wrong field types.
             check_mapping_compatible(self.client, self.index, mapping)
-            self.builder = DocumentBuilder(mapping, self.info.key)
             self.dead_letters = dead_letter_store(cfg, self.client, mapping)
             self.store = StateStore(
                 self.client, cfg.state.index, lease_seconds=cfg.state.lease_seconds
