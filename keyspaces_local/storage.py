@@ -5,8 +5,14 @@ byte copying. Every write carries a timestamp (microseconds); a cell, a row,
 a clustering range or a whole partition keeps the newest write or deletion,
 whatever order they arrive in:
 
-- a later timestamp wins; on a tie a tombstone beats a live cell, and
-  between two live cells the larger value wins (Cassandra's reconcile);
+- a later timestamp wins; on a tie Cassandra 4.0's reconcile decides
+  (`Cells.resolveRegular`, CASSANDRA-14592): a tombstone or an expiring
+  (TTL) cell beats a plain live cell, a tombstone beats an expiring cell,
+  of two expiring cells the later expiry wins, and then the larger value
+  (unsigned bytes); row markers follow `LivenessInfo.supersedes` alike;
+- assigning a whole non-frozen collection (`SET c = {...}`, `SET c = null`,
+  INSERT) deletes the old elements at T-1, so an element added at the same
+  T survives; `DELETE c` deletes at T;
 - a deletion (row, range, partition) shadows every cell written at or
   before its timestamp, including cells that arrive later with older ones;
 - INSERT writes a row marker, UPDATE does not, so a row that only ever had
@@ -59,14 +65,27 @@ def token_of(pk: tuple[bytes, ...]) -> int:
 
 
 def wins(new: StoredCell, old: StoredCell) -> bool:
-    """Cassandra's reconcile: does `new` replace `old`?"""
+    """Cassandra 4.0's reconcile (`Cells.resolveRegular`): does `new` replace `old`?
+
+    On equal timestamps a cell that is or will become a tombstone (a tombstone,
+    or an expiring cell) beats a plain live cell (CASSANDRA-14592), a tombstone
+    beats an expiring cell, the later expiry beats the earlier, and only then
+    the larger value wins. An exact tie keeps `old`.
+    """
     if new[1] != old[1]:
         return new[1] > old[1]
-    if old[0] is None:
-        return False
-    if new[0] is None:
-        return True
-    return new[0] > old[0]
+    new_dying = new[0] is None or new[2] is not None
+    old_dying = old[0] is None or old[2] is not None
+    if new_dying != old_dying:
+        return new_dying
+    if new_dying:
+        if (new[0] is None) != (old[0] is None):
+            return new[0] is None
+        if new[0] is None:
+            return False  # two tombstones: nothing visible to choose between
+        if new[2] != old[2]:
+            return new[2] > old[2]  # type: ignore[operator]
+    return new[0] > old[0]  # type: ignore[operator]
 
 
 def is_live(cell: StoredCell, now_s: int) -> bool:
@@ -139,7 +158,7 @@ class Row:
         if (
             self.marker is None
             or ts > self.marker[0]
-            or (ts == self.marker[0] and _later(exp, self.marker[1]))
+            or (ts == self.marker[0] and _supersedes(exp, self.marker[1]))
         ):
             self.marker = (ts, exp)
 
@@ -157,10 +176,12 @@ class Row:
         return False
 
 
-def _later(a: int | None, b: int | None) -> bool:
-    if a is None:
-        return b is not None
-    return b is not None and a > b
+def _supersedes(exp: int | None, old_exp: int | None) -> bool:
+    """Between two row markers of one timestamp (`LivenessInfo.supersedes` in 4.0): an
+    expiring marker beats a plain one, and of two expiring ones the later expiry wins."""
+    if exp is None:
+        return False
+    return old_exp is None or exp > old_exp
 
 
 @dataclass(frozen=True)
@@ -255,9 +276,9 @@ class RowWrite:
     marker: bool = False  # INSERT writes a row marker
     delete_row: bool = False
     cells: dict[str, bytes | None] = field(default_factory=dict)  # None writes a tombstone
-    coll_set: dict[str, list[tuple[bytes, bytes]] | None] = field(
-        default_factory=dict
-    )  # None deletes
+    # Whole-collection assignments (None: `SET c = null`): old elements go at ts - 1.
+    coll_set: dict[str, list[tuple[bytes, bytes]] | None] = field(default_factory=dict)
+    coll_delete: list[str] = field(default_factory=list)  # `DELETE c`: old elements go at ts
     coll_add: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict)
     coll_prepend: dict[str, list[bytes]] = field(default_factory=dict)
     coll_remove: dict[str, list[bytes]] = field(default_factory=dict)  # set/map keys; list values
@@ -340,8 +361,12 @@ class TableData:
             row.set_marker(w.ts, w.exp)
         for name, value in w.cells.items():
             row.put(name, (value, w.ts, w.exp if value is not None else None))
+        for name in w.coll_delete:
+            row.coll(name).shadow(w.ts)
         for name, items in w.coll_set.items():
-            row.coll(name).shadow(w.ts - 1 if items is not None else w.ts)
+            # Cassandra's setComplexDeletionTimeForOverwrite: an overwrite, to null
+            # too, deletes at ts - 1, so elements written at ts itself survive.
+            row.coll(name).shadow(w.ts - 1)
             if items:
                 self._add_elems(row, name, items, w)
         for name, items in w.coll_add.items():

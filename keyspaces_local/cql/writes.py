@@ -413,8 +413,10 @@ def _delete_columns(
         w = static_w if col.kind is ColumnKind.STATIC else row_w
         if col.kind is not ColumnKind.STATIC and ck is None:
             raise Invalid("Some clustering keys are missing")
-        if key is None:
-            _assign_whole(w, col, None)
+        if key is None and types.is_multicell(col.cql_type):
+            w.coll_delete.append(name)  # at the statement's timestamp, not ts - 1 as `= null`
+        elif key is None:
+            w.cells[name] = None
         elif issubclass(col.cql_type, cqltypes.MapType):
             k = to_bytes(key, col.cql_type.subtypes[0], ctx)
             w.coll_remove.setdefault(name, []).append(k or b"")
@@ -506,6 +508,7 @@ def _has_changes(w: RowWrite) -> bool:
         or w.delete_row
         or w.cells
         or w.coll_set
+        or w.coll_delete
         or w.coll_add
         or w.coll_prepend
         or w.coll_remove
