@@ -50,6 +50,9 @@ class RowChange:
     new_image: RowImage | None  # None when the row no longer exists after
     origin: str = "USER"  # "USER" or "TTL"
     committed_at_us: int = 0  # emulator clock at commit
+    # A static-only change: the static columns the write set, deleted or saw expire
+    # (None: all of them, as for a partition delete). Records may show only these.
+    touched: frozenset[str] | None = None
 
 
 class ChangeSink(Protocol):

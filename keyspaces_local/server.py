@@ -102,6 +102,7 @@ class Emulator:
         empty_page_rate: float = 0.0,
         faults: FaultSettings | Mapping[str, Any] | None = None,
         credentials: Mapping[str, str] | None = None,
+        static_record_shape: str = "all",
     ) -> Emulator:
         """Start everything in this process (threads); ports 0 pick free ones."""
         from keyspaces_local.cql.engine import CqlEngine
@@ -115,6 +116,7 @@ class Emulator:
             retention_s=retention_s,
             iterator_lifetime_s=iterator_lifetime_s,
             faults=fault_state,
+            static_record_shape=static_record_shape,
         )
         engine = CqlEngine(
             clock,
@@ -198,6 +200,7 @@ class EmulatorProcess:
         internal_error_rate: float | None = None,
         max_readers_per_shard: int | None = None,
         credentials: Mapping[str, str] | None = None,
+        static_record_shape: str | None = None,
         ready_timeout_s: float = 60.0,
     ) -> EmulatorProcess:
         """Start the child and wait for its ready line; options left None keep the CLI defaults."""
@@ -212,6 +215,7 @@ class EmulatorProcess:
             ("--throttle-rate", throttle_rate),
             ("--internal-error-rate", internal_error_rate),
             ("--max-readers-per-shard", max_readers_per_shard),
+            ("--static-record-shape", static_record_shape),
         ):
             if value is not None:
                 argv += [flag, str(value)]

@@ -490,6 +490,7 @@ def _commit(state: EngineState, td: TableData, writes: list[RowWrite]) -> None:
                     old_image=old,
                     new_image=td.image(part, row, now_s),
                     committed_at_us=state.clock.now_us(),
+                    touched=_touched(w) if w.ck is None else None,
                 )
             )
         if w.exp is not None:
@@ -500,6 +501,21 @@ def _is_conditional(stmt: Any) -> bool:
     if isinstance(stmt, p.Insert):
         return stmt.if_not_exists
     return bool(stmt.if_exists or stmt.conditions)
+
+
+def _touched(w: RowWrite) -> frozenset[str]:
+    """The columns a write sets, deletes or changes elements of."""
+    return frozenset(
+        [
+            *w.cells,
+            *w.coll_set,
+            *w.coll_delete,
+            *w.coll_add,
+            *w.coll_prepend,
+            *w.coll_remove,
+            *w.list_index,
+        ]
+    )
 
 
 def _has_changes(w: RowWrite) -> bool:

@@ -38,7 +38,7 @@ from keyspaces_local.streams.errors import (
     ValidationError,
 )
 from keyspaces_local.streams.faults import Faults
-from keyspaces_local.streams.records import build_record
+from keyspaces_local.streams.records import STATIC_SHAPES, build_record
 
 HASH_SPACE = 1 << 64
 SEQ_WIDTH = 24  # fixed-width decimal sequence numbers (the model wants 21-48 chars)
@@ -49,6 +49,14 @@ _COMPACT_AFTER = 4096  # trimmed records kept in a shard's lists before they are
 
 ENABLED, DISABLED = "ENABLED", "DISABLED"
 ITERATOR_TYPES = ("TRIM_HORIZON", "LATEST", "AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER")
+
+
+def check_static_shape(shape: str) -> str:
+    if shape not in STATIC_SHAPES:
+        raise ValidationError(
+            f"static record shape must be one of {', '.join(STATIC_SHAPES)}, got {shape!r}"
+        )
+    return shape
 
 
 def format_seq(seq: int) -> str:
@@ -230,9 +238,11 @@ class StreamStore:
         region: str = "us-east-1",
         account: str = "123456789012",
         faults: Faults | None = None,
+        static_record_shape: str = "all",
     ) -> None:
         if shard_count < 1:
             raise ValueError("shard_count must be at least 1")
+        self.static_record_shape = check_static_shape(static_record_shape)
         self.clock = clock
         self.shard_count = shard_count
         self.retention_ms = int(retention_s * 1000)
@@ -271,7 +281,10 @@ class StreamStore:
         if stream is None:
             return
         created_ms = (change.committed_at_us or self.clock.now_us()) // 1000
-        body = orjson.dumps(build_record(change, stream.view_type, created_ms))
+        record = build_record(
+            change, stream.view_type, created_ms, static_shape=self.static_record_shape
+        )
+        body = orjson.dumps(record)
         key_hash = route_hash(change.token, change.clustering_key)
         with self._lock:
             if stream.status != ENABLED:
@@ -284,6 +297,11 @@ class StreamStore:
                 shard.trim(created_ms - self.retention_ms)
 
     # --- control ---------------------------------------------------------------------------
+
+    def set_static_record_shape(self, shape: str) -> str:
+        """What static-only records hold from now on: "all" statics or the "touched" ones."""
+        self.static_record_shape = check_static_shape(shape)
+        return self.static_record_shape
 
     def split_shard(self, stream_arn: str, shard_id: str, parts: int = 2) -> list[str]:
         """Close an open shard and divide its hash range among `parts` children."""
