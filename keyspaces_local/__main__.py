@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from keyspaces_local.partitioners import MURMUR3, PARTITIONERS
 from keyspaces_local.server import Emulator
 
 
@@ -99,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
             "partition (all, the default) or only those the write touched (touched)"
         ),
     )
+    add(
+        "--partitioner",
+        choices=tuple(PARTITIONERS),
+        default=MURMUR3,
+        help=(
+            "the account's partitioner at start (default Murmur3Partitioner); "
+            "UPDATE system.local SET partitioner = ... WHERE key = 'local' changes it"
+        ),
+    )
     add("--username", help="require this CQL username (PasswordAuthenticator); needs --password")
     add("--password", help="the password for --username")
     add("--log-level", default="WARNING", help="logging level on stderr (default WARNING)")
@@ -133,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         credentials={args.username: args.password} if args.username is not None else None,
         static_record_shape=args.static_record_shape,
+        partitioner=args.partitioner,
     )
     try:
         ready = {

@@ -43,7 +43,7 @@ class RowChange:
     """One committed row-level mutation, in commit order for its primary key."""
 
     table: TableSchema
-    token: int  # Murmur3 token of the partition key
+    token: int  # token of the partition key under the account's partitioner
     partition_key: tuple[bytes, ...]  # serialised partition-key values, in key order
     clustering_key: tuple[bytes, ...] | None  # None for a static-only change
     old_image: RowImage | None  # None when the row did not exist before

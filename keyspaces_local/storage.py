@@ -34,34 +34,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cassandra import cqltypes
-from cassandra.murmur3 import murmur3
 
 from keyspaces_local import types
 from keyspaces_local.cdc import Cell, RowImage
+from keyspaces_local.partitioners import Partitioner
 from keyspaces_local.schema import Column, ColumnKind, TableSchema
 
 # A stored cell: (value or None for a tombstone, write time in µs, expiry in epoch s or None).
 StoredCell = tuple[bytes | None, int, int | None]
 
 NO_DELETION = -(2**63)
-MIN_TOKEN, MAX_TOKEN = -(2**63), 2**63 - 1
 
 
 class ListIndexError(ValueError):
     """`l[i] = v` or `DELETE l[i]` with an index the list does not have."""
-
-
-def routing_key(pk: tuple[bytes, ...]) -> bytes:
-    """The partition key as the driver's routing key (composite: len + bytes + 0 per part)."""
-    if len(pk) == 1:
-        return pk[0]
-    return b"".join(struct.pack(">H", len(p)) + p + b"\x00" for p in pk)
-
-
-def token_of(pk: tuple[bytes, ...]) -> int:
-    """Murmur3 token exactly as the driver's Murmur3Token.hash_fn computes it."""
-    h = int(murmur3(routing_key(pk)))
-    return MAX_TOKEN if h == MIN_TOKEN else h
 
 
 def wins(new: StoredCell, old: StoredCell) -> bool:
@@ -286,14 +272,24 @@ class RowWrite:
 
 
 class TableData:
-    """All partitions of one table, ordered by (token, partition key)."""
+    """All partitions of one table, ordered by (token, partition key) under the partitioner."""
 
-    def __init__(self, schema: TableSchema) -> None:
+    def __init__(self, schema: TableSchema, partitioner: Partitioner) -> None:
         self.schema = schema
+        self.partitioner = partitioner
         self.parts: dict[tuple[int, tuple[bytes, ...]], Partition] = {}
         self.order: list[tuple[int, tuple[bytes, ...]]] = []
         self._list_seq = 0
         self.set_schema(schema)
+
+    def retoken(self, partitioner: Partitioner) -> None:
+        """The account's partitioner changed: every partition gets its new token and place."""
+        self.partitioner = partitioner
+        parts = list(self.parts.values())
+        for part in parts:
+            part.token = partitioner.token(part.pk)
+        self.parts = {(part.token, part.pk): part for part in parts}
+        self.order = sorted(self.parts)
 
     def set_schema(self, schema: TableSchema) -> None:
         self.schema = schema
@@ -315,7 +311,7 @@ class TableData:
         return types.Desc(fn(value)) if desc else fn(value)
 
     def partition(self, pk: tuple[bytes, ...], create: bool = False) -> Partition | None:
-        token = token_of(pk)
+        token = self.partitioner.token(pk)
         key = (token, pk)
         part = self.parts.get(key)
         if part is None and create:
@@ -341,11 +337,7 @@ class TableData:
 
     def index_after_token(self, token: int, inclusive: bool) -> int:
         """Index in token order of the first partition with token > (or >=) `token`."""
-        if inclusive:
-            return bisect.bisect_left(self.order, (token,))
-        return (
-            bisect.bisect_left(self.order, (token + 1,)) if token < MAX_TOKEN else len(self.order)
-        )
+        return bisect.bisect_left(self.order, (token,) if inclusive else (token + 1,))
 
     # ---- writes
     def apply(self, w: RowWrite) -> tuple[Partition, Row]:

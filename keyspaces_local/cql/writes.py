@@ -34,6 +34,7 @@ from keyspaces_local.cql.selectors import column_getter
 from keyspaces_local.cql.state import Ctx, EngineState, column, keyspace_of
 from keyspaces_local.cql.values import BOOL, INT32, LONG, to_bytes, to_int
 from keyspaces_local.cql.where import Where, analyse_where, bounds, single_partition
+from keyspaces_local.partitioners import by_name
 from keyspaces_local.schema import Column, ColumnKind, TableSchema
 from keyspaces_local.storage import ListIndexError, Partition, Row, RowWrite, TableData
 
@@ -129,6 +130,8 @@ def _expiry(schema: TableSchema, using_ttl: Any, ctx: Ctx) -> int | None:
 def _write(state: EngineState, statement: p.Insert | p.Update | p.Delete, ctx: Ctx) -> Result:
     ks = keyspace_of(statement.table, ctx.keyspace)
     if st.is_system(ks):
+        if _is_partitioner_update(statement, ks):
+            return _set_partitioner(state, statement, ctx)  # type: ignore[arg-type]
         raise Invalid(f"{ks} keyspace is not user-modifiable")
     td = state.table(statement.table, ctx.keyspace)
     if isinstance(statement, p.Insert):
@@ -136,6 +139,35 @@ def _write(state: EngineState, statement: p.Insert | p.Update | p.Delete, ctx: C
     if isinstance(statement, p.Update):
         return _update(state, td, statement, ctx)
     return _delete(state, td, statement, ctx)
+
+
+def _is_partitioner_update(statement: p.Insert | p.Update | p.Delete, ks: str) -> bool:
+    """`UPDATE system.local SET partitioner = ... WHERE key = ...`: the one system write."""
+    return (
+        isinstance(statement, p.Update)
+        and (ks, statement.table.name) == ("system", "local")
+        and [a.column for a in statement.assignments] == ["partitioner"]
+        and statement.assignments[0].kind == "set"
+        and not (statement.if_exists or statement.conditions or statement.ttl)
+        and statement.timestamp is None
+    )
+
+
+def _set_partitioner(state: EngineState, statement: p.Update, ctx: Ctx) -> Result:
+    """Keyspaces' way to choose the account's partitioner; here it applies at once."""
+    (where,) = statement.where if len(statement.where) == 1 else (None,)
+    if not (
+        isinstance(where, p.Relation)
+        and (where.column, where.op) == ("key", "=")
+        and to_bytes(where.term, cqltypes.UTF8Type, ctx) == b"local"
+    ):
+        raise Invalid("The partitioner is set with UPDATE system.local ... WHERE key = 'local'")
+    name = to_bytes(statement.assignments[0].value, cqltypes.UTF8Type, ctx)
+    try:
+        state.set_partitioner(by_name(name.decode() if name is not None else ""))
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return Void()
 
 
 def _key_values(cols: list[Column], given: dict[str, bytes | None], what: str) -> tuple[bytes, ...]:

@@ -3,7 +3,7 @@
 `StreamStore` is the `ChangeSink` the CQL engine writes to, and what the
 Streams HTTP API reads from. Each stream splits a 64-bit hash space of
 primary keys into shard ranges: a row is routed by a hash of (partition
-token, clustering key), so rows of one partition may land in different
+key, clustering key), so rows of one partition may land in different
 shards while each primary key maps to exactly one open shard at a time.
 Splitting a shard divides its range among children; merging joins two
 adjacent ranges into one child with both as parents. Records are rendered to
@@ -69,10 +69,14 @@ def parse_seq(text: str) -> int:
     return int(text)
 
 
-def route_hash(token: int, clustering_key: tuple[bytes, ...] | None) -> int:
-    """Where a primary key lives in the shard hash space; the partition alone if static-only."""
-    parts = [token.to_bytes(8, "big", signed=True)]
-    for value in clustering_key or ():
+def route_hash(partition_key: tuple[bytes, ...], clustering_key: tuple[bytes, ...] | None) -> int:
+    """Where a primary key lives in the shard hash space; the partition alone if static-only.
+
+    A hash of the key's own bytes, not of its token: a key keeps its shard (and so its
+    records their order) when the account's partitioner changes its token.
+    """
+    parts: list[bytes] = []
+    for value in (*partition_key, *(clustering_key or ())):
         parts.append(len(value).to_bytes(4, "big"))
         parts.append(value)
     return int.from_bytes(hashlib.blake2b(b"".join(parts), digest_size=8).digest(), "big")
@@ -285,7 +289,7 @@ class StreamStore:
             change, stream.view_type, created_ms, static_shape=self.static_record_shape
         )
         body = orjson.dumps(record)
-        key_hash = route_hash(change.token, change.clustering_key)
+        key_hash = route_hash(change.partition_key, change.clustering_key)
         with self._lock:
             if stream.status != ENABLED:
                 return  # CDC was turned off while this change was being rendered
