@@ -10,6 +10,8 @@ whatever order they arrive in:
   (TTL) cell beats a plain live cell, a tombstone beats an expiring cell,
   of two expiring cells the later expiry wins, and then the larger value
   (unsigned bytes); row markers follow `LivenessInfo.supersedes` alike;
+- Keyspaces' one documented difference: two live values of a frozen
+  collection with equal timestamps are not compared, the later write wins;
 - assigning a whole non-frozen collection (`SET c = {...}`, `SET c = null`,
   INSERT) deletes the old elements at T-1, so an element added at the same
   T survives; `DELETE c` deletes at T;
@@ -50,13 +52,14 @@ class ListIndexError(ValueError):
     """`l[i] = v` or `DELETE l[i]` with an index the list does not have."""
 
 
-def wins(new: StoredCell, old: StoredCell) -> bool:
+def wins(new: StoredCell, old: StoredCell, latest_writer: bool = False) -> bool:
     """Cassandra 4.0's reconcile (`Cells.resolveRegular`): does `new` replace `old`?
 
     On equal timestamps a cell that is or will become a tombstone (a tombstone,
     or an expiring cell) beats a plain live cell (CASSANDRA-14592), a tombstone
     beats an expiring cell, the later expiry beats the earlier, and only then
-    the larger value wins. An exact tie keeps `old`.
+    the larger value wins (`latest_writer`: `new`, as Keyspaces does for frozen
+    collections). An exact tie keeps `old`.
     """
     if new[1] != old[1]:
         return new[1] > old[1]
@@ -71,7 +74,7 @@ def wins(new: StoredCell, old: StoredCell) -> bool:
             return False  # two tombstones: nothing visible to choose between
         if new[2] != old[2]:
             return new[2] > old[2]  # type: ignore[operator]
-    return new[0] > old[0]  # type: ignore[operator]
+    return latest_writer or new[0] > old[0]  # type: ignore[operator]
 
 
 def is_live(cell: StoredCell, now_s: int) -> bool:
@@ -117,11 +120,11 @@ class Row:
         for coll in self.colls.values():
             coll.shadow(ts)
 
-    def put(self, name: str, cell: StoredCell) -> None:
+    def put(self, name: str, cell: StoredCell, latest_writer: bool = False) -> None:
         if cell[1] <= self.deleted_at:
             return
         old = self.cells.get(name)
-        if old is None or wins(cell, old):
+        if old is None or wins(cell, old, latest_writer):
             self.cells[name] = cell
 
     def coll(self, name: str) -> Coll:
@@ -298,6 +301,13 @@ class TableData:
         self.pk_cols = schema.partition_key
         self.regular = [c for c in schema.columns.values() if c.kind is ColumnKind.REGULAR]
         self.static = [c for c in schema.columns.values() if c.kind is ColumnKind.STATIC]
+        # Keyspaces: equal timestamps on these pick the latest writer, not the larger value.
+        self.frozen_collections = frozenset(
+            c.name
+            for c in schema.columns.values()
+            if issubclass(c.cql_type, cqltypes.FrozenType)
+            and types.is_multicell(types.unfrozen(c.cql_type))
+        )
 
     # ---- keys
     def sort_key(self, ck: tuple[bytes, ...]) -> tuple[Any, ...]:
@@ -352,7 +362,8 @@ class TableData:
         if w.marker:
             row.set_marker(w.ts, w.exp)
         for name, value in w.cells.items():
-            row.put(name, (value, w.ts, w.exp if value is not None else None))
+            cell = (value, w.ts, w.exp if value is not None else None)
+            row.put(name, cell, name in self.frozen_collections)
         for name in w.coll_delete:
             row.coll(name).shadow(w.ts)
         for name, items in w.coll_set.items():

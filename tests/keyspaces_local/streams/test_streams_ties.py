@@ -8,7 +8,9 @@ says `USING TIMESTAMP`. The rules checked (Cassandra's `Cells.resolveRegular`,
 - assigning a whole non-frozen collection, to null too, deletes its old elements at T-1, so an
   element added at the same T survives; `DELETE c` deletes at T;
 - an expiring (TTL) cell or row marker beats a plain one written at the same T
-  (CASSANDRA-14592), whatever the values.
+  (CASSANDRA-14592), whatever the values;
+- and Keyspaces' documented exception: two values of a frozen collection written at the
+  same T are not compared, the later write wins.
 
 This module moves its emulator's clock, so it uses the module's own (`e2e_*` fixtures).
 """
@@ -31,7 +33,7 @@ def table(e2e_cql: Any, e2e_keyspace: str) -> str:
     name = f'"{e2e_keyspace}"."ties"'
     e2e_cql.execute(
         f"CREATE TABLE {name} (k int, c int, v text, tags set<text>, l list<text>, "
-        f"m map<text, text>, PRIMARY KEY (k, c)) {CDC_TS_TTL}"
+        f"m map<text, text>, fl frozen<list<int>>, PRIMARY KEY (k, c)) {CDC_TS_TTL}"
     )
     return name
 
@@ -198,3 +200,20 @@ def test_an_expiring_row_marker_beats_a_plain_one_of_the_same_timestamp(
     e2e_emulator.control.sweep_expired()
     assert _agreed(e2e_cql, e2e_streams, e2e_keyspace, table, 1, 1) is None
     assert _records_of(e2e_streams, e2e_keyspace, 1, 1)[-1]["origin"] == "TTL"
+
+
+def test_a_frozen_collection_tie_goes_to_the_later_write_not_the_larger_value(
+    e2e_emulator: Any, e2e_cql: Any, e2e_streams: Any, e2e_keyspace: str, table: str
+) -> None:
+    """Keyspaces' functional differences: "the server picks the latest writer" (Cassandra
+    would keep [9], the larger serialised value); a plain column keeps the larger value."""
+    ts = _now_us(e2e_emulator) - 1_000_000
+    for values in ("[9], 'b'", "[1], 'a'"):
+        e2e_cql.execute(
+            f"INSERT INTO {table} (k, c, fl, v) VALUES (1, 1, {values}) USING TIMESTAMP {ts}"
+        )
+    row = e2e_cql.execute(f"SELECT fl, v FROM {table} WHERE k = 1 AND c = 1").one()
+    assert (row.fl, row.v) == ([1], "b")
+    last = _records_of(e2e_streams, e2e_keyspace, 1, 1)[-1]["newImage"]["valueCells"]
+    assert [e["value"]["intT"] for e in last["fl"]["value"]["listT"]] == ["1"]
+    assert last["v"]["value"]["textT"] == "b"
