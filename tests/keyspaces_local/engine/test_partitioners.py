@@ -190,3 +190,21 @@ def test_a_key_keeps_its_shard_and_order_across_a_partitioner_change(
     for records in per_key.values():
         assert len({shard for shard, _ in records}) == 1
         assert [v for _, v in records] == [0, 1, 2, 3]
+
+
+def test_the_command_line_starts_with_the_partitioner_asked_for() -> None:
+    """`--partitioner`: an account that never changed it reports DefaultPartitioner."""
+    from keyspaces_local.server import EmulatorProcess
+
+    with EmulatorProcess.start(partitioner=DEFAULT) as emu:
+        cluster = _connect(emu)
+        try:
+            cql = cluster.connect()
+            assert _local_partitioner(cql) == DEFAULT
+            cql.execute("CREATE KEYSPACE sub WITH replication = {'class': 'SingleRegionStrategy'}")
+            cql.execute("CREATE TABLE sub.t (k text PRIMARY KEY)")
+            cql.execute("INSERT INTO sub.t (k) VALUES ('a')")
+            (token,) = cql.execute("SELECT token(k) FROM sub.t").one()
+            assert token == MD5Token.hash_fn(b"a")
+        finally:
+            cluster.shutdown()

@@ -194,6 +194,7 @@ def test_command_line_help_documents_every_option() -> None:
         "--internal-error-rate",
         "--empty-page-rate",
         "--static-record-shape",
+        "--partitioner",
         "--username",
         "--password",
     ):
