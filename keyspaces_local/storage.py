@@ -61,20 +61,16 @@ def wins(new: StoredCell, old: StoredCell, latest_writer: bool = False) -> bool:
     the larger value wins (`latest_writer`: `new`, as Keyspaces does for frozen
     collections). An exact tie keeps `old`.
     """
-    if new[1] != old[1]:
-        return new[1] > old[1]
-    new_dying = new[0] is None or new[2] is not None
-    old_dying = old[0] is None or old[2] is not None
-    if new_dying != old_dying:
-        return new_dying
-    if new_dying:
-        if (new[0] is None) != (old[0] is None):
-            return new[0] is None
-        if new[0] is None:
-            return False  # two tombstones: nothing visible to choose between
-        if new[2] != old[2]:
-            return new[2] > old[2]  # type: ignore[operator]
-    return latest_writer or new[0] > old[0]  # type: ignore[operator]
+    (new_value, new_ts, new_exp), (old_value, old_ts, old_exp) = new, old
+    if new_ts != old_ts:
+        return new_ts > old_ts
+    if new_value is None or old_value is None:  # a tombstone beats anything of its time
+        return new_value is None and old_value is not None
+    if (new_exp is None) != (old_exp is None):  # an expiring cell beats a plain one
+        return new_exp is not None
+    if new_exp is not None and old_exp is not None and new_exp != old_exp:
+        return new_exp > old_exp
+    return latest_writer or new_value > old_value
 
 
 def is_live(cell: StoredCell, now_s: int) -> bool:

@@ -130,8 +130,8 @@ def _expiry(schema: TableSchema, using_ttl: Any, ctx: Ctx) -> int | None:
 def _write(state: EngineState, statement: p.Insert | p.Update | p.Delete, ctx: Ctx) -> Result:
     ks = keyspace_of(statement.table, ctx.keyspace)
     if st.is_system(ks):
-        if _is_partitioner_update(statement, ks):
-            return _set_partitioner(state, statement, ctx)  # type: ignore[arg-type]
+        if isinstance(statement, p.Update) and _is_partitioner_update(statement, ks):
+            return _set_partitioner(state, statement, ctx)
         raise Invalid(f"{ks} keyspace is not user-modifiable")
     td = state.table(statement.table, ctx.keyspace)
     if isinstance(statement, p.Insert):
@@ -141,11 +141,10 @@ def _write(state: EngineState, statement: p.Insert | p.Update | p.Delete, ctx: C
     return _delete(state, td, statement, ctx)
 
 
-def _is_partitioner_update(statement: p.Insert | p.Update | p.Delete, ks: str) -> bool:
+def _is_partitioner_update(statement: p.Update, ks: str) -> bool:
     """`UPDATE system.local SET partitioner = ... WHERE key = ...`: the one system write."""
     return (
-        isinstance(statement, p.Update)
-        and (ks, statement.table.name) == ("system", "local")
+        (ks, statement.table.name) == ("system", "local")
         and [a.column for a in statement.assignments] == ["partitioner"]
         and statement.assignments[0].kind == "set"
         and not (statement.if_exists or statement.conditions or statement.ttl)
