@@ -5,8 +5,8 @@ Murmur3Partitioner's bigint tokens (-2**63 .. 2**63-1), or RandomPartitioner's
 and Keyspaces' DefaultPartitioner's varint tokens (0 .. 2**127, ring minimum -1).
 The ring is split into ranges (start exclusive, end inclusive); each range is
 read with one prepared statement restricted on `token(<partition key>)`, page
-by page with the driver's paging state. Before
-each page the service clock is read over CQL, and every row of the page gets
+by page with the driver's paging state. Before each page the service clock is
+read over CQL, and every row of the page gets
 `snapshot_version(read_at, margin)`: lower than any stream record the read
 could have missed, so the follower always wins over a snapshot row it did not
 see (sync/version.py). Write times are never selected.
