@@ -2,8 +2,10 @@
 
 The key layout comes from the driver's schema metadata; the Keyspaces-only
 options (client-side timestamps, TTL, CDC and its stream) from
-`system_schema_mcs.tables`. `service_now_ms` reads the service's own clock,
-which snapshot versions are based on (never the host clock: it may be off).
+`system_schema_mcs.tables`; the account's partitioner, which decides the
+token ring a scan splits, from `system.local`. `service_now_ms` reads the
+service's own clock, which snapshot versions are based on (never the host
+clock: it may be off).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ log = logging.getLogger(__name__)
 
 VIEW_TYPES = ("NEW_AND_OLD_IMAGES", "NEW_IMAGE", "OLD_IMAGE", "KEYS_ONLY")
 
+# The partitioners Keyspaces offers (account-wide, per Region), as system.local names them.
+MURMUR3_PARTITIONER = "org.apache.cassandra.dht.Murmur3Partitioner"
+RANDOM_PARTITIONER = "org.apache.cassandra.dht.RandomPartitioner"
+KEYSPACES_DEFAULT_PARTITIONER = "com.amazonaws.cassandra.DefaultPartitioner"
+
 
 @dataclass(frozen=True)
 class TableInfo:
@@ -34,6 +41,7 @@ class TableInfo:
     cdc_enabled: bool
     view_type: str | None  # NEW_AND_OLD_IMAGES | NEW_IMAGE | OLD_IMAGE | KEYS_ONLY
     latest_stream_arn: str | None
+    partitioner: str = MURMUR3_PARTITIONER  # the account's, as system.local names it
 
     @property
     def keyspace(self) -> str:
@@ -99,8 +107,15 @@ def describe_table(session: Session, keyspace: str, table: str) -> TableInfo:
         cdc_enabled=bool(options.get("cdc")) and _enabled(cdc_spec, default=True),
         view_type=cdc_spec.get("view_type") if cdc_spec else None,
         latest_stream_arn=cdc_spec.get("latest_stream_arn") if cdc_spec else None,
+        partitioner=read_partitioner(session),
     )
     return info
+
+
+def read_partitioner(session: Session) -> str:
+    """The account's partitioner, as `system.local` names it (clients see a change on connect)."""
+    row = session.execute("SELECT partitioner FROM system.local").one()
+    return str(_field(row, "partitioner"))
 
 
 def _enabled(prop: Mapping[str, str] | None, *, default: bool = False) -> bool:

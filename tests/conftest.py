@@ -227,3 +227,29 @@ def _toml(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)
+
+
+# The partitioners a Keyspaces account may have (system.local.partitioner).
+PARTITIONERS = {
+    "murmur3": "org.apache.cassandra.dht.Murmur3Partitioner",
+    "random": "org.apache.cassandra.dht.RandomPartitioner",
+    "default": "com.amazonaws.cassandra.DefaultPartitioner",
+}
+
+
+@pytest.fixture(params=list(PARTITIONERS.values()), ids=list(PARTITIONERS))
+def partitioner(request: pytest.FixtureRequest, cql: Any) -> Iterator[str]:
+    """The account's partitioner for one test, set as on Keyspaces; Murmur3 again after.
+
+    `UPDATE system.local` applies to the whole emulator at once (see keyspaces_local's
+    README), so clients the test connects see it; the shared emulator gets its default back.
+    """
+    name = str(request.param)
+    cql.execute("UPDATE system.local SET partitioner = %s WHERE key = 'local'", (name,))
+    try:
+        yield name
+    finally:
+        cql.execute(
+            "UPDATE system.local SET partitioner = %s WHERE key = 'local'",
+            (PARTITIONERS["murmur3"],),
+        )
