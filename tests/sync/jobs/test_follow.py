@@ -25,7 +25,7 @@ from sync.jobs import Job
 from sync.jobs.follow import Batch, Follower, FollowSummary, IdlePacer, run_follow
 from sync.mapping import TableMapping, mapping_from_dict
 from sync.metrics import Metrics, MetricsServer
-from sync.sources.streams import ReadResult, find_stream_arn
+from sync.sources.streams import ReadResult, describe_stream, find_stream_arn
 from tests.conftest import table_options
 
 # ---- pure ---------------------------------------------------------------------------------
@@ -357,7 +357,8 @@ def test_two_followers_share_the_stream_and_one_survives_the_others_death(
             thread.start()
 
         def owners() -> set[str]:
-            states = job_a.store.list_shards(job_a.info.qualified_name, arn)
+            shards = describe_stream(streams_client(cfg_a), arn).shards
+            states = job_a.store.get_shards(job_a.info.qualified_name, arn, shards).values()
             now = job_a.store.now_ms()
             return {s.lease.owner for s in states if s.lease.owner and s.lease.expires_at_ms >= now}
 
