@@ -455,7 +455,7 @@ def run_backfill(
     """Backfill the mapping's table into its index; see the module docstring."""
     stop = stop or threading.Event()
     own_job = job is None
-    job = job or Job(cfg, mapping)
+    job = job or Job(cfg, mapping, stop=stop)
     started = time.monotonic()
     try:
         log.info(job.info.version_rule())

@@ -26,7 +26,7 @@ from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
 from sync.errors import ConfigError
-from sync.keyspaces import TableInfo, qualified, quote, service_now_ms
+from sync.keyspaces import TableInfo, cql_errors, qualified, quote, service_now_ms
 from sync.model import Change, ScanPosition
 from sync.sources.rows import decode_row, ttl_alias
 from sync.version import snapshot_version
@@ -145,7 +145,8 @@ class SnapshotScanner:
         return ", ".join(parts)
 
     def _prepare(self, cql: str) -> PreparedStatement:
-        statement: PreparedStatement = self._session.prepare(cql)
+        with cql_errors(f"preparing the scan of {self.info.qualified_name}"):
+            statement: PreparedStatement = self._session.prepare(cql)
         statement.consistency_level = self._consistency
         statement.fetch_size = self.page_size
         return statement
@@ -157,7 +158,8 @@ class SnapshotScanner:
         paging_state: bytes | None = None
         while True:
             read_at_ms = service_now_ms(self._session)
-            result = self._session.execute(statement, params, paging_state=paging_state)
+            with cql_errors(f"scanning {self.info.qualified_name}"):
+                result = self._session.execute(statement, params, paging_state=paging_state)
             rows = result.current_rows
             yield self._decode_page(rows, token_range, read_at_ms)
             paging_state = result.paging_state
