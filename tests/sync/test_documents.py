@@ -26,6 +26,8 @@ from sync.sources.records import decode_record
 from sync.sources.rows import decode_row
 from sync.values import decode_cell
 
+pytestmark = pytest.mark.unit
+
 TABLE = TableKey(
     "demo",
     "t",
