@@ -85,21 +85,21 @@ class Outcome:
 
 
 def _provenance(change: Change) -> dict[str, Any]:
-    source = change.source
-    if isinstance(source, ScanPosition):
+    position = change.source
+    if isinstance(position, ScanPosition):
         return {
             "kind": "scan",
-            "token_start": source.token_start,
-            "token_end": source.token_end,
-            "read_at_ms": source.read_at_ms,
+            "token_start": position.token_start,
+            "token_end": position.token_end,
+            "read_at_ms": position.read_at_ms,
         }
     return {
         "kind": "stream",
-        "stream_arn": source.stream_arn,
-        "shard_id": source.shard_id,
-        "sequence_number": source.sequence_number,
-        "created_at_ms": source.created_at_ms,
-        "origin": source.origin,
+        "stream_arn": position.stream_arn,
+        "shard_id": position.shard_id,
+        "sequence_number": position.sequence_number,
+        "created_at_ms": position.created_at_ms,
+        "origin": position.origin,
     }
 
 
@@ -181,16 +181,18 @@ class IndexDeadLetters:
         with self._lock:
             if self._ready:
                 return
-            request = functools.partial(
-                self.client.indices.create,
-                index=self.index_name,
-                body={"mappings": DEADLETTER_MAPPING},
-            )
-            try:
-                call(self.policy, f"creating the dead-letter index {self.index_name}", request)
-            except OpenSearchRefused as exc:
-                if exc.error_type != "resource_already_exists_exception":
-                    raise
+            indices = self.client.indices
+            doing = f"creating the dead-letter index {self.index_name}"
+            exists = functools.partial(indices.exists, index=self.index_name)
+            if not call(self.policy, doing, exists):
+                request = functools.partial(
+                    indices.create, index=self.index_name, body={"mappings": DEADLETTER_MAPPING}
+                )
+                try:
+                    call(self.policy, doing, request)
+                except OpenSearchRefused as exc:
+                    if exc.error_type != "resource_already_exists_exception":
+                        raise
             self._ready = True
 
     def put(self, entries: Sequence[DeadLetter]) -> None:

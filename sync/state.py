@@ -297,19 +297,19 @@ class StateStore:
         """Create the state index if it does not exist (idempotent, race-safe)."""
         if self._ensured:
             return
-        request = functools.partial(
-            self._client.indices.create,
-            index=self.index,
-            body={
+        indices = self._client.indices
+        doing = f"creating the state index {self.index}"
+        if not call(self._policy, doing, functools.partial(indices.exists, index=self.index)):
+            body = {
                 "settings": {"number_of_shards": 1, "auto_expand_replicas": "0-1"},
                 "mappings": _MAPPING,
-            },
-        )
-        try:
-            call(self._policy, f"creating the state index {self.index}", request)
-        except OpenSearchRefused as exc:
-            if exc.error_type != "resource_already_exists_exception":
-                raise
+            }
+            request = functools.partial(indices.create, index=self.index, body=body)
+            try:
+                call(self._policy, doing, request)
+            except OpenSearchRefused as exc:
+                if exc.error_type != "resource_already_exists_exception":
+                    raise
         self._ensured = True
 
     # ---- raw documents -----------------------------------------------------

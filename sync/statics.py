@@ -79,7 +79,7 @@ class PartitionWrite:
     partition: str
     routing: str | None
     statics: Statics
-    origin: str  # "scan" or "stream"
+    read_from: str  # "scan" or "stream"
 
     @property
     def version(self) -> int:
@@ -203,9 +203,9 @@ class StaticMerge:
         partition_write = None
         if builder.carries_statics(change):
             statics = Statics(change.version, builder.static_values(change.image or {}))
-            origin = builder.source_kind(change)
+            read_from = builder.source_kind(change)
             partition_write = PartitionWrite(
-                outcome, change.static_only, partition, routing, statics, origin
+                outcome, change.static_only, partition, routing, statics, read_from
             )
         if change.static_only:
             return partition_write, None
@@ -233,7 +233,7 @@ class StaticMerge:
                 "partition": write.partition,
                 "version": write.version,
                 "statics": dict(write.statics.values),
-                "source": write.origin,
+                "source": write.read_from,
                 "deleted": False,
             }
         }
