@@ -5,6 +5,8 @@ this proxy, which forwards to the real osmem-server (or the emulator's
 Streams API) unless told to refuse.
 
 - `refuse_requests`: that many bulk requests are answered 429 as a whole;
+- `refuse_any`: that many requests of any kind are answered with
+  `refuse_status` (503 by default), as a struggling cluster answers;
 - `refuse_items`: per document id, the statuses to answer that item with,
   one per bulk request it comes in (the item is then not forwarded);
 - `bulk_ids`: the document ids of every bulk request, in order (None for an
@@ -34,6 +36,9 @@ class HttpProxy:
         target = urlsplit(upstream)
         self.upstream = (target.hostname or "127.0.0.1", target.port or 80)
         self.refuse_requests = 0
+        self.refuse_any = 0
+        self.refuse_status = 503
+        self.refused_any = 0
         self.refuse_items: dict[str, list[int]] = {}
         self.bulk_ids: list[list[str | None]] = []
         self.requests = 0
@@ -50,7 +55,14 @@ class HttpProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 with proxy.lock:
                     proxy.requests += 1
-                if self.path.split("?")[0].endswith("/_bulk"):
+                    refuse = proxy.refuse_any > 0
+                    if refuse:
+                        proxy.refuse_any -= 1
+                        proxy.refused_any += 1
+                if refuse:
+                    error = {"error": {"type": "injected", "reason": "refused"}}
+                    status, payload = proxy.refuse_status, json.dumps(error).encode()
+                elif self.path.split("?")[0].endswith("/_bulk"):
                     status, payload = proxy.bulk(self.path, body, headers)
                 else:
                     status, payload = proxy.forward(self.command, self.path, body, headers)

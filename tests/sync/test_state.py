@@ -242,3 +242,26 @@ def test_several_ranges_are_leased_in_one_request_each_conditionally(
     # Done ranges are never leased again, expired ones are taken over.
     clock.now += 31_000
     assert lease(b, a.list_ranges(run), "worker-b") == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_state_index_pushing_back_is_retried(osmem_clone: object, clock: FakeClock) -> None:
+    """429s and 5xx from the state index are waited out, reads and writes alike."""
+    from sync.retry import RetryPolicy
+    from tests.sync.faults import HttpProxy
+
+    proxy = HttpProxy(osmem_clone.url)  # type: ignore[attr-defined]
+    via_proxy = OpenSearch(hosts=[proxy.url], max_retries=0)
+    try:
+        quick = RetryPolicy(initial_s=0.01, longest_s=0.05, budget_s=30)
+        a = StateStore(via_proxy, ".ks2os-state", clock=clock, policy=quick)
+        a.ensure()
+        for status in (429, 503):
+            proxy.refuse_status, proxy.refuse_any = status, 2
+            mine = a.acquire_shard(TABLE, ARN, f"shardId-{status}", "worker-a")  # mget + bulk
+            assert mine is not None
+            mine = a.checkpoint_shard(mine, "000000000000000000007", 70)
+            assert mine.sequence_number == "000000000000000000007"
+        assert proxy.refused_any == 4
+    finally:
+        via_proxy.close()
+        proxy.close()
