@@ -25,7 +25,9 @@ the policy gives up (its time budget spent, or the job stopping) it raises
 
 **Reading** (`Reader`): `get` reads documents by id in real time (mget, with
 routing), `scan` pages through the documents matching a query, sorted, from
-one point in time (PIT + search_after; the PIT is deleted in `finally`).
+one point in time (PIT + search_after, OpenSearch 2.4 and later; the PIT is
+deleted in `finally`), `search` returns one page, `refresh` makes writes
+visible to both.
 Requests that fail transiently are retried through the same policy.
 
 **Errors**: `opensearch_error` is the one conversion of opensearch-py's
@@ -497,6 +499,21 @@ class Reader:
         """Make every write so far visible to searches and scans."""
         request = functools.partial(self.client.indices.refresh, index=self.index)
         call(self.policy, f"refreshing {self.index}", request, traffic)
+
+    def search(
+        self, query: Mapping[str, Any], *, size: int, traffic: Traffic | None = None
+    ) -> list[Document]:
+        """Up to `size` documents matching `query`, one request (writes refreshed so far).
+
+        For small answers (the live workers of a table); `scan` pages through
+        large ones from one point in time.
+        """
+        body = {"query": dict(query), "size": size, "seq_no_primary_term": True}
+        request = functools.partial(
+            self.client.search, index=self.index, body=body, params=self._params
+        )
+        response = call(self.policy, f"searching {self.index}", request, traffic)
+        return [_document(hit) for hit in response["hits"]["hits"]]
 
     def scan(
         self,

@@ -18,8 +18,8 @@ index, because document versions make a stale write lose; it can only cost a
 few duplicate reads.
 
 Units are found by id (real-time mget), never by search, so nothing here
-waits for an index refresh; only the list of live workers is a scan, after a
-refresh. Every request goes through the bulk transport (`sync.bulk`), so
+waits for an index refresh; only the list of live workers is a search, after
+a refresh. Every request goes through the bulk transport (`sync.bulk`), so
 429s, 5xx and lost connections are retried by the one retry policy.
 """
 
@@ -30,7 +30,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,6 +42,8 @@ from sync.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX = ".ks2os-state"
+# Heartbeats of one table read at most (live and expired alike): far more than ever run.
+_MAX_WORKERS = 10_000
 
 # Keyword fields everywhere: the state is looked up, never analysed.
 _MAPPING: dict[str, Any] = {
@@ -505,15 +506,11 @@ class StateStore:
         self._reader.refresh()
         query = {"bool": {"filter": [{"term": {"job": "worker"}}, {"term": {"table": table}}]}}
         now = self.now_ms()
-        live: set[str] = set()
-        with closing(self._reader.scan(query)) as pages:
-            for page in pages:
-                live.update(
-                    doc.body["owner"]
-                    for doc in page
-                    if doc.body.get("role") == role
-                    and int(doc.body.get("expires_at_ms") or 0) >= now
-                )
+        live = {
+            doc.body["owner"]
+            for doc in self._reader.search(query, size=_MAX_WORKERS)
+            if doc.body.get("role") == role and int(doc.body.get("expires_at_ms") or 0) >= now
+        }
         return live
 
     # ---- backfill runs and ranges ----------------------------------------------

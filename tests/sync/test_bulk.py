@@ -302,6 +302,15 @@ def test_a_scan_pages_in_order_from_one_point_in_time(opensearch: OpenSearch, in
     assert opensearch.get_all_pits()["pits"] == []  # released at the end
 
 
+def test_a_search_is_one_page_of_what_matches(opensearch: OpenSearch, index: str) -> None:
+    Bulk(opensearch, index, FAST).send([Action(f"d{i}", {"n": i}, version=1) for i in range(5)])
+    reader = Reader(opensearch, index, FAST)
+    reader.refresh()
+    found = reader.search({"range": {"n": {"gte": 2}}}, size=10)
+    assert sorted(doc.doc_id for doc in found) == ["d2", "d3", "d4"]
+    assert len(reader.search({"match_all": {}}, size=2)) == 2
+
+
 def test_a_scan_left_early_releases_its_point_in_time(opensearch: OpenSearch, index: str) -> None:
     Bulk(opensearch, index, FAST).send([Action(f"d{i}", {"n": i}, version=1) for i in range(5)])
     reader = Reader(opensearch, index, FAST)
