@@ -276,7 +276,8 @@ def measure_backfill_ceilings(bench: Bench, section: Section) -> None:
 
 def _bulk_bodies(bench: Bench, pages: list[list[Any]], per_request: int) -> list[bytes]:
     """The backfill's own documents for the scanned rows, as NDJSON bulk bodies."""
-    from sync.documents import DocumentBuilder, bulk_lines
+    from sync.bulk import bulk_lines
+    from sync.documents import DocumentBuilder
     from sync.keyspaces import describe_table
     from sync.model import ScanPosition
     from sync.sources.rows import decode_row
@@ -653,7 +654,8 @@ def _follow_ceilings(bench: Bench, mapping: Any) -> tuple[float, float, int]:
     One thread per shard in both, as the follower runs. Each shard's bodies are sent in
     stream order by that shard's thread, so no item comes back 409.
     """
-    from sync.documents import DocumentBuilder, bulk_lines
+    from sync.bulk import bulk_lines
+    from sync.documents import DocumentBuilder
     from sync.keyspaces import describe_table
     from sync.model import StreamPosition
     from sync.sources.records import decode_record
@@ -719,7 +721,8 @@ def _epoch_ms(value: Any) -> int:
 
 
 def measure_codec(bench: Bench, section: Section) -> None:
-    from sync.documents import DocumentBuilder, bulk_lines
+    from sync.bulk import bulk_lines
+    from sync.documents import DocumentBuilder
     from sync.keyspaces import describe_table
     from sync.model import ScanPosition, StreamPosition
     from sync.sources.records import decode_record

@@ -1,4 +1,4 @@
-"""Turn a `Change` into an OpenSearch bulk action: document id, routing, version, body.
+"""Turn a `Change` into an OpenSearch bulk action (`sync.bulk.Action`): id, routing, version, body.
 
 Every action is an `index` with `version_type=external` at the change's
 version. A delete becomes a **tombstone**: an index action whose body is only
@@ -36,13 +36,13 @@ import ipaddress
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Set
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 from cassandra.util import Date, Duration, OrderedMap, OrderedMapSerializedKey, SortedSet, Time
 
+from sync.bulk import Action
 from sync.errors import ConfigError, DocumentError, TerminalError
 from sync.mapping import BigNumbers, Nulls, Routing, TableMapping, Timestamps
 from sync.model import Change, Op, ScanPosition
@@ -57,29 +57,6 @@ PARTITION_KIND = "partition"
 _EPOCH = dt.datetime(1970, 1, 1)
 _ONE_MS = dt.timedelta(milliseconds=1)
 _NANOS_PER_SECOND = 10**9
-
-
-@dataclass(slots=True)
-class BulkAction:
-    """One bulk `index` action, ready to send."""
-
-    op: str
-    doc_id: str
-    routing: str | None
-    version: int
-    body: bytes
-    change: Change | None = None  # kept for dead letters
-
-    def lines(self) -> bytes:
-        """The action's two NDJSON lines (metadata line and source line)."""
-        meta: dict[str, Any] = {
-            "_id": self.doc_id,
-            "version": self.version,
-            "version_type": "external",
-        }
-        if self.routing is not None:
-            meta["routing"] = self.routing
-        return orjson.dumps({self.op: meta}) + b"\n" + self.body + b"\n"
 
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
@@ -106,11 +83,6 @@ def _key_text(key: tuple[Any, ...], positions: tuple[int, ...]) -> str:
 
 
 _is_unreserved = _UNRESERVED.fullmatch
-
-
-def bulk_lines(actions: Iterable[BulkAction]) -> bytes:
-    """The NDJSON body of a bulk request (sent to `/<index>/_bulk`)."""
-    return b"".join(action.lines() for action in actions)
 
 
 # ------------------------------------------------------------ value forms
@@ -462,7 +434,7 @@ class DocumentBuilder:
             return True
         return any(column in change.image for column in self.table.static)
 
-    def action_for(self, change: Change) -> BulkAction:
+    def action_for(self, change: Change) -> Action:
         """The bulk action that writes `change` (a tombstone for a delete).
 
         Only for tables without static columns: a static-only change has no
@@ -502,13 +474,11 @@ class DocumentBuilder:
                 }
         key = change.key
         routing = self._routing_positions
-        return BulkAction(
-            "index",
+        return Action(
             _key_text(key, self._id_positions),
-            None if routing is None else _key_text(key, routing),
-            version,
             orjson.dumps(body),
-            change,
+            routing=None if routing is None else _key_text(key, routing),
+            version=version,
         )
 
     def row_document(self, change: Change) -> tuple[Change, dict[str, Any]]:

@@ -96,6 +96,9 @@ def _connected_cluster(port: int) -> Iterator[Any]:
         port=port,
         protocol_version=4,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        # Generous: the emulator runs in this process, and a loaded machine slows both.
+        connect_timeout=30,
+        control_connection_timeout=30,
     )
     try:
         yield cluster

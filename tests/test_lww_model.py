@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.lww_model import LwwTable
+
+pytestmark = pytest.mark.unit
 
 
 def table() -> LwwTable:

@@ -483,7 +483,7 @@ def run_backfill(
     """
     stop = stop or threading.Event()
     own_job = job is None
-    job = job or Job(cfg, mapping)
+    job = job or Job(cfg, mapping, stop=stop)
     started = time.monotonic()
     try:
         _check_cdc(job, require_cdc)

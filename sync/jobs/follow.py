@@ -43,6 +43,7 @@ from sync.sources.streams import (
     ShardReader,
     StreamDescription,
     StreamGap,
+    check_streams,
     describe_stream,
     fair_share,
     find_stream_arn,
@@ -291,6 +292,7 @@ class Follower:
         self._abandoned = False
         self._lookup: RowLookup | None = None
         self._writer: BulkWriter | None = None
+        self._stop: threading.Event | None = None  # `run`'s: ends Streams retries at once
         self.healthy = True
 
     def new_writer(self) -> BulkWriter:
@@ -305,6 +307,7 @@ class Follower:
     def run(self, stop: threading.Event) -> None:
         """Follow until `stop` is set; raises the first reader's terminal error."""
         relist = min(RELIST_S, self.store.renew_interval_s)
+        self._stop = stop
         try:
             while not stop.is_set() and not self._abandoned:
                 self._reap()
@@ -342,7 +345,7 @@ class Follower:
 
     def _plan(self) -> None:
         self.store.heartbeat(ROLE, self.table, self.worker_id)
-        stream = describe_stream(self.streams, self.stream_arn)
+        stream = describe_stream(self.streams, self.stream_arn, self._stop)
         require_readable(stream, self.job.info)
         progress, states = self._progress(stream)
         ready = readable_shards(stream.shards, progress)
@@ -398,6 +401,7 @@ class Follower:
             limit=self.settings.get_records_limit,
             skip_replication=self.settings.skip_replication,
             lookup=self._row_lookup(stream.view_type),
+            stop=self._stop,
         )
         worker = ShardWorker(self, state, reader)
         self.workers[shard.shard_id] = worker
@@ -456,7 +460,7 @@ def run_follow(
     """Follow the mapping's table until `stop` is set; see the module docstring."""
     stop = stop or threading.Event()
     own_job = job is None
-    job = job or Job(cfg, mapping)
+    job = job or Job(cfg, mapping, stop=stop)
     started = time.monotonic()
     server: MetricsServer | None = None
     try:
@@ -464,7 +468,8 @@ def run_follow(
         streams = streams_client(cfg)
         if not job.info.cdc_enabled:
             raise ConfigError(no_cdc_message(job.info.keyspace, job.info.name))
-        stream_arn = find_stream_arn(streams, job.info)
+        check_streams(streams, job.info, stop)  # a wrong endpoint or permission: now, in one line
+        stream_arn = find_stream_arn(streams, job.info, stop)
         follower = Follower(job, streams, stream_arn, metrics=metrics)
         if cfg.follow.metrics_port:
             server = MetricsServer(

@@ -34,6 +34,7 @@ from sync.keyspaces import (
     MURMUR3_PARTITIONER,
     RANDOM_PARTITIONER,
     TableInfo,
+    cql_errors,
     qualified,
     quote,
     service_now_ms,
@@ -199,7 +200,8 @@ class SnapshotScanner:
         return ", ".join(parts)
 
     def _prepare(self, cql: str) -> PreparedStatement:
-        statement: PreparedStatement = self._session.prepare(cql)
+        with cql_errors(f"preparing the scan of {self.info.qualified_name}"):
+            statement: PreparedStatement = self._session.prepare(cql)
         statement.consistency_level = self._consistency
         statement.fetch_size = self.page_size
         return statement
@@ -211,7 +213,8 @@ class SnapshotScanner:
         paging_state: bytes | None = None
         while True:
             read_at_ms = service_now_ms(self._session)
-            result = self._session.execute(statement, params, paging_state=paging_state)
+            with cql_errors(f"scanning {self.info.qualified_name}"):
+                result = self._session.execute(statement, params, paging_state=paging_state)
             rows = result.current_rows
             yield self._decode_page(rows, token_range, read_at_ms)
             paging_state = result.paging_state

@@ -23,21 +23,23 @@ This module never talks to OpenSearch.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import backoff
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
-from sync.errors import ConfigError, TerminalError, TransientError
-from sync.keyspaces import TableInfo, no_cdc_message, qualified, quote
+from sync.errors import ConfigError, Ks2osError, StreamsRefused, TerminalError, TransientError
+from sync.keyspaces import TableInfo, cql_errors, no_cdc_message, qualified, quote
 from sync.model import Change, Op, StreamPosition
+from sync.retry import RetryPolicy
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
 from sync.version import lineage_floor, next_stream_version
 
@@ -145,30 +147,101 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, ClientError) and _error_code(exc) in _RETRYABLE_CODES
 
 
-def _on_retry(details: Any) -> None:
-    log.warning(
-        "streams API busy, retrying in %.2f s: %s", details["wait"], details.get("exception")
-    )
+def _on_retry(operation: str, seconds: float, exc: Any) -> None:
+    log.warning("Keyspaces Streams %s failed, retrying in %.2f s: %s", operation, seconds, exc)
 
 
-# One retry policy for every Streams call: throttling and server faults only.
-_streams_backoff = backoff.on_exception(
-    backoff.expo,
-    (ClientError, BotoConnectionError),
-    giveup=lambda exc: not _retryable(exc),
-    max_time=300,
-    max_value=5,
-    factor=0.1,
-    on_backoff=_on_retry,
+# One retry policy for every Streams call: throttling, server faults, lost connections.
+STREAMS_RETRY = RetryPolicy(initial_s=0.1, longest_s=5.0, budget_s=300.0)
+# What a refusal of the credentials looks like, whichever AWS front end says it.
+_CREDENTIALS_REFUSED = frozenset(
+    {"UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException"}
 )
 
 
-@_streams_backoff
-def _call(operation: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
-    return operation(**kwargs)
+def _call(
+    operation: Callable[..., dict[str, Any]],
+    *,
+    stop: threading.Event | None = None,
+    patient: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """One Streams API call through the retry policy; what is left becomes a ks2os error.
+
+    Throttling, server faults and lost connections (unless not `patient`) are
+    retried until the policy gives up (its budget spent, or `stop` set), then
+    raised as a `TransientError`; a refusal is a `StreamsRefused` carrying the
+    AWS error code, for the reader to decide on (ExpiredIterator, ...).
+    """
+    policy = STREAMS_RETRY.stopping_on(stop)
+    name = getattr(operation, "__name__", "request")  # boto3's: list_streams, get_records...
+
+    def give_up(exc: Exception) -> bool:
+        return not _retryable(exc) or (not patient and isinstance(exc, BotoConnectionError))
+
+    try:
+        return policy.call(
+            lambda: operation(**kwargs),
+            (ClientError, BotoCoreError),
+            functools.partial(_on_retry, name),
+            give_up,
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise _streams_error(exc, name, policy) from exc
 
 
-def find_stream_arn(client: Any, info: TableInfo) -> str:
+def _streams_error(exc: Exception, operation: str, policy: RetryPolicy) -> Ks2osError:
+    """The ks2os error for what boto3 raised on a Streams call, in one line."""
+    if isinstance(exc, BotoConnectionError):
+        return TransientError(
+            f"cannot reach Keyspaces Streams ({operation}): {exc}",
+            hint="check keyspaces.streams_endpoint and the network to it",
+        )
+    if isinstance(exc, NoCredentialsError):
+        return ConfigError(
+            f"no AWS credentials for Keyspaces Streams ({operation})",
+            hint="configure the standard AWS credential chain (env, profile or role)",
+        )
+    if not isinstance(exc, ClientError):
+        return TerminalError(f"Keyspaces Streams {operation}: {exc}")
+    code, detail = _error_code(exc), _validation_code(exc)
+    message = exc.response.get("Error", {}).get("Message", "")
+    said = f"{code}: {message}" if message else code
+    if code in _RETRYABLE_CODES:
+        return TransientError(
+            f"Keyspaces Streams {operation}: {said} ({policy.why_given_up()})",
+            hint="Keyspaces is throttling or failing; try again later",
+        )
+    if code in _CREDENTIALS_REFUSED:
+        return ConfigError(
+            f"Keyspaces Streams refused the AWS credentials ({operation}): {said}",
+            hint="check the AWS credentials (standard chain) and keyspaces.region",
+        )
+    hint = ""
+    if code == "AccessDeniedException":
+        hint = "grant cassandra:Select on the table and the Streams read actions on its stream"
+    return StreamsRefused(
+        f"Keyspaces Streams refused {operation}: {said}", hint=hint, code=code, detail=detail
+    )
+
+
+def check_streams(client: Any, info: TableInfo, stop: threading.Event | None = None) -> None:
+    """A cheap ListStreams for the table, so a wrong endpoint or permission shows at start.
+
+    A lost connection is not retried here: a wrong `keyspaces.streams_endpoint`
+    is reported at once.
+    """
+    _call(
+        client.list_streams,
+        stop=stop,
+        patient=False,
+        keyspaceName=info.keyspace,
+        tableName=info.name,
+        maxResults=1,
+    )
+
+
+def find_stream_arn(client: Any, info: TableInfo, stop: threading.Event | None = None) -> str:
     """The table's current stream: `latest_stream_arn`, else the newest ListStreams gives."""
     if info.latest_stream_arn:
         return info.latest_stream_arn
@@ -178,7 +251,7 @@ def find_stream_arn(client: Any, info: TableInfo) -> str:
         kwargs: dict[str, Any] = {"keyspaceName": info.keyspace, "tableName": info.name}
         if token:
             kwargs["nextToken"] = token
-        page = _call(client.list_streams, **kwargs)
+        page = _call(client.list_streams, stop=stop, **kwargs)
         for stream in page.get("streams", []):
             label = stream.get("streamLabel", "")
             if newest is None or label > newest[0]:
@@ -191,7 +264,9 @@ def find_stream_arn(client: Any, info: TableInfo) -> str:
     return newest[1]
 
 
-def describe_stream(client: Any, stream_arn: str) -> StreamDescription:
+def describe_stream(
+    client: Any, stream_arn: str, stop: threading.Event | None = None
+) -> StreamDescription:
     """GetStream, every page: the stream's status, view type and whole shard graph."""
     shards: dict[str, Shard] = {}
     token: str | None = None
@@ -200,7 +275,7 @@ def describe_stream(client: Any, stream_arn: str) -> StreamDescription:
         kwargs: dict[str, Any] = {"streamArn": stream_arn, "maxResults": 100}
         if token:
             kwargs["nextToken"] = token
-        page = _call(client.get_stream, **kwargs)
+        page = _call(client.get_stream, stop=stop, **kwargs)
         first = first or page
         for raw in page.get("shards", []):
             seq = raw.get("sequenceNumberRange") or {}
@@ -240,19 +315,21 @@ class RowLookup:
         part_where = " AND ".join(f"{quote(c)} = ?" for c in key.partition_key)
         columns = ", ".join(quote(c) for c in info.columns)
         statics = ", ".join(quote(c) for c in key.partition_key + key.static)
-        self._row: PreparedStatement = session.prepare(
-            f"SELECT {columns} FROM {table} WHERE {row_where}"
-        )
-        self._static: PreparedStatement = session.prepare(
-            f"SELECT {statics} FROM {table} WHERE {part_where} LIMIT 1"
-        )
+        with cql_errors(f"preparing the row lookups of {info.qualified_name}"):
+            self._row: PreparedStatement = session.prepare(
+                f"SELECT {columns} FROM {table} WHERE {row_where}"
+            )
+            self._static: PreparedStatement = session.prepare(
+                f"SELECT {statics} FROM {table} WHERE {part_where} LIMIT 1"
+            )
         for statement in (self._row, self._static):
             statement.consistency_level = consistency
 
     def change(self, key: tuple[Any, ...], static_only: bool, base: Change) -> Change:
         """What the row (or the partition's statics) is now, as a change at `base`'s version."""
         statement = self._static if static_only else self._row
-        row = self._session.execute(statement, key).one()
+        with cql_errors(f"looking up a row of {self._info.qualified_name}"):
+            row = self._session.execute(statement, key).one()
         image = None if row is None else {k: v for k, v in row._asdict().items() if v is not None}
         if static_only and image is not None and not set(image) & set(self._info.key.static):
             image = None
@@ -304,6 +381,7 @@ class ShardReader:
         limit: int = 1000,
         skip_replication: bool = False,
         lookup: RowLookup | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         if not 1 <= limit <= 1000:
             raise ValueError("GetRecords limit must be 1..1000")
@@ -317,6 +395,7 @@ class ShardReader:
         self._limit = limit
         self._skip_replication = skip_replication
         self._lookup = lookup
+        self._stop = stop  # ends the retries of a Streams call at once when set
         self._iterator: str | None = None
         self.closed = False
 
@@ -330,9 +409,12 @@ class ShardReader:
                 if self._iterator is None:
                     return self._close()
             reply = _call(
-                self._client.get_records, shardIterator=self._iterator, maxResults=self._limit
+                self._client.get_records,
+                stop=self._stop,
+                shardIterator=self._iterator,
+                maxResults=self._limit,
             )
-        except ClientError as exc:
+        except StreamsRefused as exc:
             return self._on_error(exc)
         result = self.decode(reply.get("changeRecords") or [])
         self._iterator = reply.get("nextShardIterator")
@@ -360,12 +442,12 @@ class ShardReader:
         else:
             kwargs["shardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
             kwargs["sequenceNumber"] = self.position
-        reply = _call(self._client.get_shard_iterator, **kwargs)
+        reply = _call(self._client.get_shard_iterator, stop=self._stop, **kwargs)
         iterator: str | None = reply.get("shardIterator")
         return iterator
 
-    def _on_error(self, exc: ClientError) -> ReadResult:
-        code, detail = _error_code(exc), _validation_code(exc)
+    def _on_error(self, exc: StreamsRefused) -> ReadResult:
+        code, detail = exc.code, exc.detail
         if code == "ValidationException" and detail == "ExpiredIterator":
             log.info("shard iterator expired; renewing", extra={"shard": self.shard_id})
             self._iterator = None
@@ -379,9 +461,7 @@ class ShardReader:
                 "shard no longer exists; treating it as ended", extra={"shard": self.shard_id}
             )
             return self._close()
-        if _retryable(exc):
-            raise TransientError(f"Keyspaces Streams kept failing: {exc}") from exc
-        raise TerminalError(f"Keyspaces Streams refused a request: {exc}") from exc
+        raise exc
 
     def decode(self, records: list[dict[str, Any]]) -> ReadResult:
         """Version and decode records read from this shard, in order (what `read` does)."""

@@ -8,6 +8,7 @@ parent's last version; followers split the readable shards fairly.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +22,8 @@ from sync.sources.streams import (
     start_version,
 )
 from sync.version import next_stream_version
+
+pytestmark = pytest.mark.unit
 
 DONE = ShardProgress(finished=True, final_version=100)
 

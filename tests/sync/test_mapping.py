@@ -29,6 +29,8 @@ from sync.mapping import (
     propose_mapping,
 )
 
+pytestmark = pytest.mark.unit
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "mappings" / "example.toml"
 MINIMAL = '[source]\nkeyspace = "demo"\ntable = "t"\n[index]\nalias = "demo-t"\n'
 

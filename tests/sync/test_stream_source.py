@@ -351,3 +351,32 @@ def test_replicated_records_are_skipped_but_keep_the_version_chain() -> None:
     ]
     assert skipping.records == 3 and skipping.last_sequence == f"{3:021d}"
     assert keeping.changes[0].version < keeping.changes[1].version < keeping.changes[2].version
+
+
+@pytest.mark.unit
+def test_streams_errors_become_errors_of_the_tree() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from sync.errors import ConfigError, StreamsRefused, TransientError
+    from sync.retry import RetryPolicy
+    from sync.sources.streams import _streams_error
+
+    def client_error(code: str, detail: str = "") -> ClientError:
+        response: dict[str, Any] = {"Error": {"Code": code, "Message": "m"}}
+        if detail:
+            response["errorCode"] = detail
+        return ClientError(response, "GetRecords")  # type: ignore[arg-type]
+
+    policy = RetryPolicy(budget_s=300)
+    unreachable = _streams_error(
+        EndpointConnectionError(endpoint_url="http://x"), "list_streams", policy
+    )
+    assert isinstance(unreachable, TransientError)
+    assert "keyspaces.streams_endpoint" in unreachable.hint
+    busy = _streams_error(client_error("ThrottlingException"), "get_records", policy)
+    assert isinstance(busy, TransientError) and "after 300 s" in str(busy)
+    keys = _streams_error(client_error("UnrecognizedClientException"), "list_streams", policy)
+    assert isinstance(keys, ConfigError)
+    trimmed = _streams_error(client_error("ValidationException", "TrimmedDataAccess"), "x", policy)
+    assert isinstance(trimmed, StreamsRefused)
+    assert (trimmed.code, trimmed.detail) == ("ValidationException", "TrimmedDataAccess")

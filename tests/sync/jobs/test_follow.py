@@ -24,8 +24,7 @@ from sync.config import Config, FollowConfig
 from sync.jobs import Job
 from sync.jobs.follow import Batch, Follower, FollowSummary, IdlePacer, run_follow
 from sync.mapping import TableMapping, mapping_from_dict
-from sync.metrics import Metrics, MetricsServer
-from sync.sources.streams import ReadResult, find_stream_arn
+from sync.sources.streams import ReadResult, describe_stream, find_stream_arn
 from tests.conftest import table_options
 
 # ---- pure ---------------------------------------------------------------------------------
@@ -65,30 +64,6 @@ def test_idle_polls_back_off_to_the_configured_pause_and_reset_on_records() -> N
     assert waits[0] == pytest.approx(0.05) and waits == sorted(waits) and waits[-1] == 0.25
     pacer.busy()
     assert pacer.idle() == pytest.approx(0.05)
-
-
-def test_metrics_are_served_with_health() -> None:
-    metrics = Metrics(clock_ms=lambda: 10_000)
-    metrics.add("shardId-1", records_read=5, applied=4, stale=1)
-    metrics.applied_up_to("shardId-1", 9_250)
-    healthy = [True]
-    server = MetricsServer(metrics, 0, lambda: healthy[0], host="127.0.0.1").start()
-    try:
-        base = f"http://127.0.0.1:{server.port}"
-        with urllib.request.urlopen(f"{base}/metrics") as reply:
-            text = reply.read().decode()
-        assert 'ks2os_follow_records_read_total{shard="shardId-1"} 5' in text
-        assert 'ks2os_follow_stale_total{shard="shardId-1"} 1' in text
-        assert 'ks2os_follow_lag_ms{shard="shardId-1"} 750' in text
-        with urllib.request.urlopen(f"{base}/healthz") as reply:
-            assert reply.status == 200
-        healthy[0] = False
-        with pytest.raises(urllib.error.HTTPError) as failed:
-            urllib.request.urlopen(f"{base}/healthz")
-        assert failed.value.code == 503
-        failed.value.close()
-    finally:
-        server.stop()
 
 
 # ---- against keyspaces_local and osmem ----------------------------------------------------
@@ -357,7 +332,8 @@ def test_two_followers_share_the_stream_and_one_survives_the_others_death(
             thread.start()
 
         def owners() -> set[str]:
-            states = job_a.store.list_shards(job_a.info.qualified_name, arn)
+            shards = describe_stream(streams_client(cfg_a), arn).shards
+            states = job_a.store.get_shards(job_a.info.qualified_name, arn, shards).values()
             now = job_a.store.now_ms()
             return {s.lease.owner for s in states if s.lease.owner and s.lease.expires_at_ms >= now}
 
