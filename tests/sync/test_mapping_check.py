@@ -16,6 +16,8 @@ from sync.mapping_check import (
 )
 from sync.schema import TableKey
 
+pytestmark = pytest.mark.unit
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "mappings" / "example.toml"
 
 TABLE = TableKey.from_columns(

@@ -28,6 +28,8 @@ from sync.mapping import TableMapping, mapping_from_dict
 from sync.schema import TableKey
 from sync.shaping import compile_filter, load_hook
 
+pytestmark = pytest.mark.unit
+
 TYPES = {
     "k": "int",
     "c": "int",
