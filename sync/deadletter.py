@@ -2,7 +2,9 @@
 
 Bad input never stops the stream and is never lost silently: the writer puts
 each refused change here (durably, before it reports the batch done) and the
-count is visible. Two stores: an OpenSearch index (default
+count is visible. The follower puts here, raw, the stream records that never
+became a change (undecodable, or their row lookup failed for good), before
+its checkpoint passes them. Two stores: an OpenSearch index (default
 `<alias>-deadletter`) and an NDJSON file, one line per entry.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,21 +23,46 @@ from opensearchpy import OpenSearch
 
 from sync.documents import json_safe
 from sync.errors import TransientError
-from sync.model import Change, ScanPosition
+from sync.model import Change, Provenance, ScanPosition
 
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One refused change, why, and when."""
+    """One refused change (or a raw stream record that never became one), why, and when.
 
-    change: Change
-    doc_id: str
-    reason: str  # OpenSearch's error type and reason
+    A change entry has `change` and `doc_id`; a record entry has `record` (the
+    stream record as read) and `position` (where it was read) instead.
+    """
+
+    change: Change | None
+    doc_id: str | None
+    reason: str  # OpenSearch's error type and reason, or why the record could not be used
     at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    record: Mapping[str, Any] | None = None
+    position: Provenance | None = None
+
+    def __post_init__(self) -> None:
+        if (self.change is None) == (self.record is None):
+            raise ValueError("a dead letter holds either a change or a raw record")
+
+    @classmethod
+    def for_record(cls, record: Mapping[str, Any], position: Provenance, reason: str) -> DeadLetter:
+        """An entry for a stream record that could not become a change."""
+        return cls(None, None, reason, record=record, position=position)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe record of the entry."""
         change = self.change
+        if change is None:
+            assert self.record is not None and self.position is not None
+            return {
+                "doc_id": None,
+                "reason": self.reason,
+                "at": self.at_ms,
+                "op": None,
+                "record": json_safe(dict(self.record)),
+                "source": _provenance(self.position),
+            }
         return {
             "doc_id": self.doc_id,
             "reason": self.reason,
@@ -46,12 +73,11 @@ class DeadLetter:
             "image": None if change.image is None else json_safe(dict(change.image)),
             "static_only": change.static_only,
             "expires_at": change.expires_at_ms,
-            "source": _provenance(change),
+            "source": _provenance(change.source),
         }
 
 
-def _provenance(change: Change) -> dict[str, Any]:
-    source = change.source
+def _provenance(source: Provenance) -> dict[str, Any]:
     if isinstance(source, ScanPosition):
         return {
             "kind": "scan",

@@ -13,7 +13,7 @@ Flow::
            the next stream's shards start above its final version
     reader thread, per shard:
         GetRecords -> versions (sync/version.py) -> batch (count/bytes/time)
-        -> BulkWriter.write
+        -> BulkWriter.write (+ raw bad records to the dead-letter store)
         -> checkpoint (sequence number + version), conditional on the lease
         -> ... -> at the shard's end: final version, lease freed
 
@@ -35,7 +35,7 @@ period); a shard not read to its end that the stream no longer holds, or a
 never-read parent it no longer lists; and the window between two streams,
 when CDC was off. A DISABLED stream is read to its end, then its successor;
 with no successor the follower stops with a one-line error saying CDC is
-off.
+off. A record that cannot become a change goes raw to the dead-letter store.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from typing import Any
 
 from sync.clients import streams_client
 from sync.config import Config, FollowConfig
+from sync.deadletter import DeadLetter
 from sync.errors import ConfigError
 from sync.jobs import Job
 from sync.keyspaces import describe_table, no_cdc_message, service_now_ms
@@ -57,6 +58,7 @@ from sync.metrics import Metrics, MetricsServer
 from sync.model import Change
 from sync.sources.cql import read_consistency
 from sync.sources.streams import (
+    BadRecord,
     GapKind,
     ReadResult,
     RowLookup,
@@ -119,6 +121,7 @@ class Batch:
     """Changes read but not yet written, and the checkpoint they lead to."""
 
     changes: list[Change] = field(default_factory=list)
+    bad: list[BadRecord] = field(default_factory=list)  # for the dead-letter store
     approx_bytes: int = 0
     first_at: float | None = None  # monotonic time the oldest unwritten record was read
     last_sequence: str | None = None
@@ -131,6 +134,7 @@ class Batch:
         if self.first_at is None:
             self.first_at = now
         self.changes.extend(result.changes)
+        self.bad.extend(result.bad)
         self.approx_bytes += sum(_approx_size(c) for c in result.changes)
         self.last_sequence = result.last_sequence
         self.last_version = result.last_version
@@ -145,7 +149,7 @@ class Batch:
             return False
         assert self.first_at is not None
         return (
-            len(self.changes) >= settings.max_batch_records
+            len(self.changes) + len(self.bad) >= settings.max_batch_records
             or self.approx_bytes >= settings.max_batch_bytes
             or (now - self.first_at) * 1000 >= settings.flush_interval_ms
         )
@@ -249,8 +253,9 @@ class ShardWorker(threading.Thread):
     def _flush(self, batch: Batch, *, checkpoint: bool = False) -> Batch:
         """Write the batch; checkpoint it now if asked, else at most every CHECKPOINT_S.
 
-        Only what `write` returned for is ever checkpointed. Checkpointing less
-        often than every batch costs a crash at most CHECKPOINT_S of replay
+        Only what `write` returned for is ever checkpointed, and bad records are
+        in the dead-letter store before a checkpoint passes them. Checkpointing
+        less often than every batch costs a crash at most CHECKPOINT_S of replay
         (same versions, so harmless) and saves a state write per batch.
         """
         if batch.pending:
@@ -263,6 +268,8 @@ class ShardWorker(threading.Thread):
                     stale=report.stale,
                     dead_lettered=report.dead_lettered,
                 )
+            if batch.bad:
+                self.follower.dead_letter(self.shard_id, batch.bad)
             self._written = (batch.last_sequence, batch.last_version)
             self.follower.metrics.applied_up_to(self.shard_id, batch.last_created_at_ms)
             batch = Batch()
@@ -445,7 +452,7 @@ class Follower:
             self._trim_check = self.trim_matters()
         return self._trim_check
 
-    # ---- gaps -----------------------------------------------------------------------
+    # ---- gaps and dead letters ----------------------------------------------------------
 
     def met_gap(self, gap: GapRecord, message: str) -> None:
         """A gap the index needed: record it for good, count it, apply `on_gap`."""
@@ -499,6 +506,20 @@ class Follower:
         gap = self._gap_record(state.stream_arn, state.shard_id, kind, state.sequence_number)
         self.met_gap(gap, f"shard {state.shard_id}: records {where} {what}; the index lacks them")
         return True
+
+    def dead_letter(self, shard_id: str, bad: list[BadRecord]) -> None:
+        """Raw records that could not become changes: stored with the reason, and counted."""
+        self.job.dead_letters.put(
+            [DeadLetter.for_record(b.record, b.position, b.reason) for b in bad]
+        )
+        self.metrics.add(shard_id, dead_lettered=len(bad))
+        for b in bad:
+            log.warning(
+                "record %s of shard %s dead-lettered: %s",
+                b.position.sequence_number,
+                shard_id,
+                b.reason,
+            )
 
     # ---- planning ---------------------------------------------------------------------------
 

@@ -26,7 +26,9 @@
   on `ExpiredIterator`, backoff on throttling and server errors. Records lost
   to the stream (`TrimmedDataAccess`, `ResourceNotFoundException` for a shard
   not read to its end) come back as a `GapKind` for the caller's `on_gap`
-  policy.
+  policy. A record that cannot become a change (undecodable, or its row
+  lookup fails for good) comes back raw as a `BadRecord` for the dead-letter
+  store; lookups that fail transiently are retried.
 
 This module never talks to OpenSearch.
 """
@@ -44,10 +46,13 @@ from typing import Any
 import backoff
 from botocore.exceptions import ClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from cassandra.cluster import Session
+from cassandra import OperationTimedOut, Timeout, Unavailable
+from cassandra.cluster import NoHostAvailable, Session
+from cassandra.connection import ConnectionException
+from cassandra.protocol import OverloadedErrorMessage, ServerError
 from cassandra.query import PreparedStatement
 
-from sync.errors import Ks2osError, TerminalError, TransientError
+from sync.errors import DecodeError, Ks2osError, TerminalError, TransientError
 from sync.keyspaces import TableInfo, qualified, quote
 from sync.model import Change, Op, StreamPosition
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
@@ -378,6 +383,46 @@ class RowLookup:
 # ---- reading one shard ----------------------------------------------------------------
 
 
+# Row lookups that fail for these reasons may well succeed a moment later.
+_TRANSIENT_CQL: tuple[type[Exception], ...] = (
+    OperationTimedOut,
+    Timeout,
+    Unavailable,
+    NoHostAvailable,
+    ConnectionException,
+    OverloadedErrorMessage,
+    ServerError,
+)
+LOOKUP_RETRY_S = 300.0  # how long a lookup is retried before the follower gives up
+
+
+def _on_lookup_retry(details: Any) -> None:
+    log.warning(
+        "row lookup failed, retrying in %.2f s: %s", details["wait"], details.get("exception")
+    )
+
+
+@backoff.on_exception(
+    backoff.expo,
+    _TRANSIENT_CQL,
+    max_time=LOOKUP_RETRY_S,
+    max_value=5,
+    factor=0.05,
+    on_backoff=_on_lookup_retry,
+)
+def _look_up(lookup: RowLookup, key: tuple[Any, ...], static_only: bool, base: Change) -> Change:
+    return lookup.change(key, static_only, base)
+
+
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    """A record that could not become a change: kept raw, with why, for the dead-letter store."""
+
+    record: Mapping[str, Any]
+    position: StreamPosition
+    reason: str
+
+
 @dataclass
 class ReadResult:
     """One GetRecords' worth of a shard, decoded.
@@ -385,7 +430,7 @@ class ReadResult:
     `last_sequence`/`last_version` are those of the last record read (None if
     none); `closed` says the shard has ended; `at_tip` that nothing more is
     there now (poll slower); `gap` how records were found missing (None: they
-    were not).
+    were not); `bad` the records that could not become changes.
     """
 
     changes: list[Change] = field(default_factory=list)
@@ -396,6 +441,7 @@ class ReadResult:
     closed: bool = False
     at_tip: bool = False
     gap: GapKind | None = None
+    bad: list[BadRecord] = field(default_factory=list)
 
 
 class ShardReader:
@@ -520,24 +566,32 @@ class ShardReader:
         """Version and decode records read from this shard, in order (what `read` does)."""
         result = ReadResult(records=len(records))
         for record in records:
-            created_at_ms = _epoch_ms(record.get("createdAt"))
+            sequence = record["sequenceNumber"]
+            self.position = sequence
+            origin = str(record.get("origin") or "USER")
+            try:
+                created_at_ms = _epoch_ms(record.get("createdAt"))
+            except DecodeError as bad:
+                # Still a place in the version chain, so a replay gives the same versions.
+                self.previous += 1
+                result.last_sequence, result.last_version = sequence, self.previous
+                position = StreamPosition(self.stream_arn, self.shard_id, sequence, 0, origin)
+                result.bad.append(BadRecord(record, position, str(bad)))
+                continue
             # Every record gets a version, skipped ones too: versions depend on
             # the stream alone, never on this worker's settings.
             self.previous = next_stream_version(created_at_ms, self.previous)
-            sequence = record["sequenceNumber"]
-            self.position = sequence
             result.last_sequence, result.last_version = sequence, self.previous
             result.last_created_at_ms = created_at_ms
             if self._skip_replication and is_replicated(record):
                 continue
             position = StreamPosition(
-                self.stream_arn,
-                self.shard_id,
-                sequence,
-                created_at_ms,
-                str(record.get("origin") or "USER"),
+                self.stream_arn, self.shard_id, sequence, created_at_ms, origin
             )
-            result.changes.append(self._change(record, position, self.previous))
+            try:
+                result.changes.append(self._change(record, position, self.previous))
+            except DecodeError as bad:
+                result.bad.append(BadRecord(record, position, str(bad)))
         return result
 
     def _change(self, record: Mapping[str, Any], position: StreamPosition, version: int) -> Change:
@@ -545,9 +599,24 @@ class ShardReader:
             return decode_record(record, self._info.key, position, version, self._view_type)
         except ImageUnavailable as missing:
             if self._lookup is None:
-                raise
+                raise TerminalError(str(missing), hint=missing.hint) from missing
             base = Change(Op.DELETE, missing.key, None, version, position)
-            return self._lookup.change(missing.key, missing.static_only, base)
+            return self._looked_up(self._lookup, missing, base)
+
+    @staticmethod
+    def _looked_up(lookup: RowLookup, missing: ImageUnavailable, base: Change) -> Change:
+        """The row as it is now; transient failures retried, lasting ones a `DecodeError`."""
+        try:
+            return _look_up(lookup, missing.key, missing.static_only, base)
+        except _TRANSIENT_CQL as exc:
+            raise TransientError(
+                f"row lookups over CQL kept failing for {LOOKUP_RETRY_S:.0f} s: {exc}",
+                hint="check that Keyspaces is reachable",
+            ) from exc
+        except Exception as exc:  # retrying cannot mend it: the record is dead-lettered
+            raise DecodeError(
+                f"row lookup failed for key {missing.key!r}: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def _epoch_ms(value: Any) -> int:
@@ -557,7 +626,7 @@ def _epoch_ms(value: Any) -> int:
         return (aware - _EPOCH) // dt.timedelta(milliseconds=1)
     if isinstance(value, int | float):
         return round(value * 1000)
-    raise TerminalError(f"change record without a usable createdAt: {value!r}")
+    raise DecodeError(f"change record without a usable createdAt: {value!r}")
 
 
 def iter_ready(
