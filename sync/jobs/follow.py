@@ -720,9 +720,9 @@ class Follower:
         if state is None:
             return
         # From its start, a shard must prove nothing of it was trimmed, unless
-        # whatever was trimmed is older than the index needs (or a gap was
-        # already met on it: then it goes on from what the stream holds).
-        verify = state.sequence_number is None and state.gaps == 0 and self._trim_matters_now()
+        # whatever was trimmed is older than the index needs. (A shard restarted
+        # after a gap proves it again: a gap already recorded is not recorded twice.)
+        verify = state.sequence_number is None and self._trim_matters_now()
         reader = ShardReader(
             self.streams,
             self.job.info,
