@@ -114,7 +114,9 @@ class ShardState:
     next reader recomputes the same versions after it. For a shard not started
     yet, `version` is the floor it starts from. `final_version` is set when the
     shard is read to its end; children start after the largest of their
-    parents' final versions.
+    parents' final versions. `start_sequence` is the shard's
+    `startingSequenceNumber` as listed when it was first acquired: with it, a
+    shard the listing no longer shows can still prove its start is there.
     """
 
     table: str
@@ -127,6 +129,7 @@ class ShardState:
     gaps: int
     lease: Lease
     stamp: Stamp
+    start_sequence: str | None = None
 
     @property
     def doc_id(self) -> str:
@@ -145,6 +148,7 @@ class ShardState:
             "gaps": self.gaps,
             "owner": self.lease.owner,
             "expires_at_ms": self.lease.expires_at_ms,
+            "start_sequence": self.start_sequence,
         }
 
     @classmethod
@@ -160,6 +164,7 @@ class ShardState:
             gaps=int(src.get("gaps") or 0),
             lease=Lease(src.get("owner"), int(src.get("expires_at_ms") or 0)),
             stamp=stamp,
+            start_sequence=src.get("start_sequence"),
         )
 
 
@@ -629,12 +634,14 @@ class StateStore:
         worker: str,
         *,
         start_version: int = 0,
+        start_sequence: str | None = None,
     ) -> ShardState | None:
         """Take the shard's lease if it is free, ours or expired; None if someone holds it.
 
         A shard seen for the first time gets a checkpoint at its start, with
-        `start_version` (the lineage floor) as the version to continue from.
-        Finished shards are never leased.
+        `start_version` (the lineage floor) as the version to continue from and
+        `start_sequence` (its listed `startingSequenceNumber`) kept. Finished
+        shards are never leased.
         """
         current = self.get_shard(table, stream_arn, shard_id)
         if current is None:
@@ -649,6 +656,7 @@ class StateStore:
                 0,
                 self._lease(worker),
                 Stamp(-1, -1),
+                start_sequence,
             )
             stamp = self._create(fresh.doc_id, fresh.source())
             return None if stamp is None else replace(fresh, stamp=stamp)

@@ -584,15 +584,13 @@ class Follower:
         graph = dict(stream.shards)
         if not entry.searched:
             stored = self.store.list_shards(self.table, entry.arn)
-            entry.orphans.update(
-                orphans(graph, {s.shard_id: ShardProgress(s.finished) for s in stored})
-            )
+            entry.orphans.update(orphans(graph, {s.shard_id: _progress(s) for s in stored}))
             entry.searched = True
         for shard_id, shard in entry.orphans.items():
             graph.setdefault(shard_id, shard)
         ids = set(graph) | {p for s in graph.values() for p in s.parents}
         states = self.store.get_shards(self.table, entry.arn, ids)
-        progress = {k: ShardProgress(s.finished, s.final_version) for k, s in states.items()}
+        progress = {k: _progress(s) for k, s in states.items()}
         found = orphans(graph, progress)  # unlisted parents still unfinished
         entry.orphans.update(found)
         graph.update(found)
@@ -716,6 +714,7 @@ class Follower:
             shard.shard_id,
             self.worker_id,
             start_version=start_version(shard, progress, floor),
+            start_sequence=shard.starting_sequence_number,
         )
         if state is None:
             return
@@ -734,7 +733,7 @@ class Follower:
             limit=self.settings.get_records_limit,
             skip_replication=self.settings.skip_replication,
             lookup=self._row_lookup(view_type),
-            start_sequence=shard.starting_sequence_number,
+            start_sequence=shard.starting_sequence_number or state.start_sequence,
             verify_start=verify,
         )
         worker = ShardWorker(self, state, reader)
@@ -784,6 +783,10 @@ class Follower:
             reindex_needed=self.reindex_needed,
             seconds=seconds,
         )
+
+
+def _progress(state: ShardState) -> ShardProgress:
+    return ShardProgress(state.finished, state.final_version, state.start_sequence)
 
 
 def _done(progress: dict[str, ShardProgress], shard_id: str) -> bool:

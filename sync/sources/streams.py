@@ -146,6 +146,7 @@ class ShardProgress:
 
     finished: bool
     final_version: int | None = None
+    start_sequence: str | None = None  # its startingSequenceNumber when it was first acquired
 
 
 def readable_shards(
@@ -179,7 +180,7 @@ def orphans(shards: Mapping[str, Shard], progress: Mapping[str, ShardProgress]) 
     other shard (the stream may still hold them), and their children wait.
     """
     return {
-        shard_id: Shard(shard_id, listed=False)
+        shard_id: Shard(shard_id, starting_sequence_number=state.start_sequence, listed=False)
         for shard_id, state in progress.items()
         if shard_id not in shards and not state.finished
     }

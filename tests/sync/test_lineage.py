@@ -73,9 +73,10 @@ def test_a_parent_read_before_is_not_missing_and_a_begun_child_asks_nothing() ->
 
 def test_an_unfinished_shard_the_listing_forgot_is_an_orphan_that_holds_its_children() -> None:
     listed = graph(Shard("c1", ("p",)), Shard("c2", ("p",)))
-    progress = {"p": ShardProgress(finished=False), "old": DONE}
+    progress = {"p": ShardProgress(finished=False, start_sequence="0" * 21), "old": DONE}
     found = orphans(listed, progress)
     assert list(found) == ["p"] and not found["p"].listed
+    assert found["p"].starting_sequence_number == "0" * 21  # it can still prove its start
     assert readable_shards({**listed, **found}, progress) == ["p"]
     assert missing_parents({**listed, **found}, progress) == []
 

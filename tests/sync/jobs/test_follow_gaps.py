@@ -150,6 +150,45 @@ def test_after_a_gap_across_a_merge_the_follower_goes_on_under_continue(
     assert kinds == {"trimmed", "start-trimmed"}
 
 
+def test_only_shards_that_lost_records_are_gaps_even_when_the_listing_forgot_them(
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    emulator: Any,
+    streams: Any,
+) -> None:
+    cfg = make_config(follow={"on_gap": "continue"})
+    table = Table(cql, keyspace)
+    mapping = orders_mapping(keyspace)
+    with following(cfg, mapping):
+        table.insert(1, 1, "seen", 1)  # one row: one shard with records, three without
+        wait_for(opensearch, mapping.alias, table.model)
+    (arn,) = _arns(streams, cql, keyspace)
+    store = StateStore(opensearch)
+    parents = store.list_shards(f"{keyspace}.orders", arn)
+    (busy,) = [s.shard_id for s in parents if s.sequence_number is not None]
+    table.update(1, 1, "while down")
+    _reshape(emulator, arn, "split")
+    table.update(1, 1, "after the split")
+    emulator.control.advance_clock(DAY_S + 3600)
+
+    def parents_settled() -> bool:
+        done = {s.shard_id for s in store.list_shards(f"{keyspace}.orders", arn) if s.finished}
+        return {p.shard_id for p in parents} <= done
+
+    with following(cfg, mapping):
+        until(parents_settled, "every forgotten parent is read to its end")
+        until(lambda: len(_gaps(opensearch, keyspace)) == 2, "both gaps are recorded")
+    # Empty parents prove their (kept) start and end cleanly; so do the empty
+    # children. The busy parent lost its tail, and the child that got the last
+    # update lost its start.
+    trimmed, start = sorted(_gaps(opensearch, keyspace), key=lambda g: g.kind, reverse=True)
+    assert (trimmed.kind, trimmed.shard_id) == ("trimmed", busy)
+    children = {s["shardId"] for s in streams.get_stream(streamArn=arn)["shards"]}
+    assert start.kind == "start-trimmed" and start.shard_id in children
+
+
 # ---- 2. a follower started a retention period after the backfill ------------------------------
 
 
