@@ -142,6 +142,7 @@ def test_after_a_gap_across_a_merge_the_follower_goes_on_under_continue(
     with following(cfg, mapping) as summary:
         table.insert(100, 100, "after the gap", 1)
         until(lambda: "100:100" in indexed(opensearch, mapping.alias), "the new row arrives")
+        until(lambda: len(_gaps(opensearch, keyspace)) >= 3, "the parents' and children's gaps")
 
     assert summary[0].gaps >= 3 and summary[0].reindex_needed
     kinds = {g.kind for g in _gaps(opensearch, keyspace)}
