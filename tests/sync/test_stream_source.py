@@ -20,6 +20,7 @@ from sync.keyspaces import TableInfo, describe_table
 from sync.model import Change, Op
 from sync.sources.cql import read_consistency
 from sync.sources.streams import (
+    GapKind,
     ReadResult,
     RowLookup,
     ShardProgress,
@@ -284,6 +285,49 @@ def test_trimmed_records_are_reported_as_a_gap(
             assert not after_gap.gap
             assert all(c.version > version for c in after_gap.changes)
     assert gaps == len(positions) > 0
+
+
+def test_a_shard_of_a_stream_that_no_longer_exists_is_a_gap_not_an_end(
+    cql: Any, streams: Any, table: TableInfo, emulator: Any
+) -> None:
+    _rows(cql, table, [("upsert", k, 0, "x") for k in range(8)])
+    drain = Drain(streams, table)
+    stream = drain.describe()
+    readers = [drain.reader(stream, s) for s in stream.shards]
+    cql.execute(f'ALTER TABLE "{table.keyspace}"."{table.name}" WITH cdc = false')
+    emulator.control.advance_clock(25 * 3600)  # a DISABLED stream lives 24 h
+    for reader in readers:
+        result = reader.read()
+        assert result.gap == GapKind.SHARD_GONE and not result.closed and not reader.closed
+
+
+def test_a_shard_read_from_its_start_proves_nothing_was_trimmed(
+    cql: Any, streams: Any, table: TableInfo, emulator: Any
+) -> None:
+    _rows(cql, table, [("upsert", k, 0, "x") for k in range(8)])
+    emulator.control.advance_clock(25 * 3600)
+    drain = Drain(streams, table)
+    stream = drain.describe()
+
+    def first_read(shard_id: str, verify: bool) -> ReadResult:
+        shard = stream.shards[shard_id]
+        return ShardReader(
+            streams,
+            table,
+            drain.arn,
+            shard_id,
+            view_type=stream.view_type,
+            after=None,
+            previous=0,
+            start_sequence=shard.starting_sequence_number,
+            verify_start=verify,
+        ).read()
+
+    proved = {s: first_read(s, verify=True).gap for s in stream.shards}
+    assert GapKind.START_TRIMMED in proved.values()  # shards that had records lost them
+    for shard_id, gap in proved.items():
+        assert gap in (None, GapKind.START_TRIMMED)
+        assert first_read(shard_id, verify=False).gap is None  # the trim horizon asks nothing
 
 
 def test_a_keys_only_stream_reads_the_row_over_cql(cql: Any, streams: Any, keyspace: str) -> None:

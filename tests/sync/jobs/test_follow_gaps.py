@@ -325,6 +325,41 @@ def test_a_stream_switch_under_stop_applies_the_old_stream_then_stops(
     assert [g.kind for g in _gaps(opensearch, keyspace)] == ["stream-switch"]
 
 
+def test_an_old_stream_that_expired_during_the_outage_is_a_gap_then_the_new_one_is_followed(
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    emulator: Any,
+    streams: Any,
+) -> None:
+    cfg = make_config(follow={"on_gap": "continue"})
+    table = _indexed_and_outage(cql, keyspace, opensearch, cfg)
+    (old,) = _arns(streams, cql, keyspace)
+    for n in range(ROWS):
+        table.update(n, n, "old stream, never read")
+    table.set_cdc(False)
+    table.set_cdc(True)
+    for n in range(ROWS):
+        table.update(n, n, "new stream, trimmed")
+    emulator.control.advance_clock(DAY_S + 3600)  # the old stream is gone, not only trimmed
+    (new,) = _arns(streams, cql, keyspace)
+
+    mapping = orders_mapping(keyspace)
+    with following(cfg, mapping):
+        table.insert(100, 100, "after the outage", 1)
+        until(lambda: "100:100" in indexed(opensearch, mapping.alias), "the new row arrives")
+
+    gaps = _gaps(opensearch, keyspace)
+    gone = [g for g in gaps if g.kind == "shard-gone"]
+    # Every shard of the old stream was begun and none read to its end.
+    assert len(gone) == 4 and {g.stream_arn for g in gone} == {old}
+    assert [g.stream_arn for g in gaps if g.kind == "stream-switch"] == [new]
+    assert {g.stream_arn for g in gaps if g.kind == "start-trimmed"} == {new}
+    old_state = StateStore(opensearch).get_streams(f"{keyspace}.orders", [old])[old]
+    assert old_state.finished
+
+
 def test_a_running_follower_that_meets_a_disabled_stream_goes_on_with_the_new_one(
     cql: Any,
     keyspace: str,
