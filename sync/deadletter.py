@@ -3,9 +3,11 @@
 Bad input never stops the stream and is never lost silently: the writer puts
 each change OpenSearch refused for its content, or whose document could not
 be built, here (durably, before it reports the batch done) and the count is
-visible. Two stores: an OpenSearch index (default `<alias>-deadletter`,
-written through the bulk transport and its retries) and an NDJSON file, one
-line per entry.
+visible. The follower puts here, raw, the stream records that never became a
+change (undecodable, or their row lookup failed for good), before its
+checkpoint passes them. Two stores: an OpenSearch index (default
+`<alias>-deadletter`, written through the bulk transport and its retries) and
+an NDJSON file, one line per entry.
 
 `Outcome` is what became of one change of a batch (applied, stale, or
 rejected with a reason); the writer counts outcomes and turns the rejected
@@ -18,7 +20,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,22 +31,47 @@ from opensearchpy import OpenSearch
 from sync.bulk import Action, Bulk, Reader, Verdict, call
 from sync.documents import json_safe
 from sync.errors import OpenSearchRefused, TerminalError
-from sync.model import Change, ScanPosition
+from sync.model import Change, Provenance, ScanPosition
 from sync.retry import RetryPolicy
 
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One refused change, why, and when."""
+    """One refused change (or a raw stream record that never became one), why, and when.
 
-    change: Change
-    doc_id: str
-    reason: str  # OpenSearch's error type and reason
+    A change entry has `change` and `doc_id`; a record entry has `record` (the
+    stream record as read) and `position` (where it was read) instead.
+    """
+
+    change: Change | None
+    doc_id: str | None
+    reason: str  # OpenSearch's error type and reason, or why the record could not be used
     at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    record: Mapping[str, Any] | None = None
+    position: Provenance | None = None
+
+    def __post_init__(self) -> None:
+        if (self.change is None) == (self.record is None):
+            raise ValueError("a dead letter holds either a change or a raw record")
+
+    @classmethod
+    def for_record(cls, record: Mapping[str, Any], position: Provenance, reason: str) -> DeadLetter:
+        """An entry for a stream record that could not become a change."""
+        return cls(None, None, reason, record=record, position=position)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe record of the entry."""
         change = self.change
+        if change is None:
+            assert self.record is not None and self.position is not None
+            return {
+                "doc_id": None,
+                "reason": self.reason,
+                "at": self.at_ms,
+                "op": None,
+                "record": json_safe(dict(self.record)),
+                "source": _provenance(self.position),
+            }
         return {
             "doc_id": self.doc_id,
             "reason": self.reason,
@@ -55,7 +82,7 @@ class DeadLetter:
             "image": None if change.image is None else json_safe(dict(change.image)),
             "static_only": change.static_only,
             "expires_at": change.expires_at_ms,
-            "source": _provenance(change),
+            "source": _provenance(change.source),
         }
 
 
@@ -84,22 +111,21 @@ class Outcome:
         return DeadLetter(self.change, self.doc_id, self.reason)
 
 
-def _provenance(change: Change) -> dict[str, Any]:
-    position = change.source
-    if isinstance(position, ScanPosition):
+def _provenance(source: Provenance) -> dict[str, Any]:
+    if isinstance(source, ScanPosition):
         return {
             "kind": "scan",
-            "token_start": position.token_start,
-            "token_end": position.token_end,
-            "read_at_ms": position.read_at_ms,
+            "token_start": source.token_start,
+            "token_end": source.token_end,
+            "read_at_ms": source.read_at_ms,
         }
     return {
         "kind": "stream",
-        "stream_arn": position.stream_arn,
-        "shard_id": position.shard_id,
-        "sequence_number": position.sequence_number,
-        "created_at_ms": position.created_at_ms,
-        "origin": position.origin,
+        "stream_arn": source.stream_arn,
+        "shard_id": source.shard_id,
+        "sequence_number": source.sequence_number,
+        "created_at_ms": source.created_at_ms,
+        "origin": source.origin,
     }
 
 

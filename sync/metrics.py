@@ -24,7 +24,7 @@ _HELP = {
     "applied": "changes OpenSearch applied",
     "stale": "changes OpenSearch rejected as older than what it holds (409)",
     "dead_lettered": "changes OpenSearch rejected for their content",
-    "gaps": "times the shard's unread records had been trimmed (TrimmedDataAccess)",
+    "gaps": "gaps met: changes the index needed that the stream no longer holds",
 }
 
 

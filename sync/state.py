@@ -1,4 +1,6 @@
-"""Durable job state in an OpenSearch index: shard checkpoints, backfill ranges, leases.
+"""Durable job state in an OpenSearch index: shard checkpoints, backfill ranges, leases,
+and what the follower must never forget: streams drained, gaps met, and since when the
+index needs the stream.
 
 Every document guards one unit of work (a stream shard, a backfill token
 range) and carries its lease: the owning worker's id and when the lease runs
@@ -17,10 +19,23 @@ default leaves a wide margin). Even an overlap cannot corrupt the target
 index, because document versions make a stale write lose; it can only cost a
 few duplicate reads.
 
+Besides the leased units, three kinds of document carry no lease:
+
+- a **stream** document per stream of a table that the follower began: finished
+  once every shard of the (DISABLED) stream is read to its end, with the
+  stream's final version, so the next stream of the table starts above it;
+- a **gap** document per gap met (records the index needed that the stream no
+  longer holds, or a stream switch whose window no stream recorded): where,
+  from where, when found, and what the `on_gap` policy did;
+- a **coverage** document per table and target index: the service time from
+  which the index needs every stream record (the earliest backfill or
+  follower start; earlier changes reached it through the backfill).
+
 Units are found by id (real-time mget), never by search, so nothing here
-waits for an index refresh; only the list of live workers is a search, after
-a refresh. Every request goes through the bulk transport (`sync.bulk`), so
-429s, 5xx and lost connections are retried by the one retry policy.
+waits for an index refresh; only the `list_*` methods and the list of live
+workers search (after a refresh), for overviews and for a follower's start.
+Every request goes through the bulk transport (`sync.bulk`), so 429s, 5xx and
+lost connections are retried by the one retry policy.
 """
 
 from __future__ import annotations
@@ -95,7 +110,9 @@ class ShardState:
     next reader recomputes the same versions after it. For a shard not started
     yet, `version` is the floor it starts from. `final_version` is set when the
     shard is read to its end; children start after the largest of their
-    parents' final versions.
+    parents' final versions. `start_sequence` is the shard's
+    `startingSequenceNumber` as listed when it was first acquired: with it, a
+    shard the listing no longer shows can still prove its start is there.
     """
 
     table: str
@@ -108,6 +125,7 @@ class ShardState:
     gaps: int
     lease: Lease
     stamp: Stamp
+    start_sequence: str | None = None
 
     @property
     def doc_id(self) -> str:
@@ -126,6 +144,7 @@ class ShardState:
             "gaps": self.gaps,
             "owner": self.lease.owner,
             "expires_at_ms": self.lease.expires_at_ms,
+            "start_sequence": self.start_sequence,
         }
 
     @classmethod
@@ -141,6 +160,7 @@ class ShardState:
             gaps=int(body.get("gaps") or 0),
             lease=Lease(body.get("owner"), int(body.get("expires_at_ms") or 0)),
             stamp=stamp,
+            start_sequence=body.get("start_sequence"),
         )
 
 
@@ -235,6 +255,138 @@ class RangeState:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """A stream of a table that the follower began reading (streams of a table form one lineage).
+
+    `finished` once every shard of the stream, which Keyspaces had DISABLED, was
+    read to its end (or its loss recorded as a gap); `final_version` is then the
+    largest version of its records, the floor of the next stream's shards.
+    """
+
+    table: str
+    stream_arn: str
+    label: str  # the stream's creation time, as Keyspaces names it: orders the lineage
+    finished: bool
+    final_version: int | None
+    stamp: Stamp
+
+    @property
+    def doc_id(self) -> str:
+        return stream_doc_id(self.table, self.stream_arn)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "job": "follow-stream",
+            "table": self.table,
+            "stream_arn": self.stream_arn,
+            "label": self.label,
+            "finished": self.finished,
+            "final_version": self.final_version,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], stamp: Stamp) -> StreamState:
+        final = body.get("final_version")
+        return cls(
+            table=body["table"],
+            stream_arn=body["stream_arn"],
+            label=str(body.get("label") or ""),
+            finished=bool(body.get("finished")),
+            final_version=None if final is None else int(final),
+            stamp=stamp,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GapRecord:
+    """Changes the index needed that no stream can give any more: where, and what was done.
+
+    `kind` says how it was found (see `sync.sources.streams.GapKind`). For a
+    shard, `after` is the last sequence number applied before the gap (None:
+    from the shard's start). For a stream switch, `shard_id` is None and
+    writes between `window_start_ms` and `window_end_ms` (service time)
+    reached no stream. `policy` is what the follower did: "stop" or "continue".
+    """
+
+    table: str
+    stream_arn: str
+    shard_id: str | None
+    kind: str
+    after: str | None
+    found_at_ms: int
+    policy: str
+    window_start_ms: int | None = None
+    window_end_ms: int | None = None
+
+    @property
+    def doc_id(self) -> str:
+        return gap_doc_id(self.table, self.stream_arn, self.shard_id, self.kind, self.after)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "job": "gap",
+            "table": self.table,
+            "stream_arn": self.stream_arn,
+            "shard_id": self.shard_id,
+            "kind": self.kind,
+            "after": self.after,
+            "found_at_ms": self.found_at_ms,
+            "policy": self.policy,
+            "window_start_ms": self.window_start_ms,
+            "window_end_ms": self.window_end_ms,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> GapRecord:
+        def optional_int(name: str) -> int | None:
+            value = body.get(name)
+            return None if value is None else int(value)
+
+        return cls(
+            table=body["table"],
+            stream_arn=body["stream_arn"],
+            shard_id=body.get("shard_id"),
+            kind=body["kind"],
+            after=body.get("after"),
+            found_at_ms=int(body["found_at_ms"]),
+            policy=str(body.get("policy") or ""),
+            window_start_ms=optional_int("window_start_ms"),
+            window_end_ms=optional_int("window_end_ms"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """Since when (service clock, epoch ms) an index needs every stream record of its table.
+
+    Changes before `since_ms` reached the index through a backfill that began
+    after them (or were never asked for: a follower started on an empty index
+    without a backfill). Only ever moved earlier, so it stays conservative.
+    """
+
+    table: str
+    index: str
+    since_ms: int
+    stamp: Stamp
+
+    @property
+    def doc_id(self) -> str:
+        return coverage_doc_id(self.table, self.index)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "job": "coverage",
+            "table": self.table,
+            "index": self.index,
+            "since_ms": self.since_ms,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], stamp: Stamp) -> Coverage:
+        return cls(body["table"], body["index"], int(body["since_ms"]), stamp)
+
+
 def _digest(*parts: str) -> str:
     # Stream ARNs hold slashes and colons; a digest keeps ids short and URL-safe.
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
@@ -254,6 +406,21 @@ def run_doc_id(table: str) -> str:
 
 def range_doc_id(table: str, run_id: str, number: int) -> str:
     return f"backfill-{_digest(table, run_id)}-{number}"
+
+
+def stream_doc_id(table: str, stream_arn: str) -> str:
+    return f"follow-stream-{_digest(table, stream_arn)}"
+
+
+def gap_doc_id(
+    table: str, stream_arn: str, shard_id: str | None, kind: str, after: str | None
+) -> str:
+    # The same gap found again (each restart under on_gap = "stop") is the same document.
+    return f"gap-{_digest(table, stream_arn, shard_id or '', kind, after or '')}"
+
+
+def coverage_doc_id(table: str, index: str) -> str:
+    return f"coverage-{_digest(table, index)}"
 
 
 class StateStore:
@@ -390,12 +557,14 @@ class StateStore:
         worker: str,
         *,
         start_version: int = 0,
+        start_sequence: str | None = None,
     ) -> ShardState | None:
         """Take the shard's lease if it is free, ours or expired; None if someone holds it.
 
         A shard seen for the first time gets a checkpoint at its start, with
-        `start_version` (the lineage floor) as the version to continue from.
-        Finished shards are never leased.
+        `start_version` (the lineage floor) as the version to continue from and
+        `start_sequence` (its listed `startingSequenceNumber`) kept. Finished
+        shards are never leased.
         """
         current = self.get_shards(table, stream_arn, [shard_id]).get(shard_id)
         if current is None:
@@ -410,6 +579,7 @@ class StateStore:
                 0,
                 self._lease(worker),
                 Stamp(-1, -1),
+                start_sequence,
             )
             stamp = self._create(fresh.doc_id, fresh.body())
             return None if stamp is None else replace(fresh, stamp=stamp)
@@ -447,13 +617,14 @@ class StateStore:
         )
         return self._update_shard(state, new)
 
-    def restart_shard(self, state: ShardState, version: int) -> ShardState:
-        """After a gap: read the shard again from its trim horizon, counting the gap."""
+    def restart_shard(self, state: ShardState, version: int, *, gap: bool = True) -> ShardState:
+        """Read the shard again from its trim horizon: after a gap (counted), or after
+        losing records the index did not need (`gap=False`)."""
         new = replace(
             state,
             sequence_number=None,
             version=version,
-            gaps=state.gaps + 1,
+            gaps=state.gaps + 1 if gap else state.gaps,
             lease=self._lease(_owner(state.lease)),
         )
         return self._update_shard(state, new)
@@ -475,6 +646,86 @@ class StateStore:
     def release_shard(self, state: ShardState) -> ShardState:
         """Give the lease up (clean stop) so another worker can take it at once."""
         return self._update_shard(state, replace(state, lease=FREE))
+
+    def _list(self, job: str, table: str) -> list[Document]:
+        """Every document of one kind for a table. Uses search: refreshes first."""
+        self.ensure()
+        self._reader.refresh()
+        query = {"bool": {"filter": [{"term": {"job": job}}, {"term": {"table": table}}]}}
+        return [doc for page in self._reader.scan(query) for doc in page]
+
+    def list_shards(self, table: str, stream_arn: str | None = None) -> list[ShardState]:
+        """Every shard state of a table (optionally of one stream). Uses search."""
+        states = [ShardState.from_body(doc.body, doc.stamp) for doc in self._list("follow", table)]
+        return [s for s in states if stream_arn is None or s.stream_arn == stream_arn]
+
+    # ---- streams of a table, gaps, coverage ---------------------------------------
+
+    def get_streams(self, table: str, stream_arns: Iterable[str]) -> dict[str, StreamState]:
+        """The stored state of the given streams; streams no follower began are absent."""
+        ids = {stream_doc_id(table, arn): arn for arn in stream_arns}
+        docs = self._read(ids)
+        return {ids[i]: StreamState.from_body(doc.body, doc.stamp) for i, doc in docs.items()}
+
+    def begin_stream(self, table: str, stream_arn: str, label: str) -> StreamState:
+        """The stream's document, created unfinished by the first follower that reaches it."""
+        while True:
+            current = self.get_streams(table, [stream_arn]).get(stream_arn)
+            if current is not None:
+                return current
+            fresh = StreamState(table, stream_arn, label, False, None, Stamp(-1, -1))
+            stamp = self._create(fresh.doc_id, fresh.body())
+            if stamp is not None:
+                return replace(fresh, stamp=stamp)
+            # Another follower created it between our read and our write: read theirs.
+
+    def finish_stream(self, state: StreamState, final_version: int) -> StreamState:
+        """Every shard of the stream is read to its end: keep its final version for good."""
+        new = replace(state, finished=True, final_version=final_version)
+        try:
+            return replace(new, stamp=self._replace(new.doc_id, new.body(), state.stamp))
+        except LeaseLost:
+            # Another follower finished it first, from the same shard documents.
+            current = self.get_streams(state.table, [state.stream_arn]).get(state.stream_arn)
+            if current is not None and current.finished:
+                return current
+            raise
+
+    def list_stream_states(self, table: str) -> list[StreamState]:
+        """Every stream of a table that a follower began. Uses search: refreshes first."""
+        return [
+            StreamState.from_body(doc.body, doc.stamp) for doc in self._list("follow-stream", table)
+        ]
+
+    def record_gap(self, gap: GapRecord) -> bool:
+        """Store a gap; False when the same gap was recorded before (its first finding stays)."""
+        return self._create(gap.doc_id, gap.body()) is not None
+
+    def list_gaps(self, table: str) -> list[GapRecord]:
+        """Every gap recorded for a table, oldest finding first. Uses search: refreshes first."""
+        gaps = [GapRecord.from_body(doc.body) for doc in self._list("gap", table)]
+        return sorted(gaps, key=lambda g: (g.found_at_ms, g.doc_id))
+
+    def get_coverage(self, table: str, index: str) -> Coverage | None:
+        found = self._read([coverage_doc_id(table, index)]).get(coverage_doc_id(table, index))
+        return None if found is None else Coverage.from_body(found.body, found.stamp)
+
+    def cover_from(self, table: str, index: str, since_ms: int) -> Coverage:
+        """Record that `index` needs every stream record from `since_ms` on; the earliest wins."""
+        while True:
+            current = self.get_coverage(table, index)
+            if current is not None and current.since_ms <= since_ms:
+                return current
+            new = Coverage(table, index, since_ms, Stamp(-1, -1))
+            if current is None:
+                stamp = self._create(new.doc_id, new.body())
+                if stamp is not None:
+                    return replace(new, stamp=stamp)
+                continue  # another job recorded one first: compare with theirs
+            try:
+                return replace(new, stamp=self._replace(new.doc_id, new.body(), current.stamp))
+            except LeaseLost:
+                continue  # moved by another job meanwhile: compare again
 
     # ---- workers present ------------------------------------------------------
 

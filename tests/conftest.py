@@ -19,12 +19,19 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from opensearchpy import OpenSearch
 
 from sync.config import Config, load_config
 
 # Soak tests run briefly under `make test` and at full length under `make soak`.
 SOAK_FULL = os.environ.get("KS2OS_TEST_SOAK") == "full"
+
+# Hypothesis times each example against a 200 ms deadline by default; on a loaded 2-core
+# machine a correct example can take longer, so the deadline would fail a test for speed,
+# which no test here asserts. Examples stay bounded by each test's own max_examples.
+hypothesis_settings.register_profile("ks2os", deadline=None)
+hypothesis_settings.load_profile("ks2os")
 
 
 @pytest.fixture(scope="session", autouse=True)

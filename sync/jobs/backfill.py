@@ -14,6 +14,12 @@ new leases) go together in one conditional bulk request to the state index.
 A range is marked done only after the writer acknowledged all its rows, and
 the recorded token of a range never runs ahead of what was acknowledged.
 
+Before it reads anything, a backfill records in the state store since when
+the index needs the stream (`StateStore.cover_from`, per table and target
+index): its start on the service clock, less the snapshot margin. Every
+change before that is in what the scan reads; a follower started later
+checks that the stream still holds every change after it.
+
 A run survives the process: started again, the job resumes the table's
 unfinished run from the last token each range recorded (`restart=True` plans
 a new run). Several processes, on several machines, may run the same
@@ -37,7 +43,7 @@ from typing import TextIO
 from sync.config import Config
 from sync.errors import ConfigError
 from sync.jobs import Job
-from sync.keyspaces import no_cdc_message
+from sync.keyspaces import no_cdc_message, service_now_ms
 from sync.mapping import TableMapping
 from sync.model import Change
 from sync.sources.cql import (
@@ -490,6 +496,7 @@ def run_backfill(
         log.info(job.info.version_rule())
         ring = ring_for(job.info.partitioner)
         log.info("token ring of %s: (%d, %d]", job.info.partitioner, ring.minimum, ring.maximum)
+        _record_coverage(job)
         run = plan_run(job.store, state_key(job), cfg.backfill.ranges, restart, ring)
         backfill = _Backfill(job, run, stop)
         backfill.progress.start(started)
@@ -553,6 +560,17 @@ def _check_cdc(job: Job, require_cdc: bool) -> None:
         "will not be followed",
         table,
     )
+
+
+def _record_coverage(job: Job) -> None:
+    """The index needs the stream from this backfill's start on (the earliest start wins).
+
+    Service clock, not this host's; less the snapshot margin, like the
+    snapshot versions, so a write in flight when the scan began still counts
+    as one the follower must find in the stream.
+    """
+    began = service_now_ms(job.session) - job.cfg.backfill.snapshot_margin_ms
+    job.store.cover_from(job.info.qualified_name, job.index, began)
 
 
 def _finish(store: StateStore, run: BackfillRun) -> None:
