@@ -16,8 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync.version import (
+    STEP,
     TIE_BITS,
     base,
+    derived_version,
+    is_real,
     lineage_floor,
     next_stream_version,
     snapshot_version,
@@ -188,5 +191,49 @@ def test_snapshot_version_is_below_every_record_the_read_did_not_see(
 
 def test_base_leaves_room_below_each_millisecond() -> None:
     assert base(1) - base(0) == 2**TIE_BITS
-    assert next_stream_version(5, base(5)) == base(5) + 1
-    assert next_stream_version(6, base(5) + 7) == base(6)
+    assert next_stream_version(5, base(5)) == base(5) + STEP
+    assert next_stream_version(6, base(5) + 7 * STEP) == base(6)
+
+
+def test_every_version_a_source_gives_is_real() -> None:
+    assert is_real(base(5)) and is_real(snapshot_version(10_000, 5000))
+    previous = 0
+    for created in (5, 5, 5, 4, 6, 6):
+        previous = next_stream_version(created, previous)
+        assert is_real(previous)
+    # A checkpoint written before versions were real (they stepped by 1) still leads on to
+    # a real version, above it.
+    old = base(5) + 3
+    assert next_stream_version(5, old) == base(5) + STEP
+    assert is_real(next_stream_version(5, old))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    created=st.integers(0, 4 * 10**12),
+    previous=st.integers(0, 2**62),
+    newer_created=st.integers(0, 10**7),
+    restated=st.integers(1, STEP - 1),
+)
+def test_a_derived_write_beats_its_document_and_loses_to_any_newer_real_change(
+    created: int, previous: int, newer_created: int, restated: int
+) -> None:
+    stored = next_stream_version(created, previous)
+    newer = next_stream_version(created + newer_created, stored)
+    derived = stored
+    for _ in range(restated):  # restated several times, each derived from the last
+        step = derived_version(derived)
+        assert step is not None and step > derived
+        derived = step
+    assert stored < derived < newer
+    assert not is_real(derived)
+
+
+def test_the_derived_versions_above_a_real_one_run_out() -> None:
+    version = base(5)
+    for _ in range(STEP - 1):
+        following = derived_version(version)
+        assert following is not None
+        version = following
+    assert version == base(5) + STEP - 1
+    assert derived_version(version) is None
