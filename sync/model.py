@@ -51,6 +51,17 @@ class Change:
     column name to value (driver-native types) for an upsert and is None for
     a delete. `static_only` marks a change to a partition's static columns
     alone: its key is the partition key and its image the static columns.
+
+    Expiry: `expires_at_ms` is when the whole row stops being readable (its
+    last cell's TTL); `value_expiry` maps a column to when its value stops
+    being readable, for the values that expire before the row does (a column
+    TTL on a row that lives on, a static value's TTL).
+
+    `static_columns` says which static columns the change states: an image
+    value for those it has, deleted (null) for those it lacks; a static column
+    it does not name keeps the value it had. None: every static column for a
+    static-only change and a snapshot row (which read the partition's statics
+    whole), the ones in the image for a stream row record.
     """
 
     op: Op
@@ -60,6 +71,8 @@ class Change:
     source: Provenance
     expires_at_ms: int | None = None  # when the row stops being readable (TTL)
     static_only: bool = False
+    value_expiry: Mapping[str, int] | None = None  # column -> epoch ms, before the row's
+    static_columns: frozenset[str] | None = None
 
     def __init__(
         self,
@@ -70,6 +83,8 @@ class Change:
         source: Provenance,
         expires_at_ms: int | None = None,
         static_only: bool = False,
+        value_expiry: Mapping[str, int] | None = None,
+        static_columns: frozenset[str] | None = None,
     ) -> None:
         # Written out rather than generated: a frozen dataclass's __init__ goes
         # through object.__setattr__ per field, and a change is built per record.
@@ -88,6 +103,8 @@ class Change:
         _set_source(self, source)
         _set_expires_at_ms(self, expires_at_ms)
         _set_static_only(self, static_only)
+        _set_value_expiry(self, value_expiry or None)
+        _set_static_columns(self, static_columns)
 
 
 _change_slots: Mapping[str, Any] = vars(Change)
@@ -98,3 +115,5 @@ _set_version = _change_slots["version"].__set__
 _set_source = _change_slots["source"].__set__
 _set_expires_at_ms = _change_slots["expires_at_ms"].__set__
 _set_static_only = _change_slots["static_only"].__set__
+_set_value_expiry = _change_slots["value_expiry"].__set__
+_set_static_columns = _change_slots["static_columns"].__set__

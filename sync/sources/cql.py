@@ -40,7 +40,7 @@ from sync.keyspaces import (
     service_now_ms,
 )
 from sync.model import Change, ScanPosition
-from sync.sources.rows import decode_row, ttl_alias
+from sync.sources.rows import decode_row, expiring_columns, ttl_alias
 from sync.version import snapshot_version
 
 log = logging.getLogger(__name__)
@@ -177,12 +177,9 @@ class SnapshotScanner:
         self.margin_ms = margin_ms
         self._consistency = read_consistency(consistency)
         self.ring = ring_for(info.partitioner)
-        # TTL() only for regular columns: key columns have none, statics are per partition.
-        self.ttl_columns: tuple[str, ...] = (
-            tuple(c for c in info.regular if ttl_capable(info.key.cql_type(c)))
-            if info.ttl_enabled
-            else ()
-        )
+        # TTL() of static and regular columns (key columns have none): the row's expiry
+        # and the expiry of each value that leaves before the row does.
+        self.ttl_columns: tuple[str, ...] = expiring_columns(info)
         self.selected: tuple[str, ...] = info.columns
         select = self._select_list()
         token = f"token({', '.join(quote(c) for c in info.key.partition_key)})"
@@ -231,12 +228,6 @@ class SnapshotScanner:
             last = int(fields.pop(TOKEN_COLUMN))
             changes.append(decode_row(fields, self.info.key, position, version, self.ttl_columns))
         return ScanPage(changes, last, len(rows))
-
-
-def ttl_capable(cql_type: str | None) -> bool:
-    """TTL() works on scalars and frozen values, not on non-frozen collections."""
-    text = (cql_type or "").strip().lower()
-    return not text.startswith(("list<", "set<", "map<"))
 
 
 def _as_dict(row: Any) -> dict[str, Any]:

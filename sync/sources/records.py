@@ -15,6 +15,23 @@ Key columns always come from `partitionKeys`/`clusteringKeys`, never from
 clustering columns is a static-only change (key = partition key, image = the
 partition-key columns and the static cells). `origin == "REPLICATION"`
 records decode like USER ones; `is_replicated` lets the job filter them.
+
+**Which statics a static-only record states.** Whether the service's images
+hold every static column of the partition or only the ones the write
+touched is not established (KEYSPACES_FACTS §4), so the decoder assumes
+neither: a static column is set when the new image has it, deleted when the
+old image has it and the new one does not, and left as it was when neither
+image names it (`Change.static_columns`). A record without an old image in a
+`NEW_AND_OLD_IMAGES` stream had no statics before it. A `NEW_IMAGE` stream
+never says what was deleted, so a static-only record there that does not
+show every static column is re-read over CQL like a `KEYS_ONLY` record
+(`ImageUnavailable`).
+
+**Expiry.** `rowMetadata.expirationTime` is when the row stops being
+readable (`expires_at_ms`); a cell's `metadata.expirationTime` is when its
+value does, and the values that expire before the row go into
+`Change.value_expiry` (a column TTL on a row that lives on; every static value
+with a TTL, since statics do not keep a row alive).
 """
 
 from __future__ import annotations
@@ -64,8 +81,7 @@ def decode_record(
     """The `Change` one CDC record stands for, at the version the caller computed."""
     if view_type not in VIEW_TYPES:
         raise ValueError(f"unknown stream view type {view_type!r}")
-    static_only = bool(table.clustering) and not record.get("clusteringKeys")
-    key = _key(record, table, static_only)
+    key, static_only = record_key(record, table)
     if view_type not in NEW_IMAGE_VIEWS:
         raise ImageUnavailable(
             f"{table.qualified_name}: a {view_type} record does not carry the new row "
@@ -77,14 +93,52 @@ def decode_record(
     if new_image is None:
         return Change(Op.DELETE, key, None, version, position, static_only=static_only)
     image = _image(new_image, table, static_only)
+    stated = _stated_statics(record, new_image, table, view_type) if static_only else None
+    if static_only and stated is None and not set(table.static) <= image.keys():
+        raise ImageUnavailable(
+            f"{table.qualified_name}: a {view_type} static-only record names only some "
+            f"static columns and never the deleted ones (partition {key!r})",
+            key,
+            static_only,
+        )
     # The key columns come from the key cells (as an update() of the image would).
     for name, value in zip(
         table.partition_key if static_only else table.key_columns, key, strict=True
     ):
         image[name] = value
+    expires_at = _expiry_ms(new_image, table)
     return Change(
-        Op.UPSERT, key, image, version, position, _expiry_ms(new_image, table), static_only
+        Op.UPSERT,
+        key,
+        image,
+        version,
+        position,
+        expires_at,
+        static_only,
+        value_expiry=_value_expiry(new_image, table, static_only, expires_at),
+        static_columns=stated,
     )
+
+
+def record_key(record: Mapping[str, Any], table: TableKey) -> tuple[tuple[Any, ...], bool]:
+    """The record's key (the partition key alone for a static-only record) and whether it is."""
+    static_only = bool(table.clustering) and not record.get("clusteringKeys")
+    return _key(record, table, static_only), static_only
+
+
+def _stated_statics(
+    record: Mapping[str, Any], new_image: Mapping[str, Any], table: TableKey, view_type: str
+) -> frozenset[str] | None:
+    """The static columns a static-only record states: the new image's and the old one's.
+
+    None when the record cannot say which were deleted (a `NEW_IMAGE` stream).
+    """
+    named = set(new_image.get("staticCells") or ())
+    if view_type == "NEW_AND_OLD_IMAGES":
+        old_image = record.get("oldImage") or {}
+        named |= set(old_image.get("staticCells") or ())
+        return frozenset(named) & frozenset(table.static)
+    return None
 
 
 def _key(record: Mapping[str, Any], table: TableKey, static_only: bool) -> tuple[Any, ...]:
@@ -134,7 +188,10 @@ def _expiry_ms(row: Mapping[str, Any], table: TableKey) -> int | None:
     metadata = row.get("rowMetadata")
     if not metadata:
         return None
-    text = metadata.get("expirationTime")
+    return _epoch_seconds_ms(metadata.get("expirationTime"), "rowMetadata", table)
+
+
+def _epoch_seconds_ms(text: Any, where: str, table: TableKey) -> int | None:
     if text is None or text == "":
         return None
     try:
@@ -142,5 +199,40 @@ def _expiry_ms(row: Mapping[str, Any], table: TableKey) -> int | None:
         return int(str(text).strip()) * 1000
     except ValueError as exc:
         raise DecodeError(
-            f"{table.qualified_name}: rowMetadata.expirationTime {text!r} is not epoch seconds"
+            f"{table.qualified_name}: {where}.expirationTime {text!r} is not epoch seconds"
         ) from exc
+
+
+def _value_expiry(
+    row: Mapping[str, Any], table: TableKey, static_only: bool, row_expiry: int | None
+) -> dict[str, int] | None:
+    """Column -> expiry (epoch ms) of the values that stop being readable before the row does.
+
+    Every static value with a TTL is one (statics never keep a row alive, and
+    a static-only change has no row). A collection cell's expiry is its
+    earliest element's (how Keyspaces reports it on the cell), so it is left
+    by the first element to expire.
+    """
+    expiry: dict[str, int] = {}
+    if not static_only:
+        _cell_expiries(row.get("valueCells"), table, table.key_set, row_expiry, expiry)
+    _cell_expiries(row.get("staticCells"), table, _NO_COLUMNS, None, expiry)
+    return expiry or None
+
+
+def _cell_expiries(
+    cells: Mapping[str, Any] | None,
+    table: TableKey,
+    skip: frozenset[str],
+    row_expiry: int | None,
+    into: dict[str, int],
+) -> None:
+    if not cells:
+        return
+    for name, cell in cells.items():
+        metadata = cell.get("metadata") if isinstance(cell, Mapping) else None
+        if not metadata or name in skip or cell.get("value") is None:
+            continue
+        expires = _epoch_seconds_ms(metadata.get("expirationTime"), name, table)
+        if expires is not None and (row_expiry is None or expires < row_expiry):
+            into[name] = expires

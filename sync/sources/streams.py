@@ -58,10 +58,11 @@ from sync.errors import (
     TerminalError,
     TransientError,
 )
-from sync.keyspaces import TableInfo, cql_errors, qualified, quote
-from sync.model import Change, Op, StreamPosition
+from sync.keyspaces import TableInfo, cql_errors, qualified, quote, service_now_ms
+from sync.model import Change, Op, Provenance, StreamPosition
 from sync.retry import RetryPolicy
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
+from sync.sources.rows import decode_row, expiring_columns, expiry_ms, ttl_alias
 from sync.version import lineage_floor, next_stream_version
 
 log = logging.getLogger(__name__)
@@ -430,7 +431,15 @@ def describe_stream(
 
 
 class RowLookup:
-    """Reads a row's current state over CQL, for KEYS_ONLY and OLD_IMAGE streams."""
+    """Reads a row's (or a partition's statics') current state over CQL, with its expiry.
+
+    For KEYS_ONLY and OLD_IMAGE streams, and static-only records of NEW_IMAGE
+    streams that do not say which statics were deleted; the follower also
+    re-reads statics and expired rows with it. Reads as the snapshot scan
+    reads: the TTL()s of static and regular columns, dated by the service
+    clock just before the read (`sync.sources.rows`), so the change carries
+    the row's expiry and its values'.
+    """
 
     def __init__(self, session: Session, info: TableInfo, consistency: int) -> None:
         self._session = session
@@ -439,8 +448,10 @@ class RowLookup:
         table = qualified(info.keyspace, info.name)
         row_where = " AND ".join(f"{quote(c)} = ?" for c in key.key_columns)
         part_where = " AND ".join(f"{quote(c)} = ?" for c in key.partition_key)
-        columns = ", ".join(quote(c) for c in info.columns)
-        statics = ", ".join(quote(c) for c in key.partition_key + key.static)
+        self._ttl_columns = expiring_columns(info)
+        self._static_ttl_columns = tuple(c for c in self._ttl_columns if c in key.static)
+        columns = _select(info.columns, self._ttl_columns)
+        statics = _select(key.partition_key + key.static, self._static_ttl_columns)
         with cql_errors(f"preparing the row lookups of {info.qualified_name}"):
             self._row: PreparedStatement = session.prepare(
                 f"SELECT {columns} FROM {table} WHERE {row_where}"
@@ -453,15 +464,46 @@ class RowLookup:
 
     def change(self, key: tuple[Any, ...], static_only: bool, base: Change) -> Change:
         """What the row (or the partition's statics) is now, as a change at `base`'s version."""
-        statement = self._static if static_only else self._row
+        if static_only:
+            return self.statics(key, base.version, base.source)
+        return self.row(key, base.version, base.source)
+
+    def row(self, key: tuple[Any, ...], version: int, source: Provenance) -> Change:
+        """The row as it is now (an upsert, or a delete when it is gone) at `version`."""
+        read_at_ms = service_now_ms(self._session) if self._ttl_columns else None
         with cql_errors(f"looking up a row of {self._info.qualified_name}"):
-            row = self._session.execute(statement, key).one()
-        image = None if row is None else {k: v for k, v in row._asdict().items() if v is not None}
-        if static_only and image is not None and not set(image) & set(self._info.key.static):
-            image = None
-        if image is None:
-            return Change(Op.DELETE, key, None, base.version, base.source, static_only=static_only)
-        return Change(Op.UPSERT, key, image, base.version, base.source, static_only=static_only)
+            row = self._session.execute(self._row, key).one()
+        if row is None:
+            return Change(Op.DELETE, key, None, version, source)
+        return decode_row(
+            row, self._info.key, source, version, self._ttl_columns, read_at_ms=read_at_ms
+        )
+
+    def statics(self, partition: tuple[Any, ...], version: int, source: Provenance) -> Change:
+        """The partition's static values as they are now, all of them, at `version`."""
+        read_at_ms = service_now_ms(self._session) if self._static_ttl_columns else None
+        with cql_errors(f"looking up the statics of {self._info.qualified_name}"):
+            row = self._session.execute(self._static, partition).one()
+        key = self._info.key
+        fields = {} if row is None else row._asdict()
+        image = {c: fields[c] for c in key.static if fields.get(c) is not None}
+        if not image:
+            return Change(Op.DELETE, partition, None, version, source, static_only=True)
+        expiry = {
+            c: expiry_ms(read_at_ms or 0, fields[ttl_alias(c)])
+            for c in self._static_ttl_columns
+            if c in image and fields.get(ttl_alias(c)) is not None
+        }
+        image.update(zip(key.partition_key, partition, strict=True))
+        return Change(
+            Op.UPSERT, partition, image, version, source, static_only=True, value_expiry=expiry
+        )
+
+
+def _select(columns: Collection[str], ttl_columns: Collection[str]) -> str:
+    parts = [quote(c) for c in columns]
+    parts += [f"TTL({quote(c)}) AS {quote(ttl_alias(c))}" for c in ttl_columns]
+    return ", ".join(parts)
 
 
 # ---- reading one shard ----------------------------------------------------------------
@@ -638,7 +680,7 @@ class ShardReader:
                 created_at_ms = _epoch_ms(record.get("createdAt"))
             except DecodeError as bad:
                 # Still a place in the version chain, so a replay gives the same versions.
-                self.previous += 1
+                self.previous = next_stream_version(0, self.previous)
                 result.last_sequence, result.last_version = sequence, self.previous
                 position = StreamPosition(self.stream_arn, self.shard_id, sequence, 0, origin)
                 result.bad.append(BadRecord(record, position, str(bad)))

@@ -33,8 +33,8 @@ from sync.sources.cql import (
     read_consistency,
     ring_for,
     split_ring,
-    ttl_capable,
 )
+from sync.sources.rows import ttl_capable
 from sync.version import base, snapshot_version
 
 # ---- pure -------------------------------------------------------------------------
