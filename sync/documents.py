@@ -16,6 +16,14 @@ computed fields and the hook shape the body of the others. A hook that fails
 raises `DocumentError`, which the writers dead-letter with the change.
 
 Every document carries `_ks2os = {version, source, expires_at?, deleted}`.
+A row with values that expire before it does (a column TTL, a static value's
+TTL) also carries `value_expiry` (column -> epoch ms, stored, not indexed),
+`value_expires_at` (the earliest of them, which the alias filter compares
+with the clock, so the row is hidden the moment one of its values expires)
+and `key` (the primary key as cell values, `sync.values.encode_cell`, so the
+expiry sweep can read the row again and restate it without the value).
+A dead-lettered change leaves a **mark** in place of its row's document: no
+fields, `dead_letter: true`, at the change's version (`mark_body`).
 Tables with static columns are written by `sync.statics` instead, from the
 pieces this builder gives it (`row_fields`, `static_values`, `partition_id`,
 `partition_doc_id`): their row documents add `partition` and
@@ -48,8 +56,14 @@ from sync.mapping import BigNumbers, Nulls, Routing, TableMapping, Timestamps
 from sync.model import Change, Op, ScanPosition
 from sync.schema import TableKey
 from sync.shaping import Shaper, compile_shaper
+from sync.values import encode_cell
 
 META_FIELD = "_ks2os"
+# Entries of `_ks2os`, named once: other modules (the sweep, verify) read them.
+VALUE_EXPIRY = "value_expiry"
+VALUE_EXPIRES_AT = "value_expires_at"
+KEY_CELLS = "key"
+DEAD_LETTER = "dead_letter"
 # A partition document's id is this prefix and the partition id. Row ids are
 # percent-encoded components (never a `!`), so no row id can start with it.
 PARTITION_ID_PREFIX = "!p:"
@@ -83,6 +97,13 @@ def _key_text(key: tuple[Any, ...], positions: tuple[int, ...]) -> str:
 
 
 _is_unreserved = _UNRESERVED.fullmatch
+
+
+def expiry_meta(expiry: Mapping[str, int]) -> dict[str, Any]:
+    """The `_ks2os` entries for values expiring at `expiry` (column -> epoch ms); {} if none."""
+    if not expiry:
+        return {}
+    return {VALUE_EXPIRY: dict(expiry), VALUE_EXPIRES_AT: min(expiry.values())}
 
 
 # ------------------------------------------------------------ value forms
@@ -344,6 +365,12 @@ class DocumentBuilder:
         self.static_fields = frozenset(
             field_name for column, field_name, _ in self._plan if column in self._static_columns
         )
+        # Static column -> its document field (a static column the mapping leaves out has none).
+        self.static_field = {
+            column: field_name
+            for column, field_name, _ in self._plan
+            if column in self._static_columns
+        }
         # Filter, computed fields and hook, checked against the table now (one-line
         # ConfigErrors at start); None when the mapping has none.
         self.shaper: Shaper | None = compile_shaper(
@@ -353,6 +380,11 @@ class DocumentBuilder:
             _ValueForms(self._converter, table),
             taken={field_name: column for column, field_name, _ in self._plan},
             explicit_nulls=self._explicit_nulls,
+        )
+        # Whose expiry can change a document: the columns it shows, or, when a filter,
+        # computed field or hook may read any column (or every column goes in), all.
+        self._expiry_columns: frozenset[str] | None = (
+            None if self.shaper is not None or self._take_unplanned else self._planned
         )
 
     def _positions(self, columns: Iterable[str], key: str) -> tuple[int, ...]:
@@ -418,6 +450,40 @@ class DocumentBuilder:
         statics = self.static_fields
         return {name: value for name, value in self._source(image).items() if name in statics}
 
+    # ------------------------------------------------------------ expiry and marks
+
+    def value_expiry(self, change: Change) -> dict[str, int]:
+        """Column -> expiry of the change's values that expire before its row and can show.
+
+        For a row of a static table, only its own (non-static) values: the
+        statics' expiries travel with the partition's statics.
+        """
+        expiry = change.value_expiry
+        if not expiry or change.op is Op.DELETE:
+            return {}
+        wanted = self._expiry_columns
+        statics = self._static_columns if not change.static_only else frozenset()
+        return {
+            column: at
+            for column, at in expiry.items()
+            if column not in statics and (wanted is None or column in wanted)
+        }
+
+    def key_cells(self, key: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """The key as cell values, from which `sync.values.decode_cell` gives it back."""
+        return [encode_cell(value) for value in key]
+
+    @staticmethod
+    def mark_body(change: Change) -> dict[str, Any]:
+        """The body that marks a row whose change was dead-lettered, at the change's version.
+
+        No fields: the alias filter hides the mark, so a search never returns
+        the row's older state as if it were current; a newer change replaces it.
+        """
+        source = DocumentBuilder.source_kind(change)
+        meta = {"version": change.version, "source": source, "deleted": False, DEAD_LETTER: True}
+        return {META_FIELD: meta}
+
     def carries_statics(self, change: Change) -> bool:
         """Does the change say what the partition's static values are, at its version?
 
@@ -430,9 +496,20 @@ class DocumentBuilder:
             return True
         if change.op is Op.DELETE or change.image is None:
             return False
+        if change.static_columns is not None:
+            return bool(change.static_columns)
         if isinstance(change.source, ScanPosition):
             return True
         return any(column in change.image for column in self.table.static)
+
+    def stated_statics(self, change: Change) -> frozenset[str]:
+        """The static columns a change that carries statics states (see `Change`)."""
+        if change.static_columns is not None:
+            return change.static_columns
+        if change.static_only or isinstance(change.source, ScanPosition):
+            return self._static_columns
+        image = change.image or {}
+        return frozenset(column for column in self._static_columns if column in image)
 
     def action_for(self, change: Change) -> Action:
         """The bulk action that writes `change` (a tombstone for a delete).
@@ -464,14 +541,20 @@ class DocumentBuilder:
             body = shown
             expires_at = change.expires_at_ms
             if expires_at is None:
-                body[META_FIELD] = {"version": version, "source": source, "deleted": False}
+                meta = {"version": version, "source": source, "deleted": False}
             else:
-                body[META_FIELD] = {
+                meta = {
                     "version": version,
                     "source": source,
                     "expires_at": expires_at,
                     "deleted": False,
                 }
+            if change.value_expiry:
+                expiry = self.value_expiry(change)
+                if expiry:
+                    meta.update(expiry_meta(expiry))
+                    meta[KEY_CELLS] = self.key_cells(change.key)
+            body[META_FIELD] = meta
         key = change.key
         routing = self._routing_positions
         return Action(

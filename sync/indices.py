@@ -2,9 +2,11 @@
 
 Searches always go through the alias. Its filter hides tombstones (deleted
 rows), partition documents (a static table's per-partition static values,
-see `sync.statics`) and rows whose TTL has run out, so a document stops
-being found the moment its row stops being readable in Keyspaces, not when
-the late TTL record arrives. Writers write to a `Target`: the concrete index
+see `sync.statics`), rows whose TTL has run out and rows one of whose values
+has (`_ks2os.value_expires_at`), so a value stops being found the moment
+Keyspaces stops returning it, not when the late TTL record arrives; and the
+marks a dead-lettered change leaves (`_ks2os.dead_letter`), so a search never
+returns a row's older state as if it were current. Writers write to a `Target`: the concrete index
 the alias points at, or a new index being built by a reindex.
 
 Every call here converts opensearch-py's exceptions (`sync.bulk.opensearch_errors`)
@@ -25,7 +27,7 @@ from typing import Any
 from opensearchpy import OpenSearch
 
 from sync.bulk import opensearch_errors
-from sync.documents import META_FIELD, PARTITION_KIND
+from sync.documents import DEAD_LETTER, META_FIELD, PARTITION_KIND, VALUE_EXPIRES_AT
 from sync.errors import ConfigError, MappingConflict, OpenSearchRefused
 from sync.mapping import TableMapping
 
@@ -42,6 +44,13 @@ META_MAPPING: Mapping[str, Any] = {
         "partition": {"type": "keyword"},
         "static_version": {"type": "long"},
         "statics": {"type": "object", "enabled": False},
+        "static_versions": {"type": "object", "enabled": False},
+        # Values that expire before their row (sync.documents): when each does (stored),
+        # the earliest (searched by the alias filter), and the key to read the row again.
+        "value_expiry": {"type": "object", "enabled": False},
+        "value_expires_at": {"type": "date", "format": "epoch_millis"},
+        "key": {"type": "object", "enabled": False},
+        "dead_letter": {"type": "boolean"},
     }
 }
 
@@ -72,13 +81,15 @@ def index_settings_and_mappings(mapping: TableMapping) -> dict[str, Any]:
 
 
 def alias_filter() -> dict[str, Any]:
-    """Hide tombstones, partition documents and expired rows from readers of the alias."""
+    """Hide tombstones, partition documents, dead-letter marks, expired rows and values."""
     return {
         "bool": {
             "must_not": [
                 {"term": {f"{META_FIELD}.deleted": True}},
                 {"term": {f"{META_FIELD}.kind": PARTITION_KIND}},
+                {"term": {f"{META_FIELD}.{DEAD_LETTER}": True}},
                 {"range": {f"{META_FIELD}.expires_at": {"lte": "now"}}},
+                {"range": {f"{META_FIELD}.{VALUE_EXPIRES_AT}": {"lte": "now"}}},
             ]
         }
     }

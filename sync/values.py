@@ -525,3 +525,77 @@ _DECODERS: dict[str, Callable[[Any, str], Any]] = {
     "mapT": _map,
     "udtT": _udt,
 }
+
+
+# ---- the other way: a driver value as a cell value ---------------------------------------
+
+
+def encode_cell(value: Any) -> dict[str, Any]:
+    """A `KeyspacesCellValue` that `decode_cell` turns back into `value` (a driver value).
+
+    Chosen by the Python type, not the CQL type: every integer is a `varintT`,
+    every string a `textT` (inet addresses are strings in the driver), every
+    float a `doubleT` (a float column's values are exact doubles). ks2os keeps
+    keys this way in documents and dead letters, so it can read the row again.
+    """
+    if value is None:
+        raise TypeError("a null has no cell value")
+    if isinstance(value, bool):
+        return {"boolT": value}
+    if isinstance(value, int):
+        return {"varintT": str(value)}
+    if isinstance(value, float):
+        return {"doubleT": repr(value)}
+    if isinstance(value, str):
+        return {"textT": value}
+    if isinstance(value, decimal.Decimal):
+        return {"decimalT": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {"uuidT": str(value)}
+    if isinstance(value, dt.datetime):
+        naive = value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+        return {"timestampT": str(round((naive - _EPOCH) / _ONE_MS))}
+    if isinstance(value, Date):
+        return {"dateT": str(value.days_from_epoch)}
+    if isinstance(value, Time):
+        return {"timeT": str(value.nanosecond_time)}
+    if isinstance(value, Duration):
+        return {"durationT": _duration_text(value)}
+    if isinstance(value, bytes | bytearray):
+        return {"blobT": base64.b64encode(bytes(value)).decode("ascii")}
+    return _encode_composite(value)
+
+
+def _encode_composite(value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping | OrderedMap):
+        return {"mapT": [_map_entry(k, v) for k, v in value.items()]}
+    if hasattr(value, "_fields"):  # a UDT, as the driver returns one (a namedtuple)
+        fields = zip(value._fields, value, strict=True)
+        return {"udtT": {name: _cell(item) for name, item in fields}}
+    if isinstance(value, tuple):
+        return {"tupleT": [_cell(item) for item in value]}
+    if isinstance(value, list):
+        return {"listT": [_cell(item) for item in value]}
+    if isinstance(value, SortedSet | set | frozenset):
+        return {"setT": [_cell(item) for item in value]}
+    raise TypeError(f"no cell value for a {type(value).__name__}")
+
+
+def _map_entry(key: Any, value: Any) -> dict[str, Any]:
+    """A map entry: key and value are bare cell values; no `value` for a null."""
+    entry = {"key": encode_cell(key)}
+    if value is not None:
+        entry["value"] = encode_cell(value)
+    return entry
+
+
+def _cell(value: Any) -> dict[str, Any]:
+    """A `KeyspacesCell` inside a collection, tuple or UDT: no `value` for a null."""
+    return {} if value is None else {"value": encode_cell(value)}
+
+
+def _duration_text(value: Duration) -> str:
+    # CQL durations have one sign for all three parts.
+    negative = value.months < 0 or value.days < 0 or value.nanoseconds < 0
+    body = f"{abs(value.months)}mo{abs(value.days)}d{abs(value.nanoseconds)}ns"
+    return "-" + body if negative else body
