@@ -19,7 +19,16 @@ Tables with static columns take another path (`sync.statics`): a row
 document there depends on two version lines (the row's and its partition's
 statics), so rows are written with optimistic concurrency and statics kept
 in per-partition documents. `write` chooses by the table; its contract (every
-change applied, stale or dead-lettered when it returns) is the same.
+change applied, stale or dead-lettered when it returns) is the same. That
+path may also ask the job to read some partitions' statics again over CQL
+(`WriteReport.checks`, see `sync.statics.StaticsCheck`): the writer never
+talks CQL.
+
+A dead-lettered change leaves a **mark** in place of its document, at the
+change's version (`DocumentBuilder.mark_body`; the alias filter hides it), so
+a search never returns the row's older state as if it were current; a newer
+change replaces the mark. `mark` does the same for changes the caller could
+not even build (raw stream records that failed to decode, by their key).
 
 One `BulkWriter` may be shared by several threads, each writing its own
 batches: per-call state is local, the cumulative counters take a lock, and
@@ -31,7 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 from opensearchpy import OpenSearch
 
@@ -42,7 +51,7 @@ from sync.documents import DocumentBuilder
 from sync.errors import DecodeError, TerminalError
 from sync.model import Change
 from sync.retry import RetryPolicy
-from sync.statics import StaticMerge
+from sync.statics import StaticMerge, StaticsCheck
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,8 @@ class WriteReport:
     dead_lettered: int = 0
     retries: int = 0  # backoff waits (requests re-sent, with only their failed items)
     bytes: int = 0
+    # Partitions whose statics the job should read again over CQL (static tables only).
+    checks: list[StaticsCheck] = field(default_factory=list, compare=False, repr=False)
 
     def add(self, other: WriteReport) -> None:
         self.applied += other.applied
@@ -63,6 +74,15 @@ class WriteReport:
         self.dead_lettered += other.dead_lettered
         self.retries += other.retries
         self.bytes += other.bytes
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "applied": self.applied,
+            "stale": self.stale,
+            "dead_lettered": self.dead_lettered,
+            "retries": self.retries,
+            "bytes": self.bytes,
+        }
 
 
 class WriterCounters:
@@ -80,7 +100,7 @@ class WriterCounters:
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return {**asdict(self._totals), "requests": self.requests}
+            return {**self._totals.counts(), "requests": self.requests}
 
 
 class BulkWriter:
@@ -132,9 +152,14 @@ class BulkWriter:
         traffic = Traffic()
         try:
             if self._merge is not None:
-                outcomes = self._merge.write(changes, traffic)
+                merged = self._merge.write(changes, traffic)
+                outcomes = merged.outcomes
+                report.checks = merged.checks
             else:
                 outcomes = self._write_versioned(changes, traffic)
+                self._mark_versioned(
+                    [o.change for o in outcomes if o.doc_id and _rejected(o)], traffic
+                )
             self._count(outcomes, report)
         finally:
             report.retries, report.bytes = traffic.retries, traffic.bytes
@@ -164,6 +189,37 @@ class BulkWriter:
                 outcome.settle(result.verdict)
         return outcomes
 
+    def mark(self, changes: Sequence[Change]) -> None:
+        """Mark the documents of changes that were dead-lettered, at each change's version.
+
+        A change only needs its key, version, source and `static_only` here (a
+        delete stands for a record that could not be decoded whole).
+        """
+        if not changes:
+            return
+        traffic = Traffic()
+        try:
+            if self._merge is not None:
+                self._merge.mark(changes, traffic)
+            else:
+                self._mark_versioned(changes, traffic)
+        finally:
+            self.counters.add(
+                WriteReport(retries=traffic.retries, bytes=traffic.bytes), traffic.requests
+            )
+
+    def _mark_versioned(self, changes: Sequence[Change], traffic: Traffic) -> None:
+        """A mark per change at its version: refused (409) where a newer state is stored."""
+        actions = []
+        for change in changes:
+            try:
+                doc_id, routing = self.builder.doc_id(change.key), self.builder.routing(change.key)
+            except (TypeError, ValueError):
+                continue  # no id can be made for it: there is no document to mark
+            body = self.builder.mark_body(change)
+            actions.append(Action(doc_id, body, routing=routing, version=change.version))
+        self.bulk.send(actions, traffic)
+
     def _safe_id(self, change: Change) -> str:
         try:
             return self.builder.doc_id(change.key)
@@ -185,3 +241,7 @@ class BulkWriter:
         if dead:
             self.dead_letters.put(dead)
             report.dead_lettered += len(dead)
+
+
+def _rejected(outcome: Outcome) -> bool:
+    return outcome.verdict is Verdict.REJECTED
