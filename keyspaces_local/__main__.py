@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add(
+        "--partition-delete-statics",
+        choices=("record", "none"),
+        default="record",
+        help=(
+            "whether a whole-partition DELETE yields a record for the static values it "
+            "removes (record, the default) or only one record per deleted row (none)"
+        ),
+    )
+    add(
         "--partitioner",
         choices=tuple(PARTITIONERS),
         default=MURMUR3,
@@ -144,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         credentials={args.username: args.password} if args.username is not None else None,
         static_record_shape=args.static_record_shape,
         partitioner=args.partitioner,
+        partition_delete_statics=args.partition_delete_statics == "record",
     )
     try:
         ready = {

@@ -53,6 +53,8 @@ class RowChange:
     # A static-only change: the static columns the write set, deleted or saw expire
     # (None: all of them, as for a partition delete). Records may show only these.
     touched: frozenset[str] | None = None
+    # Made by a whole-partition DELETE (the stream may leave out its static part).
+    partition_delete: bool = False
 
 
 class ChangeSink(Protocol):

@@ -56,6 +56,10 @@ class Control:
         """Static-only records from now on hold "all" statics or only the "touched" ones."""
         return self.store.set_static_record_shape(shape)
 
+    def set_partition_delete_statics(self, recorded: bool) -> bool:
+        """Whether a whole-partition DELETE yields a record for the statics it removes."""
+        return self.store.set_partition_delete_statics(recorded)
+
     def sweep_expired(self) -> int:
         """Run the engine's TTL sweep now; returns the number of TTL records emitted."""
         return self._sweep() if self._sweep is not None else 0

@@ -105,6 +105,7 @@ class Emulator:
         credentials: Mapping[str, str] | None = None,
         static_record_shape: str = "all",
         partitioner: str = MURMUR3,
+        partition_delete_statics: bool = True,
     ) -> Emulator:
         """Start everything in this process (threads); ports 0 pick free ones."""
         from keyspaces_local.cql.engine import CqlEngine
@@ -119,6 +120,7 @@ class Emulator:
             iterator_lifetime_s=iterator_lifetime_s,
             faults=fault_state,
             static_record_shape=static_record_shape,
+            partition_delete_statics=partition_delete_statics,
         )
         engine = CqlEngine(
             clock,
@@ -205,6 +207,7 @@ class EmulatorProcess:
         credentials: Mapping[str, str] | None = None,
         static_record_shape: str | None = None,
         partitioner: str | None = None,
+        partition_delete_statics: bool | None = None,
         ready_timeout_s: float = 60.0,
     ) -> EmulatorProcess:
         """Start the child and wait for its ready line; options left None keep the CLI defaults."""
@@ -221,6 +224,12 @@ class EmulatorProcess:
             ("--max-readers-per-shard", max_readers_per_shard),
             ("--static-record-shape", static_record_shape),
             ("--partitioner", partitioner),
+            (
+                "--partition-delete-statics",
+                None
+                if partition_delete_statics is None
+                else ("record" if partition_delete_statics else "none"),
+            ),
         ):
             if value is not None:
                 argv += [flag, str(value)]

@@ -490,6 +490,7 @@ def _delete_many(
                 old_image=old,
                 new_image=td.image(part, row, now_s),
                 committed_at_us=committed,
+                partition_delete=whole,
             )
         )
 

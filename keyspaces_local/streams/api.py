@@ -185,6 +185,12 @@ class ControlOperations:
     def static_record_shape(self, body: JsonBody) -> JsonBody:
         return {"shape": self.control.set_static_record_shape(_required(body, "shape"))}
 
+    def partition_delete_statics(self, body: JsonBody) -> JsonBody:
+        recorded = body.get("recorded")
+        if not isinstance(recorded, bool):
+            raise ValidationError("recorded must be true or false")
+        return {"recorded": self.control.set_partition_delete_statics(recorded)}
+
     def streams(self, body: JsonBody) -> JsonBody:
         return {"streams": self.control.streams()}
 
@@ -199,6 +205,7 @@ class ControlOperations:
             "faults": self.faults,
             "sweep": self.sweep,
             "static_record_shape": self.static_record_shape,
+            "partition_delete_statics": self.partition_delete_statics,
             "streams": self.streams,
             "health": self.health,
         }

@@ -243,10 +243,13 @@ class StreamStore:
         account: str = "123456789012",
         faults: Faults | None = None,
         static_record_shape: str = "all",
+        partition_delete_statics: bool = True,
     ) -> None:
         if shard_count < 1:
             raise ValueError("shard_count must be at least 1")
         self.static_record_shape = check_static_shape(static_record_shape)
+        # Whether a whole-partition DELETE yields a record for the statics it removes.
+        self.partition_delete_statics = partition_delete_statics
         self.clock = clock
         self.shard_count = shard_count
         self.retention_ms = int(retention_s * 1000)
@@ -284,6 +287,9 @@ class StreamStore:
         stream = self._latest.get((table.keyspace, table.name))
         if stream is None:
             return
+        statics_of_a_partition_delete = change.partition_delete and change.clustering_key is None
+        if statics_of_a_partition_delete and not self.partition_delete_statics:
+            return  # only the deleted rows' records, none for the partition's statics
         created_ms = (change.committed_at_us or self.clock.now_us()) // 1000
         record = build_record(
             change, stream.view_type, created_ms, static_shape=self.static_record_shape
@@ -306,6 +312,11 @@ class StreamStore:
         """What static-only records hold from now on: "all" statics or the "touched" ones."""
         self.static_record_shape = check_static_shape(shape)
         return self.static_record_shape
+
+    def set_partition_delete_statics(self, recorded: bool) -> bool:
+        """Whether a whole-partition DELETE yields a record for its statics, from now on."""
+        self.partition_delete_statics = bool(recorded)
+        return self.partition_delete_statics
 
     def split_shard(self, stream_arn: str, shard_id: str, parts: int = 2) -> list[str]:
         """Close an open shard and divide its hash range among `parts` children."""
