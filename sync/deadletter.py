@@ -12,15 +12,31 @@ an NDJSON file, one line per entry.
 `Outcome` is what became of one change of a batch (applied, stale, or
 rejected with a reason); the writer counts outcomes and turns the rejected
 ones into dead letters.
+
+Every entry has an `id` and says which row it is about: a change entry keeps
+its key as cell values (`key_cells`, `sync.values.encode_cell`), a record
+entry its raw record (whose keys the stream's decoder reads) and the version
+the record got. So an entry can be **replayed** once its cause is mended
+(`ks2os deadletter replay`, `sync.jobs.deadletters`): the row is read again
+over CQL and written, and the entry removed (`remove`). The file store never
+rewrites its file: a removal is a line of its own (`{"removed": <id>}`), so
+a follower appending at the same time loses nothing.
+
+`DeadLetterShare` is the stop rule: a run whose share of dead-lettered rows
+passes `dead_letter_max_share` stops with `TooManyDeadLetters` rather than
+reporting success.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +49,7 @@ from sync.documents import json_safe
 from sync.errors import OpenSearchRefused, TerminalError
 from sync.model import Change, Provenance, ScanPosition
 from sync.retry import RetryPolicy
+from sync.values import encode_cell
 
 
 @dataclass(frozen=True)
@@ -49,15 +66,23 @@ class DeadLetter:
     at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     record: Mapping[str, Any] | None = None
     position: Provenance | None = None
+    version: int | None = None  # a record's: the version its change would have had
+    entry_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
         if (self.change is None) == (self.record is None):
             raise ValueError("a dead letter holds either a change or a raw record")
 
     @classmethod
-    def for_record(cls, record: Mapping[str, Any], position: Provenance, reason: str) -> DeadLetter:
+    def for_record(
+        cls,
+        record: Mapping[str, Any],
+        position: Provenance,
+        reason: str,
+        version: int | None = None,
+    ) -> DeadLetter:
         """An entry for a stream record that could not become a change."""
-        return cls(None, None, reason, record=record, position=position)
+        return cls(None, None, reason, record=record, position=position, version=version)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe record of the entry."""
@@ -65,25 +90,37 @@ class DeadLetter:
         if change is None:
             assert self.record is not None and self.position is not None
             return {
+                "id": self.entry_id,
                 "doc_id": None,
                 "reason": self.reason,
                 "at": self.at_ms,
                 "op": None,
+                "version": self.version,
                 "record": json_safe(dict(self.record)),
                 "source": _provenance(self.position),
             }
         return {
+            "id": self.entry_id,
             "doc_id": self.doc_id,
             "reason": self.reason,
             "at": self.at_ms,
             "op": change.op.value,
             "version": change.version,
             "key": json_safe(list(change.key)),
+            "key_cells": _key_cells(change.key),
             "image": None if change.image is None else json_safe(dict(change.image)),
             "static_only": change.static_only,
             "expires_at": change.expires_at_ms,
             "source": _provenance(change.source),
         }
+
+
+def _key_cells(key: tuple[Any, ...]) -> list[dict[str, Any]] | None:
+    """The key as cell values (to read the row again), or None for a value with no cell form."""
+    try:
+        return [encode_cell(value) for value in key]
+    except TypeError:
+        return None
 
 
 @dataclass(slots=True, eq=False)  # each is one change of one batch: equal only to itself
@@ -130,40 +167,72 @@ def _provenance(source: Provenance) -> dict[str, Any]:
 
 
 class DeadLetterStore(Protocol):
-    """Where refused changes go; `put` returns only once they are stored."""
+    """Where refused changes go; `put` returns only once they are stored.
+
+    `entries` gives the stored entries (as JSON, oldest first), `remove`
+    forgets entries by id (once replayed).
+    """
 
     def put(self, entries: Sequence[DeadLetter]) -> None: ...
 
     @property
     def count(self) -> int: ...
 
+    def entries(self) -> Iterator[dict[str, Any]]: ...
+
+    def remove(self, entry_ids: Sequence[str]) -> None: ...
+
 
 class FileDeadLetters:
-    """NDJSON file, one entry per line, appended and fsynced on every `put`."""
+    """NDJSON file, one entry per line, appended and fsynced on every `put`.
+
+    A removed entry stays in the file; a line `{"removed": <id>}` after it
+    says it is gone (appending only: a writer in another process loses
+    nothing). `count` is the entries not removed.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._count = self._existing_lines()
+        self._count = sum(1 for _ in self.entries())
 
-    def _existing_lines(self) -> int:
+    def _lines(self) -> Iterator[dict[str, Any]]:
         try:
             with open(self.path, "rb") as handle:
-                return sum(1 for _ in handle)
+                for line in handle:
+                    if line.strip():
+                        yield orjson.loads(line)
         except FileNotFoundError:
-            return 0
+            return
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        removed = {line["removed"] for line in self._lines() if "removed" in line}
+        for line in self._lines():
+            if "removed" not in line and line.get("id") not in removed:
+                yield line
 
     def put(self, entries: Sequence[DeadLetter]) -> None:
         if not entries:
             return
-        data = b"".join(orjson.dumps(entry.to_json()) + b"\n" for entry in entries)
+        self._append([entry.to_json() for entry in entries])
+        with self._lock:
+            self._count += len(entries)
+
+    def remove(self, entry_ids: Sequence[str]) -> None:
+        if not entry_ids:
+            return
+        self._append([{"removed": entry_id} for entry_id in entry_ids])
+        with self._lock:
+            self._count -= len(entry_ids)
+
+    def _append(self, lines: list[dict[str, Any]]) -> None:
+        data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            self._count += len(entries)
 
     @property
     def count(self) -> int:
@@ -180,6 +249,7 @@ DEADLETTER_MAPPING: dict[str, Any] = {
         "at": {"type": "date", "format": "epoch_millis"},
         "op": {"type": "keyword"},
         "version": {"type": "long"},
+        "id": {"type": "keyword"},
     },
 }
 
@@ -225,7 +295,7 @@ class IndexDeadLetters:
         if not entries:
             return
         self._ensure_index()
-        results = self._bulk.send([Action(None, entry.to_json()) for entry in entries])
+        results = self._bulk.send([Action(entry.entry_id, entry.to_json()) for entry in entries])
         refused = [r for r in results if r.verdict is not Verdict.APPLIED]
         if refused:
             raise TerminalError(
@@ -236,12 +306,88 @@ class IndexDeadLetters:
 
     @property
     def count(self) -> int:
-        reader = Reader(self.client, self.index_name, self.policy)
+        if not self._refreshed():
+            return 0
         request = functools.partial(self.client.count, index=self.index_name)
+        return int(call(self.policy, f"counting {self.index_name}", request)["count"])
+
+    def _refreshed(self) -> bool:
+        """Refresh the index so searches see every entry; False when there is no index."""
         try:
-            reader.refresh()
+            Reader(self.client, self.index_name, self.policy).refresh()
         except OpenSearchRefused as exc:
             if exc.error_type == "index_not_found_exception":
-                return 0
+                return False
             raise
-        return int(call(self.policy, f"counting {self.index_name}", request)["count"])
+        return True
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        if not self._refreshed():
+            return
+        reader = Reader(self.client, self.index_name, self.policy)
+        pages = reader.scan({"match_all": {}}, sort=[{"at": "asc"}])
+        with closing(pages):
+            for page in pages:
+                for document in page:
+                    yield {**document.body, "id": document.body.get("id", document.doc_id)}
+
+    def remove(self, entry_ids: Sequence[str]) -> None:
+        for entry_id in entry_ids:
+            request = functools.partial(
+                self.client.delete, index=self.index_name, id=entry_id, params={"refresh": "true"}
+            )
+            try:
+                call(self.policy, f"removing dead letter {entry_id}", request)
+            except OpenSearchRefused as exc:
+                if exc.status != 404:  # gone already (removed by another replay)
+                    raise
+
+
+class TooManyDeadLetters(TerminalError):
+    """A run dead-lettered a larger share of its rows than `dead_letter_max_share` allows."""
+
+
+@dataclass
+class DeadLetterShare:
+    """The share of dead-lettered rows over the last `window` rows (whole batches).
+
+    `add` records a batch; `exceeded` says whether, once the window is full,
+    the share in it passes `max_share`.
+    """
+
+    max_share: float
+    window: int
+    _batches: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)
+    _rows: int = 0
+    _dead: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, rows: int, dead: int) -> None:
+        with self._lock:
+            self._batches.append((rows, dead))
+            self._rows += rows
+            self._dead += dead
+            while self._batches and self._rows - self._batches[0][0] >= self.window:
+                old_rows, old_dead = self._batches.popleft()
+                self._rows -= old_rows
+                self._dead -= old_dead
+
+    def share(self) -> float:
+        with self._lock:
+            return self._dead / self._rows if self._rows else 0.0
+
+    def exceeded(self) -> bool:
+        with self._lock:
+            full = self._rows >= self.window
+        return full and self.share() > self.max_share
+
+    def error(self, what: str) -> TooManyDeadLetters:
+        with self._lock:
+            dead, rows = self._dead, self._rows
+        return TooManyDeadLetters(
+            f"{what}: {dead} of the last {rows} rows were dead-lettered "
+            f"({dead / max(rows, 1):.0%}, more than dead_letter_max_share "
+            f"{self.max_share:.0%})",
+            hint="see why with `ks2os deadletter list`, mend the mapping or the data, then "
+            "`ks2os deadletter replay`",
+        )

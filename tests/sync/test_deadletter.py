@@ -32,14 +32,18 @@ def change(n: Any = "not a number") -> Change:
 
 @pytest.mark.unit
 def test_an_entry_records_the_change_its_origin_and_the_reason() -> None:
-    entry = DeadLetter(change(), "k", "400 mapper_parsing_exception: failed", at_ms=5).to_json()
+    entry = DeadLetter(
+        change(), "k", "400 mapper_parsing_exception: failed", at_ms=5, entry_id="e1"
+    ).to_json()
     assert entry == {
+        "id": "e1",
         "doc_id": "k",
         "reason": "400 mapper_parsing_exception: failed",
         "at": 5,
         "op": "upsert",
         "version": 7,
         "key": ["k"],
+        "key_cells": [{"textT": "k"}],  # what a replay reads the row again by
         "image": {"id": "k", "n": "not a number"},
         "static_only": False,
         "expires_at": None,
