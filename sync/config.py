@@ -144,6 +144,22 @@ class FollowConfig:
     )
     skip_replication: bool = _doc("ignore origin=REPLICATION records (multi-Region tables)", False)
     metrics_port: int | None = _doc("port of /metrics and /healthz; unset: off", None)
+    sweep_interval_ms: int = _doc(
+        "how often documents whose values expired (column and static TTLs) are restated "
+        "without them; they are hidden from search meanwhile",
+        1000,
+    )
+    dead_letter_window: int = _doc(
+        "the follower stops when more than dead_letter_max_share of the last this many "
+        "records were dead-lettered",
+        1000,
+    )
+
+    def __post_init__(self) -> None:
+        if self.sweep_interval_ms < 10:
+            raise ConfigError("follow.sweep_interval_ms must be at least 10")
+        if self.dead_letter_window < 1:
+            raise ConfigError("follow.dead_letter_window must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -163,12 +179,24 @@ class Config:
         "where rejected documents go: 'index' (<alias>-deadletter) or an NDJSON file path",
         "index",
     )
+    dead_letter_max_share: float = _doc(
+        "a run stops with an error when more than this share of its rows is dead-lettered "
+        "(backfill: of every row read; follow: of the last follow.dead_letter_window records)",
+        0.1,
+    )
     keyspaces: KeyspacesConfig = field(default_factory=KeyspacesConfig)
     opensearch: OpenSearchConfig = field(default_factory=OpenSearchConfig)
     writer: WriterSettings = field(default_factory=WriterSettings)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     follow: FollowConfig = field(default_factory=FollowConfig)
     state: StateConfig = field(default_factory=StateConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.dead_letter_max_share <= 1:
+            raise ConfigError(
+                f"dead_letter_max_share must be above 0 and at most 1, got "
+                f"{self.dead_letter_max_share!r}"
+            )
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
