@@ -39,12 +39,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from opensearchpy import OpenSearch
 
-from sync.bulk import Action, Bulk, Reader, Traffic, Verdict
+from sync.bulk import Action, Bulk, Document, Reader, Traffic, Verdict
 from sync.config import WriterSettings
 from sync.deadletter import DeadLetterStore, Outcome
 from sync.documents import DocumentBuilder
@@ -204,9 +204,33 @@ class BulkWriter:
             else:
                 self._mark_versioned(changes, traffic)
         finally:
-            self.counters.add(
-                WriteReport(retries=traffic.retries, bytes=traffic.bytes), traffic.requests
-            )
+            self._add_traffic(traffic)
+
+    def drop_expired_statics(self, partitions: Mapping[str, str | None], now_ms: int) -> int:
+        """Remove static values whose TTL ran out from these partitions (id -> routing) and
+        their rows; returns the partition documents rewritten (static tables only)."""
+        if self._merge is None or not partitions:
+            return 0
+        traffic = Traffic()
+        try:
+            return self._merge.drop_expired(partitions, now_ms, traffic)
+        finally:
+            self._add_traffic(traffic)
+
+    def show_current_statics(self, rows: Sequence[Document]) -> None:
+        """Bring these stored rows' statics up to their partitions' (static tables only)."""
+        if self._merge is None or not rows:
+            return
+        traffic = Traffic()
+        try:
+            self._merge.show_current_statics(rows, traffic)
+        finally:
+            self._add_traffic(traffic)
+
+    def _add_traffic(self, traffic: Traffic) -> None:
+        self.counters.add(
+            WriteReport(retries=traffic.retries, bytes=traffic.bytes), traffic.requests
+        )
 
     def _mark_versioned(self, changes: Sequence[Change], traffic: Traffic) -> None:
         """A mark per change at its version: refused (409) where a newer state is stored."""

@@ -47,16 +47,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sync.bulk import Reader
 from sync.clients import streams_client
 from sync.config import Config, FollowConfig
-from sync.deadletter import DeadLetter
-from sync.errors import ConfigError
+from sync.deadletter import DeadLetter, DeadLetterShare
+from sync.errors import ConfigError, DecodeError
 from sync.jobs import Job
+from sync.jobs.restate import ExpirySweep, SweepThread, reread_statics
 from sync.keyspaces import describe_table, no_cdc_message, service_now_ms
 from sync.mapping import TableMapping
 from sync.metrics import Metrics, MetricsServer
-from sync.model import Change
+from sync.model import Change, Op
 from sync.sources.cql import read_consistency
+from sync.sources.records import record_key
 from sync.sources.streams import (
     BadRecord,
     GapKind,
@@ -261,6 +264,7 @@ class ShardWorker(threading.Thread):
         """
         if batch.pending:
             assert batch.last_sequence is not None and batch.last_version is not None
+            dead = 0
             if batch.changes:
                 report = self.writer.write(batch.changes)
                 self.follower.metrics.add(
@@ -269,8 +273,14 @@ class ShardWorker(threading.Thread):
                     stale=report.stale,
                     dead_lettered=report.dead_lettered,
                 )
+                if report.checks:
+                    # Before the checkpoint: a crash replays the batch, and its checks.
+                    self.follower.reread_statics(report.checks, self.writer)
+                dead += report.dead_lettered
             if batch.bad:
                 self.follower.dead_letter(self.shard_id, batch.bad)
+                dead += len(batch.bad)
+            self.follower.count_dead_letters(len(batch.changes) + len(batch.bad), dead)
             self._written = (batch.last_sequence, batch.last_version)
             self.follower.metrics.applied_up_to(self.shard_id, batch.last_created_at_ms)
             batch = Batch()
@@ -371,6 +381,11 @@ class Follower:
         self._abandoned = False
         self._lookup: RowLookup | None = None
         self._writer: BulkWriter | None = None
+        self._dead_share = DeadLetterShare(
+            job.cfg.dead_letter_max_share, job.cfg.follow.dead_letter_window
+        )
+        self._sweeper: SweepThread | None = None
+        self._sweep_stop = threading.Event()
         self._stop: threading.Event | None = None  # `run`'s: ends Streams retries at once
         self._lock = threading.Lock()
         self._gaps_seen: set[str] = set()
@@ -392,6 +407,7 @@ class Follower:
         self._stop = stop
         try:
             self._begin()
+            self._start_sweep()
             while not stop.is_set() and not self._abandoned:
                 self._reap()
                 self._plan()
@@ -511,10 +527,24 @@ class Follower:
         return True
 
     def dead_letter(self, shard_id: str, bad: list[BadRecord]) -> None:
-        """Raw records that could not become changes: stored with the reason, and counted."""
+        """Raw records that could not become changes: stored with the reason, and counted.
+
+        Where the record's key can be read, its row's document is marked at the
+        record's version, so the row's older state is not found as if current.
+        """
         self.job.dead_letters.put(
-            [DeadLetter.for_record(b.record, b.position, b.reason) for b in bad]
+            [DeadLetter.for_record(b.record, b.position, b.reason, b.version) for b in bad]
         )
+        marks = []
+        for b in bad:
+            try:
+                key, static_only = record_key(b.record, self.job.info.key)
+            except DecodeError:
+                continue  # not even its key: no document can be named
+            marks.append(
+                Change(Op.DELETE, key, None, b.version, b.position, static_only=static_only)
+            )
+        self.new_writer().mark(marks)
         self.metrics.add(shard_id, dead_lettered=len(bad))
         for b in bad:
             log.warning(
@@ -523,6 +553,34 @@ class Follower:
                 shard_id,
                 b.reason,
             )
+
+    def count_dead_letters(self, records: int, dead: int) -> None:
+        """Stop (a `TooManyDeadLetters`) once too large a share of recent records was refused."""
+        self._dead_share.add(records, dead)
+        if dead and self._dead_share.exceeded():
+            raise self._dead_share.error(f"follow {self.table}")
+
+    # ---- re-reading over CQL ------------------------------------------------------------------
+
+    def reread_statics(self, checks: list[Any], writer: BulkWriter) -> None:
+        """Read the partitions' statics again over CQL and write them (`sync.jobs.restate`)."""
+        reread_statics(checks, self._cql_lookup(), writer, self._stop)
+
+    def _cql_lookup(self) -> RowLookup:
+        with self._lock:
+            if self._lookup is None:
+                consistency = read_consistency(self.job.cfg.keyspaces.read_consistency)
+                self._lookup = RowLookup(self.job.session, self.job.info, consistency)
+            return self._lookup
+
+    def _start_sweep(self) -> None:
+        """With TTL on the table, restate documents whose values expired, in the background."""
+        if not self.job.info.ttl_enabled:
+            return
+        reader = Reader(self.job.client, self.job.index, self.job.policy)
+        sweep = ExpirySweep(reader, self.new_writer(), self._cql_lookup())
+        self._sweeper = SweepThread(sweep, self.settings.sweep_interval_ms / 1000, self._sweep_stop)
+        self._sweeper.start()
 
     # ---- planning ---------------------------------------------------------------------------
 
@@ -751,14 +809,16 @@ class Follower:
         worker.start()
 
     def _row_lookup(self, view_type: str) -> RowLookup | None:
-        if view_type in ("NEW_AND_OLD_IMAGES", "NEW_IMAGE"):
+        if view_type == "NEW_AND_OLD_IMAGES":
             return None
-        if self._lookup is None:
-            consistency = read_consistency(self.job.cfg.keyspaces.read_consistency)
-            self._lookup = RowLookup(self.job.session, self.job.info, consistency)
-        return self._lookup
+        if view_type == "NEW_IMAGE" and not self.job.info.key.static:
+            return None  # only a static-only record of a NEW_IMAGE stream may need one
+        return self._cql_lookup()
 
     def _shutdown(self) -> None:
+        self._sweep_stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=SHUTDOWN_S)
         if self._abandoned:
             for worker in self.workers.values():
                 worker.abandoned = True

@@ -525,6 +525,7 @@ class BadRecord:
     record: Mapping[str, Any]
     position: StreamPosition
     reason: str
+    version: int  # what its change would have had: a mark of its row goes there
 
 
 @dataclass
@@ -683,7 +684,7 @@ class ShardReader:
                 self.previous = next_stream_version(0, self.previous)
                 result.last_sequence, result.last_version = sequence, self.previous
                 position = StreamPosition(self.stream_arn, self.shard_id, sequence, 0, origin)
-                result.bad.append(BadRecord(record, position, str(bad)))
+                result.bad.append(BadRecord(record, position, str(bad), self.previous))
                 continue
             # Every record gets a version, skipped ones too: versions depend on
             # the stream alone, never on this worker's settings.
@@ -698,7 +699,7 @@ class ShardReader:
             try:
                 result.changes.append(self._change(record, position, self.previous))
             except DecodeError as bad:
-                result.bad.append(BadRecord(record, position, str(bad)))
+                result.bad.append(BadRecord(record, position, str(bad), self.previous))
         return result
 
     def _change(self, record: Mapping[str, Any], position: StreamPosition, version: int) -> Change:
