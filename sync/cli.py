@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import logging
 import os
 import signal
@@ -108,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
     _mapping_option(follow)
     follow.set_defaults(handler=_follow)
 
+    deadletter = commands.add_parser(
+        "deadletter", help="see and re-drive changes that could not be written"
+    )
+    deadletter_commands = deadletter.add_subparsers(
+        dest="deadletter_command", metavar="ACTION", parser_class=_Parser
+    )
+    deadletter_commands.required = True
+    listing = deadletter_commands.add_parser(
+        "list", help="print the dead letters of the mapping's table, oldest first"
+    )
+    _mapping_option(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(handler=_deadletter_list)
+    replay = deadletter_commands.add_parser(
+        "replay",
+        help="read each dead-lettered row again over CQL, write it, and remove its entry",
+    )
+    _mapping_option(replay)
+    replay.set_defaults(handler=_deadletter_replay)
+
     mapping = commands.add_parser("mapping", help="work with mapping files")
     mapping_commands = mapping.add_subparsers(
         dest="mapping_command", metavar="ACTION", parser_class=_Parser
@@ -165,6 +186,53 @@ def _follow(args: argparse.Namespace, cfg: Config) -> int:
     with stop_on_signals() as stop:
         summary = run_follow(cfg, mapping, stop=stop)
     _print_summary(summary)
+    return EXIT_OK
+
+
+def _deadletter_list(args: argparse.Namespace, cfg: Config) -> int:
+    from sync.jobs.deadletters import list_dead_letters
+
+    entries = list_dead_letters(cfg, _load_table_mapping(args, cfg))
+    for entry in entries:
+        if args.json:
+            sys.stdout.write(orjson.dumps(entry).decode() + "\n")
+        else:
+            sys.stdout.write(_entry_line(entry) + "\n")
+    sys.stderr.write(f"ks2os: {len(entries)} dead letter(s)\n")
+    return EXIT_OK
+
+
+def _entry_line(entry: dict[str, Any]) -> str:
+    """`<id> <at> <what> <reason>`: one entry as a person reads it."""
+    when = entry.get("at")
+    at = "?" if not isinstance(when, int) else _iso_ms(when)
+    if entry.get("record") is not None:
+        source = entry.get("source") or {}
+        what = f"record {source.get('sequence_number', '?')} of {source.get('shard_id', '?')}"
+    else:
+        what = f"{entry.get('op')} {entry.get('doc_id')}"
+    reason = " ".join(str(entry.get("reason", "")).split())
+    return f"{entry.get('id', '-')}  {at}  {what}  {reason}"
+
+
+def _iso_ms(epoch_ms: int) -> str:
+    moment = dt.datetime.fromtimestamp(epoch_ms / 1000, tz=dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _deadletter_replay(args: argparse.Namespace, cfg: Config) -> int:
+    from sync.jobs.deadletters import replay_dead_letters
+
+    mapping = _load_table_mapping(args, cfg)
+    with stop_on_signals() as stop:
+        summary = replay_dead_letters(cfg, mapping, stop=stop)
+    _print_summary(summary)
+    if summary.refused_again:
+        sys.stderr.write(
+            f"ks2os: {summary.refused_again} dead letter(s) refused again: see why with "
+            "`ks2os deadletter list`, mend the mapping or the data, and replay again\n"
+        )
+        return EXIT_FAILED
     return EXIT_OK
 
 
