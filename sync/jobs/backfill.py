@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from sync.config import Config
+from sync.deadletter import DeadLetterShare
 from sync.errors import ConfigError
 from sync.jobs import Job
 from sync.keyspaces import no_cdc_message, service_now_ms
@@ -269,6 +270,24 @@ class _Backfill:
         with self._lock:
             self.report.add(report)
 
+    def check_dead_letters(self, *, at_end: bool = False) -> None:
+        """Stop once more than `dead_letter_max_share` of the rows written were dead-lettered.
+
+        Judged over every row written so far, once a window's worth were
+        (`follow.dead_letter_window`, so a few bad rows first do not decide),
+        and over them all at the end.
+        """
+        cfg = self.job.cfg
+        with self._lock:
+            dead = self.report.dead_lettered
+            rows = self.report.applied + self.report.stale + dead
+        if not dead or (rows < cfg.follow.dead_letter_window and not at_end):
+            return
+        if dead / rows > cfg.dead_letter_max_share:
+            share = DeadLetterShare(cfg.dead_letter_max_share, rows)
+            share.add(rows, dead)
+            raise share.error(f"backfill of {self.job.info.qualified_name}")
+
 
 @dataclass
 class _Held:
@@ -459,6 +478,7 @@ class _Worker:
             batch = self.buffer[: self.max_docs]
             del self.buffer[: self.max_docs]
             self.b.add(self.writer.write(batch))
+            self.b.check_dead_letters()
             self.acknowledged += len(batch)
             self._acknowledge()
 
@@ -517,6 +537,7 @@ def run_backfill(
         reporter.join(timeout=2)
         if backfill.errors:
             raise backfill.errors[0]
+        backfill.check_dead_letters(at_end=True)
         if complete:
             _finish(job.store, run)
         summary = BackfillSummary(
