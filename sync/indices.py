@@ -95,6 +95,36 @@ def alias_filter() -> dict[str, Any]:
     }
 
 
+def bring_up_to_date(client: OpenSearch, target: Target) -> None:
+    """Give an index made by an older ks2os what this one writes and hides.
+
+    The `_ks2os` fields it lacks are added (an additive mapping change,
+    allowed even under `dynamic = "strict"`), and the alias on the index gets
+    the current filter (re-adding an alias replaces its filter), so values
+    that expired and dead-letter marks are hidden there too.
+    """
+    body = {"properties": {META_FIELD: copy.deepcopy(dict(META_MAPPING))}}
+    with opensearch_errors(f"adding ks2os's fields to {target.index}"):
+        client.indices.put_mapping(index=target.index, body=body)
+    try:
+        with opensearch_errors(f"reading alias {target.alias}"):
+            found = client.indices.get_alias(index=target.index, name=target.alias)
+    except OpenSearchRefused as exc:
+        if exc.status == 404:
+            return  # the alias is elsewhere (a reindex fills this index): swapping sets it
+        raise
+    shown = found.get(target.index, {}).get("aliases", {}).get(target.alias)
+    if shown is not None and shown.get("filter") != alias_filter():
+        add: dict[str, Any] = {
+            "index": target.index,
+            "alias": target.alias,
+            "filter": alias_filter(),
+            "is_write_index": bool(shown.get("is_write_index", True)),
+        }
+        with opensearch_errors(f"updating the filter of alias {target.alias}"):
+            client.indices.update_aliases(body={"actions": [{"add": add}]})
+
+
 def _version_pattern(alias: str) -> re.Pattern[str]:
     return re.compile(re.escape(alias) + r"_v(\d+)")
 

@@ -24,7 +24,7 @@ from sync.clients import cql_session, opensearch_client
 from sync.config import Config
 from sync.deadletter import DeadLetterStore, FileDeadLetters, IndexDeadLetters
 from sync.documents import DocumentBuilder
-from sync.indices import Target, check_mapping_compatible, current_target
+from sync.indices import Target, bring_up_to_date, check_mapping_compatible, current_target
 from sync.keyspaces import TableInfo, describe_table
 from sync.mapping import TableMapping
 from sync.mapping_check import check_mapping_against_table
@@ -84,6 +84,7 @@ class Job:
             # Refuse before writing: documents shaped for another mapping would all be
             # dead-lettered or, worse, indexed with the wrong field types.
             check_mapping_compatible(self.client, self.target.index, mapping)
+            bring_up_to_date(self.client, self.target)
             self.dead_letters = dead_letter_store(cfg, self.client, mapping, self.policy)
             self.store = StateStore(
                 self.client,
