@@ -130,3 +130,82 @@ def test_bad_expiration_time_is_a_decode_error() -> None:
     record = {**keys(), "newImage": {"rowMetadata": {"expirationTime": "soon"}}}
     with pytest.raises(DecodeError, match="expirationTime"):
         decode_record(record, TABLE, POSITION, 1)
+
+
+# ---- expiry of each value, and which statics a static-only record states ----------------
+
+STATICS = TableKey("demo", "shelves", ("shop",), ("sku",), ("banner", "motto", "owner"))
+
+
+def test_a_column_ttl_on_a_row_that_lives_on_is_a_value_expiry() -> None:
+    record = {
+        **keys(),
+        "newImage": {
+            "valueCells": {
+                "name": cell({"textT": "Kettle"}),
+                "secret": cell({"textT": "s3cret"}, expires="1800000002"),
+            },
+            "staticCells": {"banner": cell({"textT": "Sale"}, expires="1800000005")},
+        },
+    }
+    change = decode_record(record, TABLE, POSITION, 7)
+    assert change.expires_at_ms is None  # `name` has no TTL: the row lives on
+    # Every static TTL counts: statics never keep a row alive.
+    assert change.value_expiry == {"secret": 1_800_000_002_000, "banner": 1_800_000_005_000}
+
+
+def test_values_leaving_with_the_row_are_not_value_expiries() -> None:
+    record = {
+        **keys(),
+        "newImage": {
+            "valueCells": {
+                "name": cell({"textT": "Kettle"}, expires="1800000009"),
+                "early": cell({"textT": "e"}, expires="1800000001"),
+            },
+            "rowMetadata": {"expirationTime": "1800000009"},
+        },
+    }
+    change = decode_record(record, TABLE, POSITION, 7)
+    assert change.expires_at_ms == 1_800_000_009_000
+    assert change.value_expiry == {"early": 1_800_000_001_000}
+
+
+def static_record(new: dict[str, Any] | None, old: dict[str, Any] | None) -> dict[str, Any]:
+    record: dict[str, Any] = {"partitionKeys": {"shop": {"textT": "s1"}}}
+    if new is not None:
+        record["newImage"] = {"staticCells": new}
+    if old is not None:
+        record["oldImage"] = {"staticCells": old}
+    return record
+
+
+def test_a_static_only_record_states_the_columns_its_images_name() -> None:
+    # `motto` was deleted (old image only), `banner` set, `owner` named by neither image.
+    record = static_record(
+        new={"banner": cell({"textT": "Sale"})},
+        old={"banner": cell({"textT": "Old"}), "motto": cell({"textT": "Gone"})},
+    )
+    change = decode_record(record, STATICS, POSITION, 9)
+    assert change.static_only and change.image == {"shop": "s1", "banner": "Sale"}
+    assert change.static_columns == frozenset({"banner", "motto"})
+
+
+def test_a_static_only_record_without_an_old_image_states_what_it_shows() -> None:
+    record = static_record(new={"owner": cell({"textT": "Ann"})}, old=None)
+    change = decode_record(record, STATICS, POSITION, 9)
+    assert change.static_columns == frozenset({"owner"})
+
+
+def test_a_new_image_static_record_naming_some_statics_asks_for_a_reread() -> None:
+    # A NEW_IMAGE stream never shows what was deleted: read the statics over CQL.
+    record = static_record(new={"banner": cell({"textT": "Sale"})}, old=None)
+    with pytest.raises(ImageUnavailable) as raised:
+        decode_record(record, STATICS, POSITION, 9, view_type="NEW_IMAGE")
+    assert raised.value.key == ("s1",) and raised.value.static_only
+
+
+def test_a_new_image_static_record_naming_every_static_states_them_all() -> None:
+    every = {name: cell({"textT": name}) for name in STATICS.static}
+    change = decode_record(static_record(every, None), STATICS, POSITION, 9, "NEW_IMAGE")
+    assert change.static_columns is None  # all of them
+    assert change.image is not None and set(change.image) == {"shop", *STATICS.static}

@@ -17,13 +17,15 @@ from typing import Any
 
 import pytest
 from cassandra import cqltypes
+from hypothesis import given
+from hypothesis import strategies as st
 from cassandra.util import Date, Duration, Time
 
 from sync.errors import DecodeError
 from sync.model import Op, ScanPosition, StreamPosition
 from sync.schema import TableKey
 from sync.sources.records import decode_record
-from sync.sources.rows import decode_row, ttl_alias
+from sync.sources.rows import decode_row, expiry_ms, ttl_alias
 
 pytestmark = pytest.mark.unit
 
@@ -185,3 +187,39 @@ def test_one_column_without_ttl_keeps_the_row_alive() -> None:
 def test_no_expiry_without_ttl_columns() -> None:
     row = {"shop": "s", "region": 1, "sku": UUID, "a_int": 1}
     assert decode_row(row, TABLE, SCAN, 1).expires_at_ms is None
+
+
+def test_static_ttls_and_earlier_column_ttls_are_value_expiries() -> None:
+    row = {
+        "shop": "s",
+        "region": 1,
+        "sku": UUID,
+        "banner": "sale",
+        "a_int": 1,
+        "a_text": "t",
+        ttl_alias("banner"): 5,
+        ttl_alias("a_int"): 10,
+        ttl_alias("a_text"): 30,
+    }
+    change = decode_row(row, TABLE, SCAN, 1, ttl_columns=["banner", "a_int", "a_text"])
+    read = SCAN.read_at_ms
+    assert change.expires_at_ms == read + 30_000  # statics never keep a row alive
+    assert change.value_expiry == {"a_int": read + 10_000, "banner": read + 5_000}
+
+
+@given(
+    expires_s=st.integers(1_700_000_001, 1_800_000_000),
+    before_ms=st.integers(1, 10**6),
+    read_took_ms=st.integers(0, 5_000),
+)
+def test_an_expiry_read_from_ttl_is_never_later_than_the_real_one(
+    expires_s: int, before_ms: int, read_took_ms: int
+) -> None:
+    """TTL() is the expiry second less the server's whole second when it reads the row."""
+    clock_read = expires_s * 1000 - before_ms  # the service clock, read just before the row
+    row_read = clock_read + read_took_ms
+    if row_read >= expires_s * 1000:
+        return  # by then the value is gone: no TTL to read
+    ttl = expires_s - row_read // 1000
+    assert expiry_ms(clock_read, ttl) <= expires_s * 1000
+    assert expiry_ms(clock_read, ttl) > expires_s * 1000 - 1000 - read_took_ms

@@ -18,7 +18,7 @@ from cassandra import cqltypes
 from cassandra.util import Date, Duration, OrderedMap, SortedSet, Time
 
 from sync.errors import DecodeError
-from sync.values import decode_cell
+from sync.values import decode_cell, encode_cell
 
 pytestmark = pytest.mark.unit
 
@@ -388,3 +388,40 @@ def test_timestamp_fast_path_is_exact_at_the_extremes() -> None:
         ) + dt.timedelta(milliseconds=millis)
     with pytest.raises(DecodeError, match="'c'"):
         decode_cell({"timestampT": "9" * 30}, "c")
+
+
+# ---- encode_cell: a driver value as a cell value, and back ---------------------------------
+
+
+@pytest.mark.parametrize(("cell", "alternative", "cql_type", "value"), SCALARS)
+def test_every_scalar_the_driver_reads_encodes_to_a_cell_that_decodes_back(
+    cell: dict[str, Any], alternative: dict[str, Any] | None, cql_type: Any, value: Any
+) -> None:
+    read = driver(cql_type, value)
+    assert decode_cell(encode_cell(read), "k") == read
+
+
+def test_collections_tuples_and_udts_encode_to_cells_that_decode_back() -> None:
+    address = cqltypes.UserType.make_udt_class(
+        "demo", "address", ["street", "zip"], [typed("text"), typed("int")]
+    )
+    values = [
+        (typed("list", typed("text")), ["b", "a", "b"]),
+        (typed("set", typed("int")), {3, 1}),
+        (typed("map", typed("text"), typed("int")), {"a": 1, "b": 2}),
+        (typed("tuple", typed("int"), typed("text"), typed("int")), (1, "x", None)),
+        (address, ("Main", None)),
+        (typed("map", typed("frozen", typed("list", typed("int"))), typed("text")), {(1, 2): "x"}),
+        (typed("list", typed("frozen", typed("set", typed("uuid")))), [{UUID}]),
+    ]
+    for cql_type, value in values:
+        read = driver(cql_type, value)
+        back = decode_cell(encode_cell(read), "k")
+        assert back == read and read == back, cql_type
+
+
+def test_a_null_or_an_unknown_object_has_no_cell() -> None:
+    with pytest.raises(TypeError):
+        encode_cell(None)
+    with pytest.raises(TypeError, match="object"):
+        encode_cell(object())
