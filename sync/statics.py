@@ -73,7 +73,8 @@ from sync.documents import (
     expiry_meta,
 )
 from sync.errors import DecodeError, OpenSearchUnavailable
-from sync.model import Change, Op, ScanPosition
+from sync.model import Change, Op, ScanPosition, StreamPosition
+from sync.version import last_of_millisecond
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,10 @@ class Statics:
 class StaticsCheck:
     """Read this partition's statics over CQL again, and state them all at `version`.
 
-    `version` is a change's whose record the read comes after (a row delete,
-    or a row written into a partition that showed statics), so the read
-    reflects every static change made before it.
+    `version` is above every change made in the same millisecond as the one
+    whose record the read comes after (a row delete, or a row written into a
+    partition that showed statics), so the read reflects every static change
+    it beats, and a static change made later (after the read) beats it.
     """
 
     partition_key: tuple[Any, ...]
@@ -251,6 +253,7 @@ class StaticMerge:
         report = MergeReport([Outcome(change) for change in changes])
         partitions, rows = self._plan(report.outcomes)
         routings = self._write_partitions(partitions, traffic)
+        report.checks.extend(self._static_checks(partitions))
         written = self._write_rows(rows, traffic, report.checks)
         self._fan_out(routings, _blame(partitions), traffic)
         self._close_late_statics(written, traffic)
@@ -493,8 +496,31 @@ class StaticMerge:
             showing = partition is not None and bool(_meta(partition).get("statics"))
             wanted = showing and (row is None or not _is_live(row))
         if wanted:
-            count = len(self.builder.table.partition_key)
-            checks.append(StaticsCheck(change.key[:count], change.version, change))
+            checks.append(self._check(change))
+
+    def _check(self, change: Change) -> StaticsCheck:
+        """Read the statics of `change`'s partition again, at the top of its millisecond.
+
+        Above every static change made in the same millisecond: those came
+        before the read too (it happens after this record was read from the
+        stream), and their order against this record is not known.
+        """
+        at = change.version
+        if isinstance(change.source, StreamPosition):
+            at = max(at, last_of_millisecond(change.source.created_at_ms))
+        count = len(self.builder.table.partition_key)
+        return StaticsCheck(change.key[:count], at, change)
+
+    def _static_checks(self, writes: list[PartitionWrite]) -> list[StaticsCheck]:
+        """A static record may come after a partition delete that sent no record (a
+        partition holding statics alone sends none): read the statics again after it."""
+        return [
+            self._check(write.outcome.change)
+            for write in writes
+            if write.counted
+            and isinstance(write.outcome.change.source, StreamPosition)
+            and write.outcome.verdict is not Verdict.REJECTED
+        ]
 
     def _rows_and_partitions(self, writes: list[RowWrite]) -> dict[str, str | None]:
         """The ids (with routing) of the rows and of their partition documents."""

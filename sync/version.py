@@ -78,6 +78,12 @@ def snapshot_version(read_at_ms: int, margin_ms: int) -> int:
     return base(max(read_at_ms - margin_ms, 1))
 
 
+def last_of_millisecond(epoch_ms: int) -> int:
+    """The highest real version a change made at `epoch_ms` gets while versions keep up
+    with the clock: above every change of that millisecond, below every later one."""
+    return base(epoch_ms + 1) - STEP
+
+
 def is_real(version: int) -> bool:
     """Was `version` given by a source (stream, snapshot), rather than derived?"""
     return version % STEP == 0
