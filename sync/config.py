@@ -149,17 +149,10 @@ class FollowConfig:
         "without them; they are hidden from search meanwhile",
         1000,
     )
-    dead_letter_window: int = _doc(
-        "the follower stops when more than dead_letter_max_share of the last this many "
-        "records were dead-lettered",
-        1000,
-    )
 
     def __post_init__(self) -> None:
         if self.sweep_interval_ms < 10:
             raise ConfigError("follow.sweep_interval_ms must be at least 10")
-        if self.dead_letter_window < 1:
-            raise ConfigError("follow.dead_letter_window must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -180,9 +173,15 @@ class Config:
         "index",
     )
     dead_letter_max_share: float = _doc(
-        "a run stops with an error when more than this share of its rows is dead-lettered "
-        "(backfill: of every row read; follow: of the last follow.dead_letter_window records)",
+        "a run stops with an error when more than this share of its rows is dead-lettered: "
+        "backfill, of every row written once dead_letter_window were; follow, of the last "
+        "dead_letter_window records",
         0.1,
+    )
+    dead_letter_window: int = _doc(
+        "how many rows (records) the dead-letter share is judged over; a backfill that "
+        "writes fewer is never stopped for it (its summary counts them)",
+        1000,
     )
     keyspaces: KeyspacesConfig = field(default_factory=KeyspacesConfig)
     opensearch: OpenSearchConfig = field(default_factory=OpenSearchConfig)
@@ -192,6 +191,8 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
 
     def __post_init__(self) -> None:
+        if self.dead_letter_window < 1:
+            raise ConfigError("dead_letter_window must be at least 1")
         if not 0 < self.dead_letter_max_share <= 1:
             raise ConfigError(
                 f"dead_letter_max_share must be above 0 and at most 1, got "

@@ -270,18 +270,18 @@ class _Backfill:
         with self._lock:
             self.report.add(report)
 
-    def check_dead_letters(self, *, at_end: bool = False) -> None:
+    def check_dead_letters(self) -> None:
         """Stop once more than `dead_letter_max_share` of the rows written were dead-lettered.
 
-        Judged over every row written so far, once a window's worth were
-        (`follow.dead_letter_window`, so a few bad rows first do not decide),
-        and over them all at the end.
+        Judged over every row written so far, once `dead_letter_window` rows
+        were (so a few bad rows first do not decide), then after every write
+        and at the end; a backfill writing fewer rows is never stopped for it.
         """
         cfg = self.job.cfg
         with self._lock:
             dead = self.report.dead_lettered
             rows = self.report.applied + self.report.stale + dead
-        if not dead or (rows < cfg.follow.dead_letter_window and not at_end):
+        if not dead or rows < cfg.dead_letter_window:
             return
         if dead / rows > cfg.dead_letter_max_share:
             share = DeadLetterShare(cfg.dead_letter_max_share, rows)
@@ -537,7 +537,7 @@ def run_backfill(
         reporter.join(timeout=2)
         if backfill.errors:
             raise backfill.errors[0]
-        backfill.check_dead_letters(at_end=True)
+        backfill.check_dead_letters()
         if complete:
             _finish(job.store, run)
         summary = BackfillSummary(

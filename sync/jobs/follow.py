@@ -382,7 +382,7 @@ class Follower:
         self._lookup: RowLookup | None = None
         self._writer: BulkWriter | None = None
         self._dead_share = DeadLetterShare(
-            job.cfg.dead_letter_max_share, job.cfg.follow.dead_letter_window
+            job.cfg.dead_letter_max_share, job.cfg.dead_letter_window
         )
         self._sweeper: SweepThread | None = None
         self._sweep_stop = threading.Event()
