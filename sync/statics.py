@@ -413,9 +413,9 @@ class StaticMerge:
                 state.source = write.read_from
         if not owners:
             return set()
+        state.dead_letter = False  # a newer statement of the statics replaces a mark
         if (state.values, state.expiry) != shown_before:
             state.revision = max(state.revision + 1, newest)
-            state.dead_letter = False
         return {id(write) for write in owners.values()}
 
     def _set_column(self, state: PartitionState, column: str, write: PartitionWrite) -> None:

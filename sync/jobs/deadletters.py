@@ -11,14 +11,15 @@ change was made.
 
 **Version.** The later of the read's snapshot version (`snapshot_version`:
 below every change the read did not see, docs/versions.md hazard 3) and a
-version derived from the entry's (`derived_version`: above the mark, below
+version derived from the mark's (`derived_version`: above the mark, below
 every real change newer than the refused one). Either way the write beats
 the mark and loses to every change the read did not see; a change the read
 did see and that is not applied yet leads, in its lineage, to the state read.
 
-An entry whose row is refused again stays, with the mark; an entry that
-names no row (a record whose very key could not be decoded) is left for a
-person to read and is counted as such.
+An entry counts as replayed once its row's document is no longer a mark
+(rewritten now, or by a newer change meanwhile); one whose row is refused
+again stays, with the mark; one that names no row (a record whose very key
+could not be decoded) is left for a person to read and is counted as such.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sync.bulk import Reader
 from sync.config import Config
 from sync.deadletter import DeadLetter, DeadLetterStore
+from sync.documents import DEAD_LETTER, META_FIELD
 from sync.errors import DecodeError
 from sync.jobs import Job
 from sync.jobs.restate import reread_statics
@@ -116,6 +119,7 @@ class _Replay:
         self.store: DeadLetterStore = job.dead_letters
         consistency = read_consistency(job.cfg.keyspaces.read_consistency)
         self.lookup = RowLookup(job.session, job.info, consistency)
+        self.reader = Reader(job.client, job.index, job.policy)
         self.margin_ms = job.cfg.backfill.snapshot_margin_ms
 
     def run(self, stop: threading.Event) -> ReplaySummary:
@@ -164,11 +168,14 @@ class _Replay:
         return _Target(entry_id, key, static_only, version)
 
     def _replay(self, target: _Target) -> bool:
-        """Read the row again and write it; True unless it was refused again."""
+        """Read the row again and write it; True once its document is no longer a mark."""
+        mark = self._stored_mark(target)
         read_at = service_now_ms(self.job.session)
-        version = max(
-            snapshot_version(read_at, self.margin_ms), derived_version(target.version) or 0
-        )
+        floor = derived_version(target.version if mark is None else max(mark, target.version))
+        version = max(snapshot_version(read_at, self.margin_ms), floor or 0)
+        if mark is not None and version <= mark:
+            log.warning("dead letter %s: no version left above its mark", target.entry_id)
+            return False
         source = ScanPosition(0, 0, read_at)
         if target.static_only:
             change = self.lookup.statics(target.key, version, source)
@@ -188,4 +195,18 @@ class _Replay:
             reread_statics(report.checks, self.lookup, writer, self.job.stop)
         for refused in refusals.refused:
             log.warning("dead letter %s refused again: %s", target.entry_id, refused.reason)
-        return report.dead_lettered == 0
+        return report.dead_lettered == 0 and self._stored_mark(target) is None
+
+    def _stored_mark(self, target: _Target) -> int | None:
+        """The version of the mark the entry's row (or partition) document is, if it is one."""
+        builder = self.job.builder
+        if target.static_only:
+            doc_id = builder.partition_doc_id(builder.partition_id(target.key))
+        else:
+            doc_id = builder.doc_id(target.key)
+        stored = self.reader.get({doc_id: builder.routing(target.key)}).get(doc_id)
+        meta = {} if stored is None else stored.body.get(META_FIELD)
+        if not isinstance(meta, dict) or not meta.get(DEAD_LETTER):
+            return None
+        version = meta.get("version")
+        return version if isinstance(version, int) else 0
