@@ -195,3 +195,43 @@ def _post(url: str, body: dict[str, Any]) -> Any:
     request = urllib.request.Request(url, data=orjson.dumps(body), method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         return orjson.loads(response.read())
+
+
+def _all_records(streams: Any, keyspace: str, table: str) -> list[dict[str, Any]]:
+    (stream,) = streams.list_streams(keyspaceName=keyspace, tableName=table)["streams"]
+    arn = stream["streamArn"]
+    found = []
+    for shard in streams.get_stream(streamArn=arn)["shards"]:
+        iterator = streams.get_shard_iterator(
+            streamArn=arn, shardId=shard["shardId"], shardIteratorType="TRIM_HORIZON"
+        )["shardIterator"]
+        found += streams.get_records(shardIterator=iterator, maxResults=1000)["changeRecords"]
+    return found
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_partition_delete_records_its_statics_or_only_its_rows(
+    recorded: bool, e2e_emulator: Any, e2e_cql: Any, e2e_streams: Any, e2e_keyspace: str
+) -> None:
+    """Whether Keyspaces sends a record for the statics a partition delete removes is not
+    established; `partition_delete_statics` chooses, and rows are recorded either way."""
+    e2e_emulator.control.set_partition_delete_statics(recorded)
+    try:
+        table = f'"{e2e_keyspace}"."deleted_{recorded}"'
+        e2e_cql.execute(f"CREATE TABLE {table} ({TABLE_COLUMNS}) {CDC}")
+        e2e_cql.execute(f"UPDATE {table} SET s1 = 'a' WHERE pk = 'p'")
+        e2e_cql.execute(f"INSERT INTO {table} (pk, ck, v) VALUES ('p', 1, 'x')")
+        e2e_cql.execute(f"INSERT INTO {table} (pk, ck, v) VALUES ('p', 2, 'y')")
+        e2e_cql.execute(f"DELETE FROM {table} WHERE pk = 'p'")
+        e2e_cql.execute(f"UPDATE {table} SET s2 = 'alone' WHERE pk = 'q'")
+        e2e_cql.execute(f"DELETE FROM {table} WHERE pk = 'q'")  # statics alone
+    finally:
+        e2e_emulator.control.set_partition_delete_statics(True)
+    records = _all_records(e2e_streams, e2e_keyspace, f"deleted_{recorded}")
+    deletes = [r for r in records if "newImage" not in r]
+    rows = sorted(r["clusteringKeys"]["ck"]["intT"] for r in deletes if "clusteringKeys" in r)
+    statics = sorted(
+        r["partitionKeys"]["pk"]["textT"] for r in deletes if "clusteringKeys" not in r
+    )
+    assert rows == ["1", "2"]
+    assert statics == (["p", "q"] if recorded else [])
