@@ -222,8 +222,9 @@ class FileDeadLetters:
         if not entry_ids:
             return
         self._append([{"removed": entry_id} for entry_id in entry_ids])
+        remaining = sum(1 for _ in self.entries())  # an id removed twice counts once
         with self._lock:
-            self._count -= len(entry_ids)
+            self._count = remaining
 
     def _append(self, lines: list[dict[str, Any]]) -> None:
         data = b"".join(orjson.dumps(line) + b"\n" for line in lines)

@@ -17,7 +17,13 @@ import pytest
 from opensearchpy import OpenSearch
 
 from sync.bulk import Verdict
-from sync.deadletter import DeadLetter, FileDeadLetters, IndexDeadLetters, Outcome
+from sync.deadletter import (
+    DeadLetter,
+    DeadLetterShare,
+    FileDeadLetters,
+    IndexDeadLetters,
+    Outcome,
+)
 from sync.model import Change, Op, ScanPosition, StreamPosition
 from sync.retry import RetryPolicy
 from tests.sync.faults import HttpProxy
@@ -115,3 +121,48 @@ def test_the_index_store_counts_nothing_before_its_first_entry(opensearch: OpenS
     store.put([DeadLetter(change(), "k", "r")])
     store.put([DeadLetter(change(), "k", "r")])  # the index exists now: created once
     assert store.count == 2
+
+
+@pytest.mark.unit
+def test_the_file_store_removes_by_appending_so_nothing_is_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / "letters.ndjson"
+    store = FileDeadLetters(path)
+    first, second = DeadLetter(change(), "k", "one"), DeadLetter(change(2), "k", "two")
+    store.put([first, second])
+    before = path.read_bytes()
+    store.remove([first.entry_id])
+    store.remove([first.entry_id])  # removed already (another replay): counted once
+    assert path.read_bytes().startswith(before)  # appended, never rewritten
+    assert [entry["reason"] for entry in store.entries()] == ["two"]
+    assert store.count == 1 and FileDeadLetters(path).count == 1  # after a restart too
+
+
+def test_the_index_store_lists_entries_oldest_first_and_removes_them(
+    opensearch: OpenSearch,
+) -> None:
+    store = IndexDeadLetters.for_alias(opensearch, "listed", FAST)
+    assert list(store.entries()) == []
+    entries = [DeadLetter(change(n), "k", f"reason {n}", at_ms=10 - n) for n in range(3)]
+    store.put(entries)
+    assert [e["reason"] for e in store.entries()] == ["reason 2", "reason 1", "reason 0"]
+    assert next(e["id"] for e in store.entries()) == entries[2].entry_id
+    store.remove([entries[0].entry_id])
+    store.remove([entries[0].entry_id])  # removed already (another replay): no error
+    assert [e["reason"] for e in store.entries()] == ["reason 2", "reason 1"]
+    assert store.count == 2
+
+
+@pytest.mark.unit
+def test_the_dead_letter_share_is_judged_over_a_full_window_of_recent_rows() -> None:
+    share = DeadLetterShare(max_share=0.1, window=100)
+    share.add(50, 40)
+    assert not share.exceeded()  # half a window: too few rows to judge
+    share.add(50, 0)
+    assert share.exceeded()  # 40 of the last 100
+    for _ in range(10):
+        share.add(50, 2)  # the bad rows age out of the window
+    assert not share.exceeded() and share.share() <= 0.1
+    share.add(100, 20)
+    assert share.exceeded()
+    error = share.error("follow demo.items")
+    assert "more than dead_letter_max_share 10%" in str(error) and "deadletter replay" in error.hint

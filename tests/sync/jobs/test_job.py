@@ -55,3 +55,51 @@ def test_a_job_writes_the_alias_index_by_default_and_any_target_it_is_given(
     assert _count(opensearch, new_index) == 5
     assert alias_targets(opensearch, alias) == [f"{alias}_v1"]
     assert _count(opensearch, alias) == 5
+
+
+def test_a_job_brings_an_index_made_by_an_older_ks2os_up_to_date(
+    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+) -> None:
+    """An index without the new `_ks2os` fields, under a strict mapping and an alias with the
+    old filter, still takes value expiries, and its alias hides expired values."""
+    table = f'"{keyspace}"."t"'
+    cql.execute(
+        f"CREATE TABLE {table} (id int PRIMARY KEY, n int, m int) "
+        "WITH CUSTOM_PROPERTIES = {'ttl': {'status': 'enabled'}}"
+    )
+    cql.execute(f"INSERT INTO {table} (id, n) VALUES (1, 10)")
+    cql.execute(f"INSERT INTO {table} (id, n) VALUES (2, 20)")
+    cql.execute(f"UPDATE {table} USING TTL 3600 SET m = 5 WHERE id = 2")
+    alias, index = f"{keyspace}-t", f"{keyspace}-t_v1"
+    columns = {name: {"type": "integer"} for name in ("id", "n", "m")}
+    old_meta = {
+        "version": {"type": "long"},
+        "source": {"type": "keyword"},
+        "expires_at": {"type": "date", "format": "epoch_millis"},
+        "deleted": {"type": "boolean"},
+    }
+    opensearch.indices.create(
+        index=index,
+        body={
+            "mappings": {
+                "dynamic": "strict",
+                "properties": {**columns, "_ks2os": {"properties": old_meta}},
+            }
+        },
+    )
+    old_filter = {"bool": {"must_not": [{"term": {"_ks2os.deleted": True}}]}}
+    opensearch.indices.update_aliases(
+        body={"actions": [{"add": {"index": index, "alias": alias, "filter": old_filter}}]}
+    )
+    mapping = mapping_from_dict(
+        {
+            "source": {"keyspace": keyspace, "table": "t"},
+            "index": {"alias": alias, "mappings": {"dynamic": "strict", "properties": columns}},
+        }
+    )
+    summary = run_backfill(make_config(), mapping)
+    assert (summary.written, summary.dead_lettered) == (2, 0)  # m's expiry was accepted
+    stored = opensearch.get(index=index, id="2")["_source"]["_ks2os"]
+    assert stored["value_expiry"].keys() == {"m"}
+    shown = opensearch.indices.get_alias(index=index, name=alias)[index]["aliases"][alias]
+    assert "value_expires_at" in str(shown["filter"])
