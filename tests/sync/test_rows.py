@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from cassandra import cqltypes
+from cassandra.util import Date, Duration, Time
 from hypothesis import given
 from hypothesis import strategies as st
-from cassandra.util import Date, Duration, Time
 
 from sync.errors import DecodeError
 from sync.model import Op, ScanPosition, StreamPosition

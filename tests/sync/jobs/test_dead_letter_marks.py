@@ -44,16 +44,16 @@ from tests.sync.jobs.follow_helpers import (
 )
 from tests.sync.jobs.test_follow_dead_letters import CorruptingStreams, running
 
-RAISING_HOOK = '''
+RAISING_HOOK = """
 def shape(row, document):
     if row.get("state") == "poison":
         raise ValueError("cannot shape a poisoned order")
     return document
-'''
-MENDED_HOOK = '''
+"""
+MENDED_HOOK = """
 def shape(row, document):
     return document
-'''
+"""
 
 
 def ks2os(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
