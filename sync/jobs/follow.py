@@ -85,6 +85,7 @@ from sync.sources.streams import (
     trim_may_lose_needed,
 )
 from sync.state import GapRecord, LeaseLost, ShardState, StateStore, StreamState
+from sync.statics import StaticsCheck
 from sync.version import TIE_BITS
 from sync.writer import BulkWriter
 
@@ -562,7 +563,7 @@ class Follower:
 
     # ---- re-reading over CQL ------------------------------------------------------------------
 
-    def reread_statics(self, checks: list[Any], writer: BulkWriter) -> None:
+    def reread_statics(self, checks: list[StaticsCheck], writer: BulkWriter) -> None:
         """Read the partitions' statics again over CQL and write them (`sync.jobs.restate`)."""
         reread_statics(checks, self._cql_lookup(), writer, self._stop)
 

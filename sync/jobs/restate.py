@@ -7,12 +7,12 @@ jobs do this.
 **The statics re-read** (`reread_statics`). Keyspaces sends one record per
 row a partition delete removes and none for the statics it removes. The
 static writer therefore asks (`sync.statics.StaticsCheck`) for a partition's
-statics to be read again after a row delete, and before a row enters a
-partition showing statics where no live row was; the job reads them over
-CQL and writes them, every static column, at the version of the change that
-asked. The read comes after that change's record was created, so it
-reflects every static change made before it; a later static change has a
-higher version and wins (docs/versions.md, "Static columns").
+statics to be read again after a row delete, after a static record, and
+before a row enters a partition showing statics where no live row was; the
+job reads them over CQL and writes them, every static column, at the top of
+the asking record's millisecond. The read comes after that record was
+created, so it reflects every static change made up to it; a later static
+change has a higher version and wins (docs/versions.md, "Static columns").
 
 **The expiry sweep.**
 

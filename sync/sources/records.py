@@ -77,8 +77,14 @@ def decode_record(
     position: StreamPosition,
     version: int,
     view_type: str = "NEW_AND_OLD_IMAGES",
+    *,
+    expiring: bool = True,
 ) -> Change:
-    """The `Change` one CDC record stands for, at the version the caller computed."""
+    """The `Change` one CDC record stands for, at the version the caller computed.
+
+    `expiring=False` (a table without TTL, whose cells never expire) skips
+    looking for each cell's expiry.
+    """
     if view_type not in VIEW_TYPES:
         raise ValueError(f"unknown stream view type {view_type!r}")
     key, static_only = record_key(record, table)
@@ -115,7 +121,7 @@ def decode_record(
         position,
         expires_at,
         static_only,
-        value_expiry=_value_expiry(new_image, table, static_only, expires_at),
+        value_expiry=_value_expiry(new_image, table, static_only, expires_at) if expiring else None,
         static_columns=stated,
     )
 
@@ -229,10 +235,15 @@ def _cell_expiries(
 ) -> None:
     if not cells:
         return
+    # Runs for every cell of every record: the cells were decoded already (so each is a
+    # mapping), and most carry no expiry, so that is asked first and cheaply.
     for name, cell in cells.items():
-        metadata = cell.get("metadata") if isinstance(cell, Mapping) else None
-        if not metadata or name in skip or cell.get("value") is None:
+        metadata = cell.get("metadata")
+        if not metadata:
             continue
-        expires = _epoch_seconds_ms(metadata.get("expirationTime"), name, table)
+        text = metadata.get("expirationTime")
+        if text is None or name in skip or cell.get("value") is None:
+            continue
+        expires = _epoch_seconds_ms(text, name, table)
         if expires is not None and (row_expiry is None or expires < row_expiry):
             into[name] = expires

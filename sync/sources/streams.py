@@ -704,7 +704,14 @@ class ShardReader:
 
     def _change(self, record: Mapping[str, Any], position: StreamPosition, version: int) -> Change:
         try:
-            return decode_record(record, self._info.key, position, version, self._view_type)
+            return decode_record(
+                record,
+                self._info.key,
+                position,
+                version,
+                self._view_type,
+                expiring=self._info.ttl_enabled,
+            )
         except ImageUnavailable as missing:
             if self._lookup is None:
                 raise TerminalError(str(missing), hint=missing.hint) from missing
