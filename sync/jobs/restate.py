@@ -49,7 +49,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +119,7 @@ class ExpirySweep:
         return report
 
     def _due(self, now_ms: int, *, partitions: bool) -> list[Document]:
-        """Live documents (of one kind) with a value that expired by `now_ms`."""
+        """Live documents (of one kind) with a value that expired by `now_ms`, one page."""
         kind = {"term": {f"{META_FIELD}.kind": PARTITION_KIND}}
         query: dict[str, Any] = {
             "bool": {
@@ -129,11 +128,9 @@ class ExpirySweep:
             }
         }
         (query["bool"]["filter"] if partitions else query["bool"]["must_not"]).append(kind)
-        found: list[Document] = []
-        with closing(self.reader.scan(query, page_size=_PAGE)) as pages:
-            for page in pages:
-                found.extend(page)
-        return found
+        # One page a round (one request, no point in time to open each second): what
+        # is left is the next round's, once these are restated and no longer match.
+        return self.reader.search(query, size=_PAGE)
 
     def _own_values_due(self, row: Document, now_ms: int) -> bool:
         """Did one of the row's own (not static) values expire?"""
