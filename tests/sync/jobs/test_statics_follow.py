@@ -59,8 +59,15 @@ def no_statics_record_on_partition_delete(emulator: Any) -> Iterator[None]:
 class Shelves:
     """A table with two static columns, written over CQL; the table itself is the truth."""
 
-    def __init__(self, cql: Any, keyspace: str, client_timestamps: bool, seed: int) -> None:
-        props = ["'cdc_specification': {'view_type': 'NEW_AND_OLD_IMAGES'}"]
+    def __init__(
+        self,
+        cql: Any,
+        keyspace: str,
+        client_timestamps: bool,
+        seed: int,
+        view_type: str = "NEW_AND_OLD_IMAGES",
+    ) -> None:
+        props = [f"'cdc_specification': {{'view_type': '{view_type}'}}"]
         if client_timestamps:
             props.append("'client_side_timestamps': {'status': 'enabled'}")
         self.name = f'"{keyspace}"."shelves"'
@@ -187,3 +194,25 @@ def test_rows_never_show_statics_a_partition_delete_removed(
         table.execute("DELETE FROM {t} WHERE k = 2")
         table.execute("INSERT INTO {t} (k, c, n) VALUES (2, 1, 3)")
         wait_until_equal(opensearch, table)
+
+
+def test_a_new_image_stream_reads_statics_again_when_its_record_cannot_say_what_was_deleted(
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    emulator: Any,
+) -> None:
+    # Without old images, a record of the touched shape never names a deleted static.
+    emulator.control.set_static_record_shape("touched")
+    try:
+        table = Shelves(cql, keyspace, False, seed=5, view_type="NEW_IMAGE")
+        table.fill()
+        with following(make_config(), table.mapping):
+            table.execute("UPDATE {t} SET s1 = 'kept' WHERE k = 0")
+            table.execute("UPDATE {t} SET s2 = null WHERE k = 0")
+            table.execute("UPDATE {t} SET s1 = null WHERE k = 1")
+            table.execute("UPDATE {t} SET s2 = 'new' WHERE k = 1")
+            wait_until_equal(opensearch, table)
+    finally:
+        emulator.control.set_static_record_shape("all")
