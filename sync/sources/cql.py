@@ -6,7 +6,10 @@ end inclusive); each range is read with one prepared statement restricted on
 each page the service clock is read over CQL, and every row of the page gets
 `snapshot_version(read_at, margin)`: lower than any stream record the read
 could have missed, so the follower always wins over a snapshot row it did not
-see (sync/version.py). Write times are never selected.
+see (sync/version.py). Write times are never selected. Every read is at
+LOCAL_QUORUM and selects TTL()s and decodes rows as `sync.sources.rows` says
+(shared with the stream's row lookup); a partition holding only static values
+comes out as a static-only change.
 
 Memory is bounded: one page of rows (and the changes built from it) per
 worker at a time. A scan can resume from the token of the last row of the
@@ -21,26 +24,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
-from sync.errors import ConfigError
 from sync.keyspaces import TableInfo, qualified, quote, service_now_ms
 from sync.model import Change, ScanPosition
-from sync.sources.rows import decode_row, ttl_alias
+from sync.sources.rows import READ_CONSISTENCY, decode_row, expiring_columns, select_list
 from sync.version import snapshot_version
 
 log = logging.getLogger(__name__)
 
 MIN_TOKEN = -(2**63)
 MAX_TOKEN = 2**63 - 1
-
-READ_CONSISTENCY = {
-    "LOCAL_QUORUM": ConsistencyLevel.LOCAL_QUORUM,
-    "LOCAL_ONE": ConsistencyLevel.LOCAL_ONE,
-    "ONE": ConsistencyLevel.ONE,
-}
 
 # Result columns we add after the table's own: the row's token, then TTL()s.
 TOKEN_COLUMN = "ks2os_token"
@@ -95,16 +90,6 @@ class ScanPage:
     rows: int
 
 
-def read_consistency(name: str) -> int:
-    """A consistency Keyspaces accepts for reads, or a ConfigError."""
-    try:
-        level: int = READ_CONSISTENCY[name]
-    except KeyError:
-        allowed = ", ".join(READ_CONSISTENCY)
-        raise ConfigError(f"read consistency {name} is not allowed; use one of {allowed}") from None
-    return level
-
-
 class SnapshotScanner:
     """Prepared statements and settings for scanning one table; safe to share by threads."""
 
@@ -114,22 +99,17 @@ class SnapshotScanner:
         info: TableInfo,
         *,
         page_size: int = 1000,
-        consistency: str = "LOCAL_QUORUM",
         margin_ms: int = 5000,
     ) -> None:
         self._session = session
         self.info = info
         self.page_size = page_size
         self.margin_ms = margin_ms
-        self._consistency = read_consistency(consistency)
-        # TTL() only for regular columns: key columns have none, statics are per partition.
-        self.ttl_columns: tuple[str, ...] = (
-            tuple(c for c in info.regular if ttl_capable(info.key.cql_type(c)))
-            if info.ttl_enabled
-            else ()
-        )
+        self.ttl_columns: tuple[str, ...] = expiring_columns(info)
         self.selected: tuple[str, ...] = info.columns
-        select = self._select_list()
+        partition = ", ".join(quote(c) for c in info.key.partition_key)
+        token_term = f"token({partition}) AS {quote(TOKEN_COLUMN)}"
+        select = select_list(self.selected, self.ttl_columns, extra=[token_term])
         token = f"token({', '.join(quote(c) for c in info.key.partition_key)})"
         table = qualified(info.keyspace, info.name)
         where = f"FROM {table} WHERE {token} {{op}} ? AND {token} <= ?"
@@ -137,16 +117,9 @@ class SnapshotScanner:
         # Only the first range must include MIN_TOKEN itself.
         self._from: PreparedStatement = self._prepare(f"SELECT {select} {where.format(op='>=')}")
 
-    def _select_list(self) -> str:
-        partition = ", ".join(quote(c) for c in self.info.key.partition_key)
-        parts = [quote(c) for c in self.selected]
-        parts.append(f"token({partition}) AS {quote(TOKEN_COLUMN)}")
-        parts += [f"TTL({quote(c)}) AS {quote(ttl_alias(c))}" for c in self.ttl_columns]
-        return ", ".join(parts)
-
     def _prepare(self, cql: str) -> PreparedStatement:
         statement: PreparedStatement = self._session.prepare(cql)
-        statement.consistency_level = self._consistency
+        statement.consistency_level = READ_CONSISTENCY
         statement.fetch_size = self.page_size
         return statement
 
@@ -174,12 +147,6 @@ class SnapshotScanner:
             last = int(fields.pop(TOKEN_COLUMN))
             changes.append(decode_row(fields, self.info.key, position, version, self.ttl_columns))
         return ScanPage(changes, last, len(rows))
-
-
-def ttl_capable(cql_type: str | None) -> bool:
-    """TTL() works on scalars and frozen values, not on non-frozen collections."""
-    text = (cql_type or "").strip().lower()
-    return not text.startswith(("list<", "set<", "map<"))
 
 
 def _as_dict(row: Any) -> dict[str, Any]:
