@@ -34,7 +34,6 @@ from sync.keyspaces import no_cdc_message
 from sync.mapping import TableMapping
 from sync.metrics import Metrics, MetricsServer
 from sync.model import Change
-from sync.sources.cql import read_consistency
 from sync.sources.streams import (
     ReadResult,
     RowLookup,
@@ -410,8 +409,7 @@ class Follower:
         if view_type in ("NEW_AND_OLD_IMAGES", "NEW_IMAGE"):
             return None
         if self._lookup is None:
-            consistency = read_consistency(self.job.cfg.keyspaces.read_consistency)
-            self._lookup = RowLookup(self.job.session, self.job.info, consistency)
+            self._lookup = RowLookup(self.job.session, self.job.info)
         return self._lookup
 
     def _shutdown(self) -> None:
