@@ -60,11 +60,12 @@ class Job:
             raise
         try:
             self.info: TableInfo = describe_table(self.session, mapping.keyspace, mapping.table)
+            # Checks the mapping against the table's key (document.id): before any index exists.
+            self.builder = DocumentBuilder(mapping, self.info.key)
             self.index = ensure_index(self.client, mapping)
             # Refuse before writing: documents shaped for another mapping would all be
             # dead-lettered or, worse, indexed with the wrong field types.
             check_mapping_compatible(self.client, self.index, mapping)
-            self.builder = DocumentBuilder(mapping, self.info.key)
             self.dead_letters = dead_letter_store(cfg, self.client, mapping)
             self.store = StateStore(
                 self.client, cfg.state.index, lease_seconds=cfg.state.lease_seconds
