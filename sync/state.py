@@ -658,6 +658,12 @@ class StateStore:
         docs = self._mget(ids)
         return [RangeState.from_source(*docs[i]) for i in ids if i in docs]
 
+    def current_ranges(self, states: Iterable[RangeState]) -> dict[int, RangeState]:
+        """The stored state of these ranges now (real-time reads), by range number."""
+        docs = self._mget([s.doc_id for s in states])
+        current = [RangeState.from_source(*found) for found in docs.values()]
+        return {state.number: state for state in current}
+
     def acquire_range(self, state: RangeState, worker: str) -> RangeState | None:
         """Lease a range (as seen in `list_ranges`) if it is free or expired and not done."""
         leased = self.acquire_ranges([state], worker, limit=1)
