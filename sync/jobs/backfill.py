@@ -3,10 +3,12 @@
 Flow::
 
     plan (a run: N token ranges, in the state store) -> W worker threads
-      each: lease a few ranges -> scan them page by page into one buffer
-            -> BulkWriter.write(full requests of writer.max_docs changes)
-            -> once the writer acknowledged a range's last row: mark it done
-            -> every third of a lease: record the last token acknowledged
+      each: lease the next range(s) it will scan soon -> scan page by page
+            into one buffer -> BulkWriter.write(full requests of writer.max_docs)
+    one renewer thread, every PROGRESS_INTERVAL_S (or a third of a lease):
+      per worker, one state request: the last token acknowledged of every
+      range it holds, ranges whose rows are all acknowledged marked done,
+      and the leases renewed
 
 A worker's buffer spans range boundaries, so a range's end costs no small
 bulk request, and its state writes (ranges done, progress, lease renewals,
@@ -14,12 +16,21 @@ new leases) go together in one conditional bulk request to the state index.
 A range is marked done only after the writer acknowledged all its rows, and
 the recorded token of a range never runs ahead of what was acknowledged.
 
+Leases are renewed from a thread of their own: a worker may wait in a bulk
+request to a slow OpenSearch far longer than a lease, and must not lose its
+ranges meanwhile. The same thread records progress, so a killed run loses at
+most the last few seconds of what OpenSearch acknowledged. A worker leases
+only the ranges it expects to scan within about a second (at least one), so
+a crash leaves few leases behind for others to wait out.
+
 A run survives the process: started again, the job resumes the table's
 unfinished run from the last token each range recorded (`restart=True` plans
-a new run). Several processes, on several machines, may run the same
-backfill at once: each range is leased by one worker, and a crashed worker's
-ranges are taken over once their leases expire. The job returns when every
-range of the run is done (or `stop` is set).
+a new run). A rerun under the same `state.worker_id` takes the leases its
+killed predecessor left behind back at once; others wait for them to expire.
+Several processes, on several machines, may run the same backfill at once:
+each range is leased by one worker, and a crashed worker's ranges are taken
+over once their leases expire. The job returns when every range of the run
+is done (or `stop` is set).
 """
 
 from __future__ import annotations
@@ -45,11 +56,17 @@ from sync.writer import WriteReport
 log = logging.getLogger(__name__)
 
 RING = 2**64 - 1
+# What the writer acknowledged reaches the state store within this long (and
+# leases are renewed at least every third of a lease).
+PROGRESS_INTERVAL_S = 2.0
 # How long an idle worker waits before looking again for a range another
 # worker holds (it may crash, and its lease then expires).
 _RECHECK_S = 1.0
 _IDLE_POLL_S = 0.05
-# At most this many ranges leased in one request.
+# A worker leases the ranges it expects to scan within this long (at least
+# one, at most _MAX_LEASE): leases taken far ahead are what others must wait
+# out after a crash.
+_LEASE_AHEAD_S = 1.0
 _MAX_LEASE = 8
 
 
@@ -86,6 +103,11 @@ class Progress:
     def update(self, number: int, fraction: float, rows: int = 0) -> None:
         with self._lock:
             self._reached[number] = max(self._reached.get(number, 0.0), min(fraction, 1.0))
+            self._rows += rows
+
+    def read(self, rows: int) -> None:
+        """Rows read (the share done moves only as the writer acknowledges them)."""
+        with self._lock:
             self._rows += rows
 
     def start(self, now: float) -> None:
@@ -186,7 +208,6 @@ class _Backfill:
             job.session,
             job.info,
             page_size=settings.page_size,
-            consistency=job.cfg.keyspaces.read_consistency,
             margin_ms=settings.snapshot_margin_ms,
         )
         ranges = job.store.list_ranges(run)
@@ -199,6 +220,7 @@ class _Backfill:
         self.errors: list[BaseException] = []
         self.all_done = threading.Event()
         self.failed = threading.Event()  # one worker failed: the others stop too
+        self.workers: list[_Worker] = []
         # What this process last saw of every range. Leasing tries it first and
         # reads the store again only when nothing in it can be had: a stale
         # entry just fails its conditional write. Saves a read per lease.
@@ -207,14 +229,50 @@ class _Backfill:
     def halted(self) -> bool:
         return self.stop.is_set() or self.failed.is_set()
 
+    def reclaim(self) -> None:
+        """Free the leases an earlier process under our `worker_id` left behind.
+
+        Worker ids are unique among processes running at once, so leases held
+        under ours are from a predecessor that was killed before it could
+        release them: waiting for them to expire would only delay this run.
+        """
+        me = self.job.worker_id
+        store = self.job.store
+        ours = [
+            s
+            for s in self.pending()
+            if s.lease.owner is not None
+            and (s.lease.owner == me or s.lease.owner.startswith(f"{me}#"))
+        ]
+        if not ours:
+            return
+        results = store.update_ranges([(s, store.released(s)) for s in ours])
+        taken = [r for r in results if r is not None]
+        self.saw(*taken)
+        log.info(
+            "took back %d range lease(s) an earlier run as %s left behind; resuming them now",
+            len(taken),
+            me,
+        )
+
     def work(self, number: int) -> None:
         """One worker thread: lease ranges until none is left or we are stopped."""
         try:
-            _Worker(self, number).run()
-        except BaseException as exc:
+            worker = _Worker(self, number)
             with self._lock:
-                self.errors.append(exc)
-            self.failed.set()
+                self.workers.append(worker)
+            worker.run()
+        except BaseException as exc:
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors.append(exc)
+        self.failed.set()
+
+    def current_workers(self) -> list[_Worker]:
+        with self._lock:
+            return list(self.workers)
 
     def pending(self) -> list[RangeState]:
         """Ranges not done as this process last saw them, in range order."""
@@ -241,6 +299,38 @@ class _Backfill:
             self.report.add(report)
 
 
+class _Renewer(threading.Thread):
+    """Records every worker's acknowledged progress and renews its leases, on its own clock.
+
+    A worker thread can spend longer than a lease inside one bulk request to
+    a slow OpenSearch (retries and backoff included); renewing from here
+    keeps its ranges while it does. Each worker's checkpoint takes that
+    worker's lock, so it never races the worker's own state writes.
+    """
+
+    def __init__(self, backfill: _Backfill, interval_s: float) -> None:
+        super().__init__(name="ks2os-backfill-renewer", daemon=True)
+        self.backfill = backfill
+        self.interval_s = interval_s
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        wait_s = self.interval_s
+        while not self.finished.wait(wait_s):
+            try:
+                wait_s = self._tick()
+            except BaseException as exc:
+                self.backfill.fail(exc)
+                return
+
+    def _tick(self) -> float:
+        """Checkpoint every worker that is due; returns how long until the next is."""
+        next_due = self.interval_s
+        for worker in self.backfill.current_workers():
+            next_due = min(next_due, worker.checkpoint_if_due(self.interval_s))
+        return max(next_due, _IDLE_POLL_S)
+
+
 @dataclass
 class _Held:
     """A range one worker leased: as stored, and what the writer acknowledged of it."""
@@ -249,6 +339,10 @@ class _Held:
     last_token: int | None  # the last token whose rows are all acknowledged
     rows: int
     complete: bool = False  # scanned to its end and every row acknowledged
+
+    @property
+    def whole(self) -> TokenRange:
+        return TokenRange(self.state.range_start, self.state.range_end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +366,10 @@ class _Worker:
     last mark is acknowledged. State writes go in one conditional bulk request
     (`StateStore.update_ranges`) per checkpoint: the done ranges, the progress
     and lease renewal of the held ones, and new leases, together.
+
+    `lock` guards what the renewer thread reads and changes (`held`, `todo`,
+    the marks and the stamps of the ranges' states); it is never held across
+    a scan or a bulk request, only across state requests.
     """
 
     def __init__(self, backfill: _Backfill, number: int) -> None:
@@ -284,13 +382,15 @@ class _Worker:
         self.writer = backfill.job.new_writer()
         self.max_docs = max(backfill.job.cfg.writer.max_docs, 1)
         self.workers = max(backfill.job.cfg.backfill.workers, 1)
+        self.lock = threading.Lock()
         self.held: dict[int, _Held] = {}
         self.todo: list[int] = []  # held ranges not scanned yet
-        self.buffer: list[Change] = []
+        self.buffer: list[Change] = []  # only the worker thread touches the buffer
         self.buffered = 0  # changes ever put into the buffer
         self.acknowledged = 0  # of those, changes the writer acknowledged
         self.marks: deque[_Mark] = deque()
         self.checkpointed = time.monotonic()
+        self.seconds_per_range: float | None = None  # how fast this worker gets through one
 
     def run(self) -> None:
         b = self.b
@@ -300,39 +400,68 @@ class _Worker:
                     # Nothing to take: write and record what we hold, then look
                     # again at once (those may have been the last ranges).
                     self._flush(everything=True)
-                    self._checkpoint()
+                    with self.lock:
+                        self._checkpoint()
                 elif not b.all_done.is_set():
                     b.idle()
                 continue
-            self._scan(self.todo.pop(0))
+            with self.lock:  # the renewer may have dropped a range whose lease was lost
+                number = self.todo.pop(0) if self.todo else None
+            if number is not None:
+                self._scan(number)
         if self.held and not b.failed.is_set():
             self._flush(everything=True)
-            self._checkpoint(release=b.halted())
+            with self.lock:
+                self._checkpoint(release=b.halted())
+
+    def checkpoint_if_due(self, interval_s: float) -> float:
+        """The renewer's call: checkpoint if `interval_s` went by; seconds until next due."""
+        with self.lock:
+            waited = time.monotonic() - self.checkpointed
+            if waited < interval_s:
+                return interval_s - waited
+            if self.held:
+                self._checkpoint()
+            else:
+                self.checkpointed = time.monotonic()
+            return interval_s
 
     # ---- leases ---------------------------------------------------------------
 
     def _lease(self) -> bool:
-        """Lease more ranges (and checkpoint what is due in the same request)."""
+        """Lease the next ranges (and checkpoint what is held in the same request)."""
         for fresh in (False, True):
             if fresh:
                 self.b.refresh()
-            pending = [s for s in self.b.pending() if s.number not in self.held]
-            if not pending and not self.held:
-                self.b.all_done.set()  # done is final: nothing can become pending again
-                return False
-            now = self.store.now_ms()
-            free = [s for s in pending if s.lease.free_for(self.name, now)]
-            if not free:
-                continue
-            # Several ranges per request while many are left, one each near the end
-            # (so the last ranges spread over the workers). Threads start looking
-            # at different places so they rarely race for the same ranges.
-            limit = max(1, min(_MAX_LEASE, len(free) // (2 * self.workers)))
-            offset = self.number * len(free) // self.workers
-            leases = self.store.range_leases(free[offset:] + free[:offset], self.name, limit)
-            if self._checkpoint(leases):
-                return True
+            with self.lock:
+                pending = [s for s in self.b.pending() if s.number not in self.held]
+                if not pending and not self.held:
+                    self.b.all_done.set()  # done is final: nothing can become pending again
+                    return False
+                now = self.store.now_ms()
+                free = [s for s in pending if s.lease.free_for(self.name, now)]
+                if not free:
+                    continue
+                # Threads start looking at different places so they rarely race
+                # for the same ranges.
+                offset = self.number * len(free) // self.workers
+                leases = self.store.range_leases(
+                    free[offset:] + free[:offset], self.name, self._lease_count(len(free))
+                )
+                if self._checkpoint(leases):
+                    return True
         return False
+
+    def _lease_count(self, free: int) -> int:
+        """How many ranges to lease: what this worker will scan within about a second.
+
+        At least one; more only for ranges this worker gets through quickly (so
+        tiny ranges do not cost a state request each), and one each near the
+        end, so the last ranges spread over the workers.
+        """
+        pace = self.seconds_per_range
+        ahead = 1 if pace is None else int(_LEASE_AHEAD_S / max(pace, 1e-3))
+        return max(1, min(_MAX_LEASE, ahead, free // (2 * self.workers)))
 
     def _checkpoint(
         self,
@@ -342,8 +471,9 @@ class _Worker:
     ) -> list[RangeState]:
         """One state request: every held range's progress (done ones finished), plus `leases`.
 
-        Returns the ranges newly leased. A held range whose write fails was
-        taken over: it is dropped (its buffered rows are still written: harmless).
+        The caller holds `lock`. Returns the ranges newly leased. A held range
+        whose write fails was taken over: it is dropped (its buffered rows are
+        still written: harmless).
         """
         pairs: list[tuple[RangeState, RangeState]] = []
         for held in self.held.values():
@@ -360,6 +490,7 @@ class _Worker:
         results = self.store.update_ranges(pairs)
         self.checkpointed = time.monotonic()
         leased: list[RangeState] = []
+        lost: list[RangeState] = []
         for (old, _), result in zip(pairs, results, strict=True):
             if result is not None:
                 self.b.saw(result)
@@ -369,7 +500,7 @@ class _Worker:
                     self.held[result.number] = _Held(result, result.last_token, result.rows)
                     self.todo.append(result.number)
             elif result is None:
-                log.warning("lost the lease on range %d; dropping it", old.number)
+                lost.append(old)
                 self._drop(old.number)
             elif result.done or release:
                 if result.done:
@@ -377,52 +508,60 @@ class _Worker:
                 self._drop(result.number)
             else:
                 self.held[result.number].state = result
+        if lost:
+            self._report_lost(lost)
         return leased
+
+    def _report_lost(self, lost: list[RangeState]) -> None:
+        """Say, per range whose lease was lost, who has it now and where it goes on from."""
+        now = self.store.current_ranges(lost)
+        self.b.saw(*now.values())
+        for old in lost:
+            log.warning(
+                "lost the lease on range %d; dropping it: %s",
+                old.number,
+                _next_for(now.get(old.number)),
+            )
 
     def _drop(self, number: int) -> None:
         self.held.pop(number, None)
         with contextlib.suppress(ValueError):
             self.todo.remove(number)
 
-    def _due(self) -> bool:
-        """A checkpoint is due: a range is complete, or a third of a lease went by."""
-        return any(h.complete for h in self.held.values()) or (
-            time.monotonic() - self.checkpointed >= self.store.renew_interval_s
-        )
-
     # ---- scanning and writing ---------------------------------------------------
 
     def _scan(self, number: int) -> None:
-        held = self.held[number]
-        whole = TokenRange(held.state.range_start, held.state.range_end)
-        rows, last_token = held.rows, held.last_token
-        for page in self.b.scanner.scan(whole.resume_from(held.state.last_token)):
+        with self.lock:
+            held = self.held.get(number)
+            if held is None:
+                return
+            whole, rows, last_token = held.whole, held.rows, held.last_token
+            resume = whole.resume_from(held.state.last_token)
+        started = time.monotonic()
+        for page in self.b.scanner.scan(resume):
             if page.last_token is not None:
                 rows, last_token = rows + page.rows, page.last_token
-                self.b.progress.update(number, whole.fraction_done(last_token), page.rows)
+                self.b.progress.read(page.rows)
             self._buffer(page.changes, number, last_token, rows, end=False)
             if self.b.halted():
                 return
             self._flush()
-            if self._due():
-                if not any(h.complete for h in self.held.values()):
-                    # Only the timer: write everything so the checkpoint records it all.
-                    self._flush(everything=True)
-                self._checkpoint()
-            if number not in self.held:  # the lease was lost
-                return
+            with self.lock:
+                if number not in self.held:  # the lease was lost
+                    return
         self._buffer([], number, last_token, rows, end=True)
-        self.b.progress.update(number, 1.0)
-        if self._due():
-            self._checkpoint()
+        spent = time.monotonic() - started
+        pace = self.seconds_per_range
+        self.seconds_per_range = spent if pace is None else (pace + spent) / 2
 
     def _buffer(
         self, changes: list[Change], number: int, last_token: int | None, rows: int, *, end: bool
     ) -> None:
         self.buffer.extend(changes)
         self.buffered += len(changes)
-        self.marks.append(_Mark(self.buffered, number, last_token, rows, end))
-        self._acknowledge()
+        with self.lock:
+            self.marks.append(_Mark(self.buffered, number, last_token, rows, end))
+            self._acknowledge()
 
     def _flush(self, *, everything: bool = False) -> None:
         """Send full requests from the buffer (`everything`: the rest too)."""
@@ -430,8 +569,9 @@ class _Worker:
             batch = self.buffer[: self.max_docs]
             del self.buffer[: self.max_docs]
             self.b.add(self.writer.write(batch))
-            self.acknowledged += len(batch)
-            self._acknowledge()
+            with self.lock:
+                self.acknowledged += len(batch)
+                self._acknowledge()
 
     def _acknowledge(self) -> None:
         """Move held ranges' acknowledged progress up to what the writer acknowledged."""
@@ -442,6 +582,19 @@ class _Worker:
                 continue  # dropped
             held.last_token, held.rows = mark.last_token, mark.rows
             held.complete = mark.end
+            share = 1.0 if mark.end else held.whole.fraction_done(mark.last_token)
+            self.b.progress.update(mark.number, share)
+
+
+def _next_for(current: RangeState | None) -> str:
+    """What happens next to a range whose lease this worker lost, as `current` shows it."""
+    if current is None:
+        return "its state is gone (a new run replaced this one)"
+    if current.done:
+        return f"it is done ({current.rows} rows)"
+    owner = current.lease.owner or "no one yet"
+    start = "its start" if current.last_token is None else f"token {current.last_token}"
+    return f"{owner} holds it now; it will be read again from {start}"
 
 
 def run_backfill(
@@ -461,9 +614,12 @@ def run_backfill(
         log.info(job.info.version_rule())
         run = plan_run(job.store, state_key(job), cfg.backfill.ranges, restart)
         backfill = _Backfill(job, run, stop)
+        backfill.reclaim()
         backfill.progress.start(started)
         reporter = _Reporter(backfill.progress, backfill.all_done)
         reporter.start()
+        renewer = _Renewer(backfill, min(PROGRESS_INTERVAL_S, job.store.renew_interval_s))
+        renewer.start()
         workers = [
             threading.Thread(
                 target=backfill.work, args=(i,), name=f"ks2os-backfill-{i}", daemon=True
@@ -474,6 +630,8 @@ def run_backfill(
             worker.start()
         for worker in workers:
             worker.join()
+        renewer.finished.set()
+        renewer.join()
         complete = backfill.all_done.is_set() and not backfill.errors
         backfill.all_done.set()  # ends the reporter
         reporter.join(timeout=2)
