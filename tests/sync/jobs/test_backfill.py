@@ -265,6 +265,102 @@ def test_a_backfill_racing_the_follower_and_live_writes_converges_to_the_table(
         follower.join(timeout=60)
 
 
+def test_a_partition_with_only_static_values_reaches_its_partition_document(
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    client_timestamps: bool,
+) -> None:
+    """`UPDATE t SET banner = 'x' WHERE shop = 7` on a partition with no rows: the scan
+    returns a row with null clustering keys. It used to stop every worker, and every
+    resume; its statics now reach the partition document, and no row document is made."""
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."shelves" ("shop" int, "sku" text, "n" int, '
+        '"banner" text STATIC, PRIMARY KEY ("shop", "sku"))'
+        + table_options(view_type=None, client_timestamps=client_timestamps)
+    )
+    table = f'"{keyspace}"."shelves"'
+    model: dict[str, dict[str, Any]] = {}
+    for shop in range(5):
+        cql.execute(f'UPDATE {table} SET "banner" = %s WHERE "shop" = %s', (f"sale {shop}", shop))
+        for n in range(3):
+            cql.execute(
+                f'INSERT INTO {table} ("shop", "sku", "n") VALUES (%s, %s, %s)', (shop, f"s{n}", n)
+            )
+            model[f"{shop}:s{n}"] = {"shop": shop, "sku": f"s{n}", "n": n, "banner": f"sale {shop}"}
+    for shop in (7, 8):
+        cql.execute(f'UPDATE {table} SET "banner" = %s WHERE "shop" = %s', (f"empty {shop}", shop))
+    mapping = mapping_from_dict(
+        {"source": {"keyspace": keyspace, "table": "shelves"}, "index": {"alias": f"{keyspace}-s"}}
+    )
+    cfg = make_config(backfill={"ranges": 4, "workers": 2, "page_size": 4})
+    summary = run_backfill(cfg, mapping)
+    assert summary.complete and summary.dead_lettered == 0
+    assert _indexed(opensearch, mapping.alias) == model
+    (index,) = opensearch.indices.get_alias(name=mapping.alias)
+    for shop in (7, 8):
+        partition = opensearch.get(index=index, id=f"!p:{shop}")["_source"]["_ks2os"]
+        assert partition["statics"] == {"banner": f"empty {shop}"}
+    opensearch.indices.refresh(index=index)
+    every = opensearch.search(index=index, body={"query": {"match_all": {}}, "size": 1000})
+    ids = {hit["_id"] for hit in every["hits"]["hits"]}
+    assert ids == set(model) | {f"!p:{shop}" for shop in (0, 1, 2, 3, 4, 7, 8)}  # no row for 7, 8
+
+
+@pytest.mark.parametrize("view", ["KEYS_ONLY", "OLD_IMAGE"])
+def test_a_follower_that_looks_rows_up_keeps_their_expiry(
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    view: str,
+) -> None:
+    """Streams without new images re-read each row over CQL. That read used to carry no
+    TTL, so it erased the expiry the backfill wrote and kept the row searchable after it."""
+    from sync.jobs.follow import run_follow
+    from sync.keyspaces import service_now_ms
+
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."products" ("shop" int, "sku" text, "price" int, '
+        '"title" text, PRIMARY KEY ("shop", "sku")) WITH cdc = true AND CUSTOM_PROPERTIES = '
+        f"{{'cdc_specification': {{'view_type': '{view}'}}, 'ttl': {{'status': 'enabled'}}}}"
+    )
+    insert = cql.prepare(
+        f'INSERT INTO "{keyspace}"."products" ("shop", "sku", "price", "title") '
+        "VALUES (?, ?, ?, ?) USING TTL 3600"
+    )
+    before = service_now_ms(cql)
+    for n in range(20):
+        cql.execute(insert, (n % 3, f"sku-{n}", n, f"product {n}"))
+    mapping = _mapping(keyspace)
+    cfg = make_config(backfill={"ranges": 2, "workers": 1})
+    assert run_backfill(cfg, mapping).complete
+    stop = threading.Event()
+    follower = threading.Thread(target=lambda: run_follow(cfg, mapping, stop=stop))
+    follower.start()
+    try:
+        # The stream records are newer than the snapshot rows: the lookups replace them.
+        _wait_for(
+            lambda: {m["source"] for m in _meta(opensearch, mapping.alias).values()} == {"stream"},
+            "the follower to rewrite every row",
+        )
+    finally:
+        stop.set()
+        follower.join(timeout=60)
+    after = service_now_ms(cql)
+    metas = _meta(opensearch, mapping.alias)
+    assert len(metas) == 20
+    for meta in metas.values():
+        assert before + 3_599_000 <= meta.get("expires_at", 0) <= after + 3_600_000
+
+
+def _meta(client: OpenSearch, alias: str) -> dict[str, dict[str, Any]]:
+    client.indices.refresh(index=alias)
+    reply = client.search(index=alias, body={"query": {"match_all": {}}, "size": 10_000})
+    return {hit["_id"]: hit["_source"]["_ks2os"] for hit in reply["hits"]["hits"]}
+
+
 # ---- one worker's buffer and checkpoints, with a fake scan and writer -----------------------
 
 
