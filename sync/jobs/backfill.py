@@ -6,8 +6,8 @@ Flow::
       each: lease the next range(s) it will scan soon -> scan page by page
             into one buffer -> BulkWriter.write(full requests of writer.max_docs)
     one renewer thread, every PROGRESS_INTERVAL_S (or a third of a lease):
-      per worker, one state request: the last token acknowledged of every
-      range it holds, ranges whose rows are all acknowledged marked done,
+      one state request for every worker: the last token acknowledged of
+      every range held, ranges whose rows are all acknowledged marked done,
       and the leases renewed
 
 A worker's buffer spans range boundaries, so a range's end costs no small
@@ -19,9 +19,11 @@ the recorded token of a range never runs ahead of what was acknowledged.
 Leases are renewed from a thread of their own: a worker may wait in a bulk
 request to a slow OpenSearch far longer than a lease, and must not lose its
 ranges meanwhile. The same thread records progress, so a killed run loses at
-most the last few seconds of what OpenSearch acknowledged. A worker leases
-only the ranges it expects to scan within about a second (at least one), so
-a crash leaves few leases behind for others to wait out.
+most the last few seconds of what OpenSearch acknowledged. Threads of one
+process never take each other's ranges, even when a renewal came late (the
+holder is alive; only other processes need the lease to tell). A worker
+leases only the ranges it expects to scan within about a second (at least
+one), so a crash leaves few leases behind for others to wait out.
 
 A run survives the process: started again, the job resumes the table's
 unfinished run from the last token each range recorded (`restart=True` plans
@@ -221,6 +223,9 @@ class _Backfill:
         self.all_done = threading.Event()
         self.failed = threading.Event()  # one worker failed: the others stop too
         self.workers: list[_Worker] = []
+        # Ranges a worker of this process holds: its siblings never take them over,
+        # even with an expired lease (the holder is alive, only its renewal is slow).
+        self._claimed: set[int] = set()
         # What this process last saw of every range. Leasing tries it first and
         # reads the store again only when nothing in it can be had: a stale
         # entry just fails its conditional write. Saves a read per lease.
@@ -272,7 +277,19 @@ class _Backfill:
 
     def current_workers(self) -> list[_Worker]:
         with self._lock:
-            return list(self.workers)
+            return sorted(self.workers, key=lambda w: w.number)
+
+    def claim(self, number: int) -> None:
+        with self._lock:
+            self._claimed.add(number)
+
+    def unclaim(self, number: int) -> None:
+        with self._lock:
+            self._claimed.discard(number)
+
+    def claimed(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._claimed)
 
     def pending(self) -> list[RangeState]:
         """Ranges not done as this process last saw them, in range order."""
@@ -304,8 +321,10 @@ class _Renewer(threading.Thread):
 
     A worker thread can spend longer than a lease inside one bulk request to
     a slow OpenSearch (retries and backoff included); renewing from here
-    keeps its ranges while it does. Each worker's checkpoint takes that
-    worker's lock, so it never races the worker's own state writes.
+    keeps its ranges while it does. Every worker's ranges go in one state
+    request per round (a state write may wait behind the bulk requests in
+    OpenSearch's queue: one wait per round, not one per worker), made while
+    holding every worker's lock, so it never races a worker's own state write.
     """
 
     def __init__(self, backfill: _Backfill, interval_s: float) -> None:
@@ -315,20 +334,34 @@ class _Renewer(threading.Thread):
         self.finished = threading.Event()
 
     def run(self) -> None:
-        wait_s = self.interval_s
-        while not self.finished.wait(wait_s):
+        while not self.finished.wait(self.interval_s):
             try:
-                wait_s = self._tick()
+                self.renew()
             except BaseException as exc:
                 self.backfill.fail(exc)
                 return
 
-    def _tick(self) -> float:
-        """Checkpoint every worker that is due; returns how long until the next is."""
-        next_due = self.interval_s
-        for worker in self.backfill.current_workers():
-            next_due = min(next_due, worker.checkpoint_if_due(self.interval_s))
-        return max(next_due, _IDLE_POLL_S)
+    def renew(self) -> None:
+        """One state request: the progress and leases of every worker's held ranges."""
+        workers = self.backfill.current_workers()
+        with contextlib.ExitStack() as locks:
+            for worker in workers:  # in worker order; a worker only ever takes its own lock
+                locks.enter_context(worker.lock)
+            batches = [(worker, worker.checkpoint_pairs()) for worker in workers if worker.held]
+            pairs = [pair for _, part in batches for pair in part]
+            if not pairs:
+                return
+            if len({new.doc_id for _, new in pairs}) < len(pairs):
+                # Two workers hold one range (only while one is about to learn it lost
+                # it): one request each, so each conditional write stands on its own.
+                for worker, _ in batches:
+                    worker.checkpoint()
+                return
+            results = self.backfill.job.store.update_ranges(pairs)
+            start = 0
+            for worker, part in batches:
+                worker.apply(part, results[start : start + len(part)])
+                start += len(part)
 
 
 @dataclass
@@ -389,7 +422,6 @@ class _Worker:
         self.buffered = 0  # changes ever put into the buffer
         self.acknowledged = 0  # of those, changes the writer acknowledged
         self.marks: deque[_Mark] = deque()
-        self.checkpointed = time.monotonic()
         self.seconds_per_range: float | None = None  # how fast this worker gets through one
 
     def run(self) -> None:
@@ -401,7 +433,7 @@ class _Worker:
                     # again at once (those may have been the last ranges).
                     self._flush(everything=True)
                     with self.lock:
-                        self._checkpoint()
+                        self.checkpoint()
                 elif not b.all_done.is_set():
                     b.idle()
                 continue
@@ -412,19 +444,7 @@ class _Worker:
         if self.held and not b.failed.is_set():
             self._flush(everything=True)
             with self.lock:
-                self._checkpoint(release=b.halted())
-
-    def checkpoint_if_due(self, interval_s: float) -> float:
-        """The renewer's call: checkpoint if `interval_s` went by; seconds until next due."""
-        with self.lock:
-            waited = time.monotonic() - self.checkpointed
-            if waited < interval_s:
-                return interval_s - waited
-            if self.held:
-                self._checkpoint()
-            else:
-                self.checkpointed = time.monotonic()
-            return interval_s
+                self.checkpoint(release=b.halted())
 
     # ---- leases ---------------------------------------------------------------
 
@@ -434,12 +454,17 @@ class _Worker:
             if fresh:
                 self.b.refresh()
             with self.lock:
-                pending = [s for s in self.b.pending() if s.number not in self.held]
-                if not pending and not self.held:
+                pending = self.b.pending()
+                if not pending:
                     self.b.all_done.set()  # done is final: nothing can become pending again
                     return False
                 now = self.store.now_ms()
-                free = [s for s in pending if s.lease.free_for(self.name, now)]
+                claimed = self.b.claimed()  # held by this process, ours included
+                free = [
+                    s
+                    for s in pending
+                    if s.number not in claimed and s.lease.free_for(self.name, now)
+                ]
                 if not free:
                     continue
                 # Threads start looking at different places so they rarely race
@@ -448,7 +473,7 @@ class _Worker:
                 leases = self.store.range_leases(
                     free[offset:] + free[:offset], self.name, self._lease_count(len(free))
                 )
-                if self._checkpoint(leases):
+                if self.checkpoint(leases):
                     return True
         return False
 
@@ -463,7 +488,7 @@ class _Worker:
         ahead = 1 if pace is None else int(_LEASE_AHEAD_S / max(pace, 1e-3))
         return max(1, min(_MAX_LEASE, ahead, free // (2 * self.workers)))
 
-    def _checkpoint(
+    def checkpoint(
         self,
         leases: list[tuple[RangeState, RangeState]] | None = None,
         *,
@@ -471,10 +496,15 @@ class _Worker:
     ) -> list[RangeState]:
         """One state request: every held range's progress (done ones finished), plus `leases`.
 
-        The caller holds `lock`. Returns the ranges newly leased. A held range
-        whose write fails was taken over: it is dropped (its buffered rows are
-        still written: harmless).
+        The caller holds `lock`. Returns the ranges newly leased.
         """
+        pairs = self.checkpoint_pairs(release=release) + (leases or [])
+        if not pairs:
+            return []
+        return self.apply(pairs, self.store.update_ranges(pairs), release=release)
+
+    def checkpoint_pairs(self, *, release: bool = False) -> list[tuple[RangeState, RangeState]]:
+        """(as stored, new) for every held range: done, progressed, or just renewed."""
         pairs: list[tuple[RangeState, RangeState]] = []
         for held in self.held.values():
             if held.complete:
@@ -484,11 +514,20 @@ class _Worker:
             else:
                 new = self.store.renewed(held.state)
             pairs.append((held.state, self.store.released(new) if release else new))
-        pairs += leases or []
-        if not pairs:
-            return []
-        results = self.store.update_ranges(pairs)
-        self.checkpointed = time.monotonic()
+        return pairs
+
+    def apply(
+        self,
+        pairs: list[tuple[RangeState, RangeState]],
+        results: list[RangeState | None],
+        *,
+        release: bool = False,
+    ) -> list[RangeState]:
+        """Take in the answer to a state request of `pairs`; returns the ranges newly leased.
+
+        The caller holds `lock`. A held range whose write failed was taken over:
+        it is dropped (its buffered rows are still written: harmless).
+        """
         leased: list[RangeState] = []
         lost: list[RangeState] = []
         for (old, _), result in zip(pairs, results, strict=True):
@@ -499,6 +538,7 @@ class _Worker:
                     leased.append(result)
                     self.held[result.number] = _Held(result, result.last_token, result.rows)
                     self.todo.append(result.number)
+                    self.b.claim(result.number)
             elif result is None:
                 lost.append(old)
                 self._drop(old.number)
@@ -524,7 +564,8 @@ class _Worker:
             )
 
     def _drop(self, number: int) -> None:
-        self.held.pop(number, None)
+        if self.held.pop(number, None) is not None:
+            self.b.unclaim(number)
         with contextlib.suppress(ValueError):
             self.todo.remove(number)
 

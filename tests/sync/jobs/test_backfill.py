@@ -554,7 +554,7 @@ def test_a_lost_lease_says_who_has_the_range_and_where_it_is_read_from_again(
     taken = replace(held.state, last_token=held.state.range_start + 7, rows=3, lease=other)
     assert store.update_ranges([(held.state, taken)])[0] is not None
     with caplog.at_level(logging.WARNING, logger="sync.jobs.backfill"), worker.lock:
-        worker._checkpoint()
+        worker.checkpoint()
     assert number not in worker.held and number not in worker.todo
     assert (
         f"lost the lease on range {number}; dropping it: host-b#1 holds it now; it will be "
@@ -743,7 +743,7 @@ def test_a_lone_backfill_keeps_its_leases_while_opensearch_is_slow(
         opensearch={"hosts": [proxy.url]},
         backfill={"ranges": 8, "workers": 2, "page_size": 10},
         writer={"max_docs": 50},
-        state={"lease_seconds": 2},
+        state={"lease_seconds": 3},
     )
     with caplog.at_level(logging.INFO):
         thread, out = _in_thread(lambda: run_backfill(cfg, mapping))
@@ -754,6 +754,9 @@ def test_a_lone_backfill_keeps_its_leases_while_opensearch_is_slow(
             # (which looks every second) had the chance to take what was not renewed.
             until_ms = max(leased) + 2_000
             _wait_for(lambda: time.time() * 1000 > until_ms, "the leases to run out")
+            # They did not run out: renewed all along, while the bulk request waited.
+            now_ms = time.time() * 1000
+            assert all(r.lease.expires_at_ms > now_ms for r in _ranges(opensearch) if r.lease.owner)
         finally:
             proxy.open()
         thread.join(timeout=120)
