@@ -342,12 +342,20 @@ class _Renewer(threading.Thread):
                 return
 
     def renew(self) -> None:
-        """One state request: the progress and leases of every worker's held ranges."""
+        """One state request: the progress and leases of every worker's held ranges.
+
+        A busy worker with nothing more to scan after its current range also
+        gets its next range leased here, so it need not stop to lease it.
+        """
         workers = self.backfill.current_workers()
         with contextlib.ExitStack() as locks:
             for worker in workers:  # in worker order; a worker only ever takes its own lock
                 locks.enter_context(worker.lock)
             batches = [(worker, worker.checkpoint_pairs()) for worker in workers if worker.held]
+            taken: set[int] = set()
+            for worker, part in batches:
+                part += worker.next_lease(taken)
+                taken.update(new.number for _, new in part)
             pairs = [pair for _, part in batches for pair in part]
             if not pairs:
                 return
@@ -476,6 +484,27 @@ class _Worker:
                 if self.checkpoint(leases):
                     return True
         return False
+
+    def next_lease(self, taken: set[int]) -> list[tuple[RangeState, RangeState]]:
+        """The lease of the range to scan after the current one, while many are left.
+
+        The caller holds `lock`; `taken` are ranges leased in the same request.
+        Near the end (fewer free ranges than two per worker) none: idle workers
+        lease the last ranges themselves, so they spread.
+        """
+        if self.todo:
+            return []
+        claimed = self.b.claimed() | taken
+        now = self.store.now_ms()
+        free = [
+            s
+            for s in self.b.pending()
+            if s.number not in claimed and s.lease.free_for(self.name, now)
+        ]
+        if len(free) < 2 * self.workers:
+            return []
+        offset = self.number * len(free) // self.workers
+        return self.store.range_leases(free[offset:] + free[:offset], self.name, 1)
 
     def _lease_count(self, free: int) -> int:
         """How many ranges to lease: what this worker will scan within about a second.

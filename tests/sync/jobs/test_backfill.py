@@ -585,6 +585,42 @@ def test_a_rerun_under_the_same_worker_id_takes_back_the_leases_its_predecessor_
     assert after == {0: None, 1: None, 2: "host-b#0", 3: None}
 
 
+def test_one_renewal_round_is_one_state_request_and_leases_a_busy_workers_next_range(
+    opensearch: OpenSearch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state write may wait behind every bulk request queued in OpenSearch: one per
+    round, whatever the number of workers, and none for a busy worker's next lease."""
+    from sync.jobs.backfill import _Renewer, _Worker, plan_run
+
+    store = StateStore(opensearch, ".ks2os-state", lease_seconds=300)
+    run = plan_run(store, "ks.t->t_v1", len(SIZES), restart=False)
+    backfill = _fake_backfill(
+        store, run, _Fakes(store, run, SIZES, 4), monkeypatch, threading.Event()
+    )
+    workers = [_Worker(backfill, n) for n in range(2)]
+    backfill.workers.extend(workers)
+    scanning = []
+    for worker in workers:
+        assert worker._lease()
+        scanning.append(worker.todo.pop(0))  # each is busy with a range, nothing after it
+    requests: list[int] = []
+    update_ranges = store.update_ranges
+
+    def counted(pairs: list[Any]) -> Any:
+        requests.append(len(pairs))
+        return update_ranges(pairs)
+
+    monkeypatch.setattr(store, "update_ranges", counted)
+    _Renewer(backfill, 1.0).renew()
+    assert len(requests) == 1  # both workers' renewals and both next leases
+    stored = {s.number: s for s in store.list_ranges(run)}
+    nexts = [worker.todo for worker in workers]
+    assert all(len(todo) == 1 for todo in nexts) and nexts[0] != nexts[1]
+    for worker, current, (following,) in zip(workers, scanning, nexts, strict=True):
+        assert stored[current].lease.owner == stored[following].lease.owner == worker.name
+        assert following not in scanning
+
+
 # ---- resume, leases and a slow OpenSearch, through real clients -----------------------------
 
 
