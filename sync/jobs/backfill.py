@@ -23,7 +23,10 @@ most the last few seconds of what OpenSearch acknowledged. Threads of one
 process never take each other's ranges, even when a renewal came late (the
 holder is alive; only other processes need the lease to tell). A worker
 leases only the ranges it expects to scan within about a second (at least
-one), so a crash leaves few leases behind for others to wait out.
+one), and the renewer leases a busy worker's next range in its round, so a
+worker seldom stops to lease and a crash leaves few leases unscanned.
+Ranges whose rows still sit in a worker's unacknowledged buffer stay leased
+until OpenSearch acknowledges them (they must be read again after a crash).
 
 A run survives the process: started again, the job resumes the table's
 unfinished run from the last token each range recorded (`restart=True` plans
