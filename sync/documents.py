@@ -323,7 +323,7 @@ class DocumentBuilder:
         self.mapping = mapping
         self.table = table
         spec = mapping.document
-        self._id_positions = self._positions(spec.id or table.key_columns, "document.id")
+        self._id_positions = self._positions(self._id_columns(), "document.id")
         self._routing_positions = (
             self._positions(table.partition_key, "document.routing")
             if spec.routing is Routing.PARTITION
@@ -354,6 +354,26 @@ class DocumentBuilder:
             taken={field_name: column for column, field_name, _ in self._plan},
             explicit_nulls=self._explicit_nulls,
         )
+
+    def _id_columns(self) -> tuple[str, ...]:
+        """The id columns: the whole primary key, in the mapping's order if it gives one.
+
+        An id of only some key columns would give distinct rows one document
+        (the last write wins), and a delete of one would hide the others.
+        """
+        columns = self.mapping.document.id
+        if columns is None:
+            return self.table.key_columns
+        missing = [c for c in self.table.key_columns if c not in columns]
+        if missing and set(columns) <= self.table.key_set:
+            raise ConfigError(
+                f"{self.mapping.path}: document.id leaves out primary-key column(s) "
+                f"{', '.join(missing)} of {self.table.qualified_name}: rows that differ only "
+                "there would share one document, and deleting one would hide the others",
+                hint=f"list every primary-key column, in any order: "
+                f"{', '.join(self.table.key_columns)}",
+            )
+        return columns
 
     def _positions(self, columns: Iterable[str], key: str) -> tuple[int, ...]:
         key_columns = self.table.key_columns

@@ -12,7 +12,7 @@ A mapping file is TOML::
     mappings = { ... }           # OpenSearch mappings (dynamic, properties...)
 
     [document]
-    id = ["shop", "sku"]         # columns forming the id; default the primary key
+    id = ["sku", "shop"]         # every primary-key column, any order; default: key order
     include = ["name", "price"]  # only these columns (key columns always kept)
     exclude = ["secret"]         # never these columns
     rename = { name = "title" }  # column -> field name

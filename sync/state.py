@@ -808,6 +808,12 @@ class StateStore:
         docs = self._read(ids)
         return [RangeState.from_body(docs[i].body, docs[i].stamp) for i in ids if i in docs]
 
+    def current_ranges(self, states: Iterable[RangeState]) -> dict[int, RangeState]:
+        """The stored state of these ranges now (real-time reads), by range number."""
+        docs = self._read([s.doc_id for s in states])
+        current = [RangeState.from_body(doc.body, doc.stamp) for doc in docs.values()]
+        return {state.number: state for state in current}
+
     def range_leases(
         self, states: Iterable[RangeState], worker: str, limit: int
     ) -> list[tuple[RangeState, RangeState]]:

@@ -56,7 +56,6 @@ from sync.keyspaces import describe_table, no_cdc_message, service_now_ms
 from sync.mapping import TableMapping
 from sync.metrics import Metrics, MetricsServer
 from sync.model import Change
-from sync.sources.cql import read_consistency
 from sync.sources.streams import (
     BadRecord,
     GapKind,
@@ -754,8 +753,7 @@ class Follower:
         if view_type in ("NEW_AND_OLD_IMAGES", "NEW_IMAGE"):
             return None
         if self._lookup is None:
-            consistency = read_consistency(self.job.cfg.keyspaces.read_consistency)
-            self._lookup = RowLookup(self.job.session, self.job.info, consistency)
+            self._lookup = RowLookup(self.job.session, self.job.info)
         return self._lookup
 
     def _shutdown(self) -> None:

@@ -58,10 +58,17 @@ from sync.errors import (
     TerminalError,
     TransientError,
 )
-from sync.keyspaces import TableInfo, cql_errors, qualified, quote
+from sync.keyspaces import (
+    TableInfo,
+    cql_errors,
+    qualified,
+    quote,
+    service_now_ms,
+)
 from sync.model import Change, Op, StreamPosition
 from sync.retry import RetryPolicy
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
+from sync.sources.rows import READ_CONSISTENCY, decode_row, expiring_columns, select_list
 from sync.version import lineage_floor, next_stream_version
 
 log = logging.getLogger(__name__)
@@ -430,17 +437,25 @@ def describe_stream(
 
 
 class RowLookup:
-    """Reads a row's current state over CQL, for KEYS_ONLY and OLD_IMAGE streams."""
+    """Reads a row's current state over CQL, for KEYS_ONLY and OLD_IMAGE streams.
 
-    def __init__(self, session: Session, info: TableInfo, consistency: int) -> None:
+    Read as the snapshot scan reads (`sync.sources.rows`): at LOCAL_QUORUM, so
+    the row is never older than an acknowledged write (a stale replica's row
+    at a delete record's version would bring the deleted row back), and with
+    the TTL()s of its columns, so the change carries the row's expiry, dated
+    by the service clock just before the read.
+    """
+
+    def __init__(self, session: Session, info: TableInfo) -> None:
         self._session = session
         self._info = info
         key = info.key
         table = qualified(info.keyspace, info.name)
         row_where = " AND ".join(f"{quote(c)} = ?" for c in key.key_columns)
         part_where = " AND ".join(f"{quote(c)} = ?" for c in key.partition_key)
-        columns = ", ".join(quote(c) for c in info.columns)
-        statics = ", ".join(quote(c) for c in key.partition_key + key.static)
+        self._ttl_columns = expiring_columns(info)
+        columns = select_list(info.columns, self._ttl_columns)
+        statics = select_list(key.partition_key + key.static)
         with cql_errors(f"preparing the row lookups of {info.qualified_name}"):
             self._row: PreparedStatement = session.prepare(
                 f"SELECT {columns} FROM {table} WHERE {row_where}"
@@ -449,19 +464,30 @@ class RowLookup:
                 f"SELECT {statics} FROM {table} WHERE {part_where} LIMIT 1"
             )
         for statement in (self._row, self._static):
-            statement.consistency_level = consistency
+            statement.consistency_level = READ_CONSISTENCY
 
     def change(self, key: tuple[Any, ...], static_only: bool, base: Change) -> Change:
         """What the row (or the partition's statics) is now, as a change at `base`'s version."""
-        statement = self._static if static_only else self._row
+        if static_only:
+            return self._statics(key, base)
         with cql_errors(f"looking up a row of {self._info.qualified_name}"):
-            row = self._session.execute(statement, key).one()
+            read_at_ms = service_now_ms(self._session) if self._ttl_columns else None
+            row = self._session.execute(self._row, key).one()
+        if row is None:
+            return Change(Op.DELETE, key, None, base.version, base.source)
+        return decode_row(
+            row, self._info.key, base.source, base.version, self._ttl_columns, read_at_ms=read_at_ms
+        )
+
+    def _statics(self, key: tuple[Any, ...], base: Change) -> Change:
+        with cql_errors(f"looking up the statics of a partition of {self._info.qualified_name}"):
+            row = self._session.execute(self._static, key).one()
         image = None if row is None else {k: v for k, v in row._asdict().items() if v is not None}
-        if static_only and image is not None and not set(image) & set(self._info.key.static):
+        if image is not None and not set(image) & set(self._info.key.static):
             image = None
         if image is None:
-            return Change(Op.DELETE, key, None, base.version, base.source, static_only=static_only)
-        return Change(Op.UPSERT, key, image, base.version, base.source, static_only=static_only)
+            return Change(Op.DELETE, key, None, base.version, base.source, static_only=True)
+        return Change(Op.UPSERT, key, image, base.version, base.source, static_only=True)
 
 
 # ---- reading one shard ----------------------------------------------------------------

@@ -230,6 +230,38 @@ def test_backfill_refuses_an_index_whose_mapping_conflicts(
     assert opensearch.count(index=f"{alias}_v1")["count"] == 0
 
 
+def test_a_document_id_of_part_of_the_key_is_refused_at_start(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path, opensearch: Any
+) -> None:
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."t" ("shop" int, "sku" text, "n" int, '
+        'PRIMARY KEY ("shop", "sku"))'
+    )
+    cql.execute(f'INSERT INTO "{keyspace}"."t" ("shop", "sku", "n") VALUES (1, \'a\', 1)')
+    mapping = tmp_path / "t.toml"
+    mapping.write_text(
+        f'[source]\nkeyspace = "{keyspace}"\ntable = "t"\n[index]\nalias = "{keyspace}-t"\n'
+        '[document]\nid = ["shop"]\n'
+    )
+    config = _config_file(make_config, tmp_path, mapping)
+    line = one_line_error(ks2os("--config", str(config), "backfill", cwd=tmp_path, env=_aws_env()))
+    assert "document.id leaves out primary-key column(s) sku" in line
+    assert not opensearch.indices.exists(index=f"{keyspace}-t")  # refused before any write
+
+
+def test_a_weak_read_consistency_is_refused_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "ks2os.toml").write_text("[keyspaces]\nread_consistency = 'LOCAL_ONE'\n")
+    line = one_line_error(ks2os("config", "check", cwd=tmp_path))
+    assert "keyspaces.read_consistency must be 'LOCAL_QUORUM', got 'LOCAL_ONE'" in line
+    assert "resurrect a deleted row" in line
+
+
+def test_a_negative_snapshot_margin_is_refused_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "ks2os.toml").write_text("[backfill]\nsnapshot_margin_ms = -5000\n")
+    line = one_line_error(ks2os("config", "check", cwd=tmp_path))
+    assert "backfill.snapshot_margin_ms must be 1000-3600000, got -5000" in line
+
+
 def _aws_env() -> dict[str, str]:
     return {
         "AWS_ACCESS_KEY_ID": "test",

@@ -175,9 +175,9 @@ def test_ids_are_url_safe_and_unambiguous_for_awkward_keys() -> None:
 
 
 def test_ids_and_routing_follow_the_mapping() -> None:
-    b = builder(id=["sku", "shop"], routing="partition")
+    b = builder(id=["sku", "shop", "day"], routing="partition")
     action = b.action_for(upsert({}, key=("s p", Date(0), SKU)))
-    assert action.doc_id == f"{SKU}:s%20p"
+    assert action.doc_id == f"{SKU}:s%20p:1970-01-01"
     assert action.routing == "s%20p:1970-01-01"
     assert builder().action_for(upsert({})).routing is None
 
@@ -185,6 +185,24 @@ def test_ids_and_routing_follow_the_mapping() -> None:
 def test_id_columns_must_be_key_columns() -> None:
     with pytest.raises(ConfigError, match=r"document.id.*'n'"):
         builder(id=["n"])
+
+
+def test_an_id_of_only_some_key_columns_is_refused_naming_the_missing_ones() -> None:
+    """Rows that differ only in a left-out column would share one document, and a delete
+    of one would hide the others."""
+    with pytest.raises(ConfigError) as caught:
+        builder(id=["sku", "shop"])
+    message = str(caught.value)
+    assert "document.id leaves out primary-key column(s) day of demo.t" in message
+    assert "\n" not in message and "shop, day, sku" in caught.value.hint
+    with pytest.raises(ConfigError, match=r"column\(s\) day, sku of demo.t"):
+        builder(id=["shop"])
+
+
+def test_any_order_of_the_whole_key_is_an_id() -> None:
+    key = ("s", Date(0), SKU)
+    assert builder(id=["sku", "day", "shop"]).doc_id(key) == f"{SKU}:1970-01-01:s"
+    assert builder().doc_id(key) == f"s:1970-01-01:{SKU}"
 
 
 def test_key_text_forms_are_canonical() -> None:
