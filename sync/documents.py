@@ -439,16 +439,18 @@ class DocumentBuilder:
         """Does the change say what the partition's static values are, at its version?
 
         A static-only change does; so does a snapshot row, which reads the
-        partition's statics with the row (a missing one is null); a stream row
-        record only when it has static cells (Keyspaces sends a write that
-        touches statics and row as two records, so normally it has none).
+        partition's statics with the row (a missing one is null), unless its
+        position says it leaves them to the partition document (a repair); a
+        stream row record only when it has static cells (Keyspaces sends a
+        write that touches statics and row as two records, so normally it has
+        none).
         """
         if change.static_only:
             return True
         if change.op is Op.DELETE or change.image is None:
             return False
         if isinstance(change.source, ScanPosition):
-            return True
+            return change.source.statics
         return any(column in change.image for column in self.table.static)
 
     def action_for(self, change: Change) -> Action:
