@@ -16,13 +16,15 @@ Flow, one token range at a time, in `backfill.workers` threads::
 Memory is bounded by a page of rows, a page of documents, one partition and
 the candidates waiting for their re-check; never by the table.
 
-**Changes made while verify runs.** A difference counts only if it is still
-there on the fresh read, `settle` seconds after it was first seen (longer than
-the follower's lag, so a change it has not applied yet settles). A document
-whose stored version is at least the fresh read's snapshot version was written
-from a change newer than (or within the snapshot margin of) the read: it is
-not a divergence but checked again later, up to `_ROUNDS` times, then counted
-as `unsettled` (it kept changing) rather than as divergent.
+**Changes made while verify runs.** A difference counts only if a fresh read
+of the row and of the document, `settle` seconds after it was first seen,
+still shows it, and neither side changed in between: both held still for
+longer than the follower's lag, so no change can still be on its way. A
+document whose stored version is at least the fresh read's snapshot version
+was written from a change newer than (or within the snapshot margin of) the
+read: not a divergence. Either way the document is looked at again after
+`settle`, up to `_ROUNDS` times, then counted as `unsettled` (it kept
+changing) rather than as divergent.
 
 **Repair** writes exactly the divergent documents, with versions that cannot
 beat a newer stream change: the fresh read's snapshot version
@@ -56,7 +58,7 @@ from typing import Any
 
 from opensearchpy import OpenSearch
 
-from sync.bulk import Action, Document, Reader, Verdict, call
+from sync.bulk import Action, Document, Reader, Stamp, Verdict, call
 from sync.clients import opensearch_client
 from sync.compare import (
     Expected,
@@ -250,6 +252,7 @@ class _Candidate:
     doc_id: str
     routing: str | None
     due: float  # monotonic time of the next check
+    seen: _Seen | None  # both sides as last read (None: not yet, or rewritten since)
     rounds: int = 0
     counted: bool = False
     repairs: int = 0  # repair writes sent for it
@@ -488,7 +491,8 @@ class _Worker:
         expected = expected_documents(self.builder, changes)
         due = time.monotonic() + self.v.settle_s
         for finding in compare(expected, stored, self.now_ms):
-            self.pending.append(_Candidate(token, finding.doc_id, _routing(finding), due))
+            seen = _Seen.of(finding.expected, finding.stored)
+            self.pending.append(_Candidate(token, finding.doc_id, _routing(finding), due, seen))
 
     # ---- re-checks -------------------------------------------------------------------
 
@@ -553,6 +557,13 @@ class _Worker:
         if document is not None and newest_version(document) >= version:
             self._newer_than_the_read(candidate, finding, document)
             return None
+        seen = _Seen.of(wanted, document)
+        if seen != candidate.seen:
+            # A side changed since it was last read: a change may still be on its way
+            # (the follower's lag). A difference counts once both sides held still.
+            candidate.seen = seen
+            self._still_changing(candidate)
+            return None
         self._count(candidate, finding)
         if not self.v.repair:
             return None
@@ -564,6 +575,7 @@ class _Worker:
             self._unrepaired(candidate, finding, candidate.why or "its rewrites did not mend it")
             return None
         candidate.repairs += 1
+        candidate.seen = None  # the rewrite changes the document
         self._again(candidate, soon=True)
         return _Repair(candidate, finding, version)
 
@@ -583,7 +595,12 @@ class _Worker:
                     "its version is ahead of the service clock, so no repair can beat it: "
                     "rebuild the index with ks2os reindex",
                 )
-        elif candidate.rounds >= _ROUNDS:
+        else:
+            self._still_changing(candidate)
+
+    def _still_changing(self, candidate: _Candidate) -> None:
+        """Look again after `settle`; after `_ROUNDS` looks, give up on it as unsettled."""
+        if candidate.rounds >= _ROUNDS:
             self.v.tally.add(unsettled=1)
         else:
             self._again(candidate, soon=False)
@@ -658,6 +675,25 @@ class _Worker:
         meta["static_version"] = 0
         return Action(
             stored.doc_id, {META_FIELD: meta}, routing=stored.routing, expect=stored.stamp
+        )
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What one look at a candidate saw: the document the row calls for, and the stored one."""
+
+    wanted: Mapping[str, Any] | None  # the expected body (None: no live document, or no row)
+    row: bool  # the table has the row
+    expiring: bool  # the row has a TTL (its exact expiry moves with each read)
+    stored: Stamp | None  # the stored document's stamp (None: absent)
+
+    @staticmethod
+    def of(wanted: Expected | None, stored: Document | None) -> _Seen:
+        return _Seen(
+            None if wanted is None else wanted.body,
+            wanted is not None,
+            wanted is not None and wanted.expires_at is not None,
+            None if stored is None else stored.stamp,
         )
 
 
