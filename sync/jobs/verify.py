@@ -319,14 +319,15 @@ class _Verify:
     ) -> VerifyReport:
         job = self.job
         ranges = split_ring(max(job.cfg.backfill.ranges, 1), self.ring)
-        chosen, cap = _choose(ranges, sample, fraction, random.Random(seed))
+        chosen = _choose(ranges, sample, fraction, random.Random(seed))
+        budget = None if sample is None else _Budget(sample, len(chosen))
         reader = self._reader()
         untokened = self._untokened(reader)
         complete = False
         if untokened is None:
             progress = Progress(dict(chosen))
             progress.start(started)
-            complete = self._compare(chosen, cap, progress)
+            complete = self._compare(chosen, budget, progress)
         tally = self.tally
         divergent = sum(tally.counts.values())
         return VerifyReport(
@@ -379,7 +380,7 @@ class _Verify:
         return count
 
     def _compare(
-        self, chosen: list[tuple[int, TokenRange]], cap: int | None, progress: Progress
+        self, chosen: list[tuple[int, TokenRange]], budget: _Budget | None, progress: Progress
     ) -> bool:
         """Every chosen range compared by the workers; False when stopped first."""
         work: queue.SimpleQueue[tuple[int, TokenRange]] = queue.SimpleQueue()
@@ -390,7 +391,10 @@ class _Verify:
         reporter.start()
         workers = [
             threading.Thread(
-                target=self._work, args=(work, cap, progress), name=f"ks2os-verify-{n}", daemon=True
+                target=self._work,
+                args=(work, budget, progress),
+                name=f"ks2os-verify-{n}",
+                daemon=True,
             )
             for n in range(max(self.job.cfg.backfill.workers, 1))
         ]
@@ -405,7 +409,10 @@ class _Verify:
         return not self.halted() and self.tally.ranges == len(chosen)
 
     def _work(
-        self, work: queue.SimpleQueue[tuple[int, TokenRange]], cap: int | None, progress: Progress
+        self,
+        work: queue.SimpleQueue[tuple[int, TokenRange]],
+        budget: _Budget | None,
+        progress: Progress,
     ) -> None:
         try:
             worker = _Worker(self, self._reader())
@@ -414,7 +421,10 @@ class _Verify:
                     number, token_range = work.get_nowait()
                 except queue.Empty:
                     break
-                worker.compare_range(number, token_range, cap, progress)
+                cap = None if budget is None else budget.take()
+                rows = worker.compare_range(number, token_range, cap, progress)
+                if budget is not None:
+                    budget.spent(cap or 0, rows)
                 worker.recheck(wait=False)
             worker.recheck(wait=True)
         except BaseException as exc:
@@ -424,20 +434,41 @@ class _Verify:
 
 def _choose(
     ranges: list[TokenRange], sample: int | None, fraction: float | None, rng: random.Random
-) -> tuple[list[tuple[int, TokenRange]], int | None]:
-    """The ranges to compare (numbered) and the rows to read of each (None: all)."""
+) -> list[tuple[int, TokenRange]]:
+    """The ranges to compare, numbered, in the order to compare them."""
     numbered = list(enumerate(ranges))
     if fraction is not None:
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         count = max(1, round(fraction * len(ranges)))
-        return sorted(rng.sample(numbered, count)), None
+        return sorted(rng.sample(numbered, count))
     if sample is not None:
         if sample < 1:
             raise ValueError(f"sample must be at least 1 row, got {sample}")
-        # Every range, each cut short: the sample is spread over the whole ring.
-        return numbered, math.ceil(sample / len(ranges))
-    return numbered, None
+        # Every range, a share of the rows from each, in random order (see _Budget).
+        rng.shuffle(numbered)
+    return numbered
+
+
+class _Budget:
+    """A sample's rows, shared out over the ranges as they are taken: each gets an equal
+    share of what is left, so a range with fewer rows leaves the rest to those after it."""
+
+    def __init__(self, rows: int, ranges: int) -> None:
+        self._rows, self._ranges = rows, ranges
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        """The most rows the next range may read (at least 1)."""
+        with self._lock:
+            share = math.ceil(self._rows / max(self._ranges, 1))
+            self._ranges -= 1
+            self._rows -= share  # held until `spent` gives back what was not read
+            return max(share, 1)
+
+    def spent(self, taken: int, read: int) -> None:
+        with self._lock:
+            self._rows += max(taken - read, 0)
 
 
 # ---------------------------------------------------------------- one worker
@@ -465,34 +496,42 @@ class _Worker:
 
     def compare_range(
         self, number: int, token_range: TokenRange, cap: int | None, progress: Progress
-    ) -> None:
+    ) -> int:
+        """Compare one range (`cap`: at most that many rows of it); returns the rows read."""
         self.now_ms = service_now_ms(self.job.session)
         query = _in_range(token_range, first=token_range.start == self.v.ring.minimum)
         pages = self.reader.scan(query, sort=[{f"{META_FIELD}.token": "asc"}])
         rows = documents = 0
         with contextlib.closing(pages):
             rows_side = _rows(self.v.scanner.scan(token_range))
-            for token, changes, stored in _merge(rows_side, _documents(pages), cap):
+            for group in _merge(rows_side, _documents(pages), cap):
                 if self.v.halted():
-                    return
-                rows += len(changes)
-                documents += len(stored)
-                if changes:
-                    self.now_ms = max(self.now_ms, _read_at(changes))
-                self._differences(token, changes, stored)
-                share = token_range.fraction_done(token) if cap is None else rows / cap
-                progress.update(number, share, len(changes))
+                    return rows
+                rows += len(group.changes)
+                if group.changes:
+                    self.now_ms = max(self.now_ms, _read_at(group.changes))
+                documents += self._differences(group)
+                share = token_range.fraction_done(group.token) if cap is None else rows / cap
+                progress.update(number, share, len(group.changes))
                 if len(self.pending) >= _MAX_PENDING:
                     self.recheck(wait=True, down_to=_MAX_PENDING // 2)
         progress.update(number, 1.0)
         self.v.tally.add(rows=rows, documents=documents, ranges=1)
+        return rows
 
-    def _differences(self, token: int, changes: list[Change], stored: list[Document]) -> None:
-        expected = expected_documents(self.builder, changes)
+    def _differences(self, group: _Group) -> int:
+        """Compare one token's rows and documents; returns the documents compared."""
+        token = group.token
+        expected = expected_documents(self.builder, group.changes)
+        stored = group.stored
+        if group.partial:  # the partition's other rows were not read: nor are their documents
+            wanted = {e.doc_id for e in expected}
+            stored = [document for document in stored if document.doc_id in wanted]
         due = time.monotonic() + self.v.settle_s
         for finding in compare(expected, stored, self.now_ms):
             seen = _Seen.of(finding.expected, finding.stored)
             self.pending.append(_Candidate(token, finding.doc_id, _routing(finding), due, seen))
+        return len(stored)
 
     # ---- re-checks -------------------------------------------------------------------
 
@@ -758,37 +797,51 @@ def _documents(pages: Iterator[list[Document]]) -> Iterator[tuple[int, Document]
                 yield token_of_text(text), document
 
 
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """One token's rows and stored documents; `partial`: a sample cut its partition short."""
+
+    token: int
+    changes: list[Change]
+    stored: list[Document]
+    partial: bool = False
+
+
 def _merge(
     rows: Iterator[tuple[int, Change]],
     documents: Iterator[tuple[int, Document]],
     cap: int | None,
-) -> Iterator[tuple[int, list[Change], list[Document]]]:
-    """(token, its rows, its documents) in token order, from both sides.
+) -> Iterator[_Group]:
+    """Each token's rows and documents, in token order, from both sides.
 
-    With a `cap`, it ends after the token at which `cap` rows were reached:
-    the documents beyond it are not looked at.
+    With a `cap`, it ends once `cap` rows were read, in the middle of a
+    partition if need be (that group is `partial`): no more rows are read, and
+    the documents beyond are not looked at.
     """
     row_groups = itertools.groupby(rows, key=lambda pair: pair[0])
     doc_groups = itertools.groupby(documents, key=lambda pair: pair[0])
     row_next = next(row_groups, None)
     doc_next = next(doc_groups, None)
-    seen = 0
+    left = cap
     while row_next is not None or doc_next is not None:
         changes: list[Change] = []
         stored: list[Document] = []
+        partial = False
         if doc_next is None or (row_next is not None and row_next[0] <= doc_next[0]):
             assert row_next is not None
-            token = row_next[0]
-            changes = [change for _, change in row_next[1]]
-            row_next = next(row_groups, None)
+            token, group = row_next
+            changes = [change for _, change in itertools.islice(group, left)]
+            if left is not None:
+                left -= len(changes)
+                partial = left == 0 and next(group, None) is not None
+            row_next = None if left == 0 else next(row_groups, None)
         else:
             token = doc_next[0]
         if doc_next is not None and doc_next[0] == token:
             stored = [document for _, document in doc_next[1]]
             doc_next = next(doc_groups, None)
-        yield token, changes, stored
-        seen += len(changes)
-        if cap is not None and changes and seen >= cap:
+        yield _Group(token, changes, stored, partial)
+        if left == 0:
             return
 
 

@@ -258,6 +258,37 @@ def test_a_sample_reads_part_of_the_table_and_a_share_of_the_ranges(
     assert half.ranges == 4 and half.ranges_total == 8 and 0 < half.rows < 200
 
 
+@pytest.mark.unit
+def test_both_sides_merge_by_token_and_a_sample_stops_mid_partition() -> None:
+    from sync.bulk import Document, Stamp
+    from sync.jobs.verify import _merge
+    from sync.model import Change, Op, ScanPosition
+
+    def row(c: int) -> Change:
+        return Change(Op.UPSERT, (c,), {"c": c}, 1, ScanPosition(0, 9, 1))
+
+    rows = [(1, row(1)), (3, row(3)), (3, row(4)), (3, row(5)), (7, row(7))]
+    docs = [(t, Document(str(t), {}, Stamp(1, 1))) for t in (2, 3, 7, 8)]
+    whole = [
+        (g.token, len(g.changes), len(g.stored), g.partial)
+        for g in _merge(iter(rows), iter(docs), None)
+    ]
+    assert whole == [
+        (1, 1, 0, False),
+        (2, 0, 1, False),
+        (3, 3, 1, False),
+        (7, 1, 1, False),
+        (8, 0, 1, False),
+    ]
+    cut = [
+        (g.token, len(g.changes), len(g.stored), g.partial)
+        for g in _merge(iter(rows), iter(docs), 3)
+    ]
+    assert cut == [(1, 1, 0, False), (2, 0, 1, False), (3, 2, 1, True)]
+    exact = [(g.token, len(g.changes), g.partial) for g in _merge(iter(rows), iter(docs), 4)]
+    assert exact == [(1, 1, False), (2, 0, False), (3, 3, False)]
+
+
 def test_an_index_without_tokens_is_reported_not_compared(
     cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
 ) -> None:
