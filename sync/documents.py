@@ -15,7 +15,10 @@ stops matching leaves search and one that matches again comes back; the
 computed fields and the hook shape the body of the others. A hook that fails
 raises `DocumentError`, which the writers dead-letter with the change.
 
-Every document carries `_ks2os = {version, source, expires_at?, deleted}`.
+Every document carries `_ks2os = {version, source, expires_at?, deleted, token?}`;
+`token` is its partition's token as fixed-width text (`sync.tokens`), present
+when the builder was given a token function (every job gives it one), so
+`verify` can read the index by token range.
 Tables with static columns are written by `sync.statics` instead, from the
 pieces this builder gives it (`row_fields`, `static_values`, `partition_id`,
 `partition_doc_id`): their row documents add `partition` and
@@ -48,6 +51,7 @@ from sync.mapping import BigNumbers, Nulls, Routing, TableMapping, Timestamps
 from sync.model import Change, Op, ScanPosition
 from sync.schema import TableKey
 from sync.shaping import Shaper, compile_shaper
+from sync.tokens import token_text
 
 META_FIELD = "_ks2os"
 # A partition document's id is this prefix and the partition id. Row ids are
@@ -319,9 +323,16 @@ class _ValueForms:
 class DocumentBuilder:
     """Builds bulk actions for one table's changes under one mapping."""
 
-    def __init__(self, mapping: TableMapping, table: TableKey) -> None:
+    def __init__(
+        self,
+        mapping: TableMapping,
+        table: TableKey,
+        tokens: Callable[[tuple[Any, ...]], int] | None = None,
+    ) -> None:
         self.mapping = mapping
         self.table = table
+        # The partition's token from a row or partition key (sync.tokens.PartitionTokens).
+        self._tokens = tokens
         spec = mapping.document
         self._id_positions = self._positions(self._id_columns(), "document.id")
         self._routing_positions = (
@@ -419,6 +430,12 @@ class DocumentBuilder:
         count = len(self.table.partition_key)
         return ":".join([_quote(text_form(value)) for value in key[:count]])
 
+    def token(self, key: tuple[Any, ...]) -> str | None:
+        """`_ks2os.token` of a row or partition key: its partition's token as text (None
+        without a token function)."""
+        tokens = self._tokens
+        return None if tokens is None else token_text(tokens(key))
+
     @staticmethod
     def partition_doc_id(partition_id: str) -> str:
         """The id of the partition document that holds the partition's static values."""
@@ -442,16 +459,18 @@ class DocumentBuilder:
         """Does the change say what the partition's static values are, at its version?
 
         A static-only change does; so does a snapshot row, which reads the
-        partition's statics with the row (a missing one is null); a stream row
-        record only when it has static cells (Keyspaces sends a write that
-        touches statics and row as two records, so normally it has none).
+        partition's statics with the row (a missing one is null), unless its
+        position says it leaves them to the partition document (a repair); a
+        stream row record only when it has static cells (Keyspaces sends a
+        write that touches statics and row as two records, so normally it has
+        none).
         """
         if change.static_only:
             return True
         if change.op is Op.DELETE or change.image is None:
             return False
         if isinstance(change.source, ScanPosition):
-            return True
+            return change.source.statics
         return any(column in change.image for column in self.table.static)
 
     def action_for(self, change: Change) -> Action:
@@ -478,21 +497,26 @@ class DocumentBuilder:
             else:
                 shown = self._shaped(shaper, image)
         body: dict[str, Any]
+        meta: dict[str, Any]
         if shown is None:  # a delete, or a row the filter or the hook leaves out
-            body = {META_FIELD: {"version": version, "source": source, "deleted": True}}
+            meta = {"version": version, "source": source, "deleted": True}
+            body = {META_FIELD: meta}
         else:
             body = shown
             expires_at = change.expires_at_ms
             if expires_at is None:
-                body[META_FIELD] = {"version": version, "source": source, "deleted": False}
+                meta = {"version": version, "source": source, "deleted": False}
             else:
-                body[META_FIELD] = {
+                meta = {
                     "version": version,
                     "source": source,
                     "expires_at": expires_at,
                     "deleted": False,
                 }
+            body[META_FIELD] = meta
         key = change.key
+        if self._tokens is not None:
+            meta["token"] = token_text(self._tokens(key))
         routing = self._routing_positions
         return Action(
             _key_text(key, self._id_positions),

@@ -42,6 +42,8 @@ META_MAPPING: Mapping[str, Any] = {
         "partition": {"type": "keyword"},
         "static_version": {"type": "long"},
         "statics": {"type": "object", "enabled": False},
+        # The partition's token, fixed-width text (sync.tokens): verify reads by token range.
+        "token": {"type": "keyword"},
     }
 }
 
@@ -188,6 +190,25 @@ def _newest(targets: list[str], alias: str) -> str:
         return int(match.group(1)) if match else -1
 
     return max(targets, key=version_of)
+
+
+def add_missing_meta_fields(client: OpenSearch, index: str) -> list[str]:
+    """Map the `_ks2os` fields an older index lacks (a put-mapping: adding fields is allowed).
+
+    Under `dynamic = "strict"` a document carrying an unmapped `_ks2os` field is
+    refused, and dynamically mapped the token would not be a keyword; so a job
+    adds what is missing before it writes. Returns the fields added.
+    """
+    with opensearch_errors(f"reading the mapping of {index}"):
+        live = client.indices.get_mapping(index=index)
+    properties = next(iter(live.values()))["mappings"].get("properties", {})
+    have = properties.get(META_FIELD, {}).get("properties", {})
+    missing = {name: spec for name, spec in META_MAPPING["properties"].items() if name not in have}
+    if missing:
+        body = {"properties": {META_FIELD: {"properties": missing}}}
+        with opensearch_errors(f"adding {', '.join(missing)} to the mapping of {index}"):
+            client.indices.put_mapping(index=index, body=body)
+    return sorted(missing)
 
 
 def check_mapping_compatible(client: OpenSearch, index: str, mapping: TableMapping) -> None:

@@ -80,6 +80,7 @@ class PartitionWrite:
     routing: str | None
     statics: Statics
     read_from: str  # "scan" or "stream"
+    token: str | None = None  # the partition's token as text (sync.tokens)
 
     @property
     def version(self) -> int:
@@ -101,6 +102,7 @@ class RowWrite:
     routing: str | None
     fields: dict[str, Any]  # the row's fields without statics; empty for a delete
     own_statics: Statics | None
+    token: str | None = None  # the partition's token as text (sync.tokens)
 
     @property
     def version(self) -> int:
@@ -199,12 +201,13 @@ class StaticMerge:
         change = outcome.change
         partition = builder.partition_id(change.key)
         routing = builder.routing(change.key)
+        token = builder.token(change.key)
         partition_write = None
         if builder.carries_statics(change):
             statics = Statics(change.version, builder.static_values(change.image or {}))
             read_from = builder.source_kind(change)
             partition_write = PartitionWrite(
-                outcome, change.static_only, partition, routing, statics, read_from
+                outcome, change.static_only, partition, routing, statics, read_from, token
             )
         if change.static_only:
             return partition_write, None
@@ -213,7 +216,7 @@ class StaticMerge:
         own = partition_write.statics if partition_write is not None else None
         doc_id = builder.doc_id(change.key)
         return partition_write, RowWrite(
-            outcome, row_change, doc_id, partition, routing, fields, own
+            outcome, row_change, doc_id, partition, routing, fields, own, token
         )
 
     # -------------------------------------------------- 2. partition documents
@@ -239,6 +242,8 @@ class StaticMerge:
                 "deleted": False,
             }
         }
+        if write.token is not None:
+            body[META_FIELD]["token"] = write.token
         doc_id = self.builder.partition_doc_id(write.partition)
         return Action(doc_id, body, routing=write.routing, version=write.version)
 
@@ -295,6 +300,8 @@ class StaticMerge:
             "source": self.builder.source_kind(change),
             "partition": write.partition,
         }
+        if write.token is not None:
+            meta["token"] = write.token
         if change.op is Op.DELETE:
             # A tombstone keeps the row's version, so an older write stays refused.
             meta["static_version"] = 0

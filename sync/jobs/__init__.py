@@ -24,12 +24,18 @@ from sync.clients import cql_session, opensearch_client
 from sync.config import Config
 from sync.deadletter import DeadLetterStore, FileDeadLetters, IndexDeadLetters
 from sync.documents import DocumentBuilder
-from sync.indices import Target, check_mapping_compatible, current_target
+from sync.indices import (
+    Target,
+    add_missing_meta_fields,
+    check_mapping_compatible,
+    current_target,
+)
 from sync.keyspaces import TableInfo, describe_table
 from sync.mapping import TableMapping
 from sync.mapping_check import check_mapping_against_table
 from sync.retry import RetryPolicy
 from sync.state import StateStore
+from sync.tokens import PartitionTokens
 from sync.writer import BulkWriter
 
 log = logging.getLogger(__name__)
@@ -79,11 +85,16 @@ class Job:
             check_mapping_against_table(mapping, self.info.key)
             # First of what needs the table's layout: a filter, computed field or hook the
             # table cannot take is a mistake in the file, refused before any index is made.
-            self.builder = DocumentBuilder(mapping, self.info.key)
+            self.tokens = PartitionTokens(self.session, self.info)
+            self.builder = DocumentBuilder(mapping, self.info.key, tokens=self.tokens.token)
             self.target = target or current_target(self.client, mapping)
             # Refuse before writing: documents shaped for another mapping would all be
             # dead-lettered or, worse, indexed with the wrong field types.
             check_mapping_compatible(self.client, self.target.index, mapping)
+            # An index made before a `_ks2os` field existed (the token) gets it mapped.
+            added = add_missing_meta_fields(self.client, self.target.index)
+            if added:
+                log.info("index %s: mapped %s", self.target.index, ", ".join(added))
             self.dead_letters = dead_letter_store(cfg, self.client, mapping, self.policy)
             self.store = StateStore(
                 self.client,

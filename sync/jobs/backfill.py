@@ -48,13 +48,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TextIO
+from dataclasses import dataclass
 
 from sync.config import Config
 from sync.errors import ConfigError
@@ -62,6 +60,7 @@ from sync.jobs import Job
 from sync.keyspaces import no_cdc_message, service_now_ms
 from sync.mapping import TableMapping
 from sync.model import Change
+from sync.progress import Progress, Reporter
 from sync.sources.cql import (
     MURMUR3_RING,
     Ring,
@@ -100,97 +99,6 @@ class BackfillSummary:
     dead_lettered: int = 0
     seconds: float = 0.0
     complete: bool = False  # every range of the run is done (False: stopped early)
-
-
-# ---- progress (pure) ----------------------------------------------------------------
-
-
-@dataclass
-class Progress:
-    """Rows/s and ETA from the share of the ring done (ranges done + the current ranges).
-
-    `ranges` maps range number -> its token range (together: the whole ring, whichever
-    partitioner's); `update` records how far a range got. Thread-safe.
-    """
-
-    ranges: dict[int, TokenRange]
-    clock: float = field(default_factory=time.monotonic)
-    _reached: dict[int, float] = field(default_factory=dict)
-    _rows: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _start_fraction: float | None = None
-
-    def update(self, number: int, fraction: float, rows: int = 0) -> None:
-        with self._lock:
-            self._reached[number] = max(self._reached.get(number, 0.0), min(fraction, 1.0))
-            self._rows += rows
-
-    def read(self, rows: int) -> None:
-        """Rows read (the share done moves only as the writer acknowledges them)."""
-        with self._lock:
-            self._rows += rows
-
-    def start(self, now: float) -> None:
-        with self._lock:
-            self.clock = now
-            self._start_fraction = self._fraction()
-
-    def _fraction(self) -> float:
-        done = sum(self.ranges[n].width * f for n, f in self._reached.items() if n in self.ranges)
-        ring = sum(r.width for r in self.ranges.values())
-        return done / ring if ring else 0.0
-
-    def estimate(self, now: float) -> tuple[float, float, float | None]:
-        """(fraction of the ring done, rows/s since start, seconds left or None)."""
-        with self._lock:
-            fraction = self._fraction()
-            elapsed = max(now - self.clock, 1e-9)
-            rate = self._rows / elapsed
-            gained = fraction - (self._start_fraction or 0.0)
-            eta = None if gained <= 0 else (1.0 - fraction) * elapsed / gained
-            return fraction, rate, eta
-
-    @property
-    def rows(self) -> int:
-        with self._lock:
-            return self._rows
-
-
-def render_bar(fraction: float, rate: float, eta: float | None, width: int = 30) -> str:
-    filled = round(fraction * width)
-    eta_text = "--:--" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}%  "
-        f"{rate:,.0f} rows/s  ETA {eta_text}"
-    )
-
-
-class _Reporter(threading.Thread):
-    """A progress bar on a terminal (stderr), a log line every few seconds otherwise."""
-
-    def __init__(self, progress: Progress, done: threading.Event, out: TextIO = sys.stderr) -> None:
-        super().__init__(name="ks2os-backfill-progress", daemon=True)
-        self._progress, self._done, self._out = progress, done, out
-        self._tty = out.isatty()
-
-    def run(self) -> None:
-        interval = 0.5 if self._tty else 5.0
-        while not self._done.wait(interval):
-            fraction, rate, eta = self._progress.estimate(time.monotonic())
-            if self._tty:
-                self._out.write("\r" + render_bar(fraction, rate, eta))
-                self._out.flush()
-            else:
-                log.info(
-                    "backfill %.1f%% done, %.0f rows/s, ETA %s s",
-                    fraction * 100,
-                    rate,
-                    "?" if eta is None else f"{eta:.0f}",
-                    extra={"rows": self._progress.rows},
-                )
-        if self._tty:
-            self._out.write("\n")
-            self._out.flush()
 
 
 # ---- the run ---------------------------------------------------------------------------
@@ -727,7 +635,7 @@ def run_backfill(
         backfill = _Backfill(job, run, stop)
         backfill.reclaim()
         backfill.progress.start(started)
-        reporter = _Reporter(backfill.progress, backfill.all_done)
+        reporter = Reporter(backfill.progress, backfill.all_done, "backfill")
         reporter.start()
         renewer = _Renewer(backfill, min(PROGRESS_INTERVAL_S, job.store.renew_interval_s))
         renewer.start()

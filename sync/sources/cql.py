@@ -143,6 +143,7 @@ class ScanPage:
     changes: list[Change]
     last_token: int | None  # None: the page held no rows
     rows: int
+    tokens: tuple[int, ...] = ()  # each change's partition token, as the server gave it
 
 
 class SnapshotScanner:
@@ -199,12 +200,14 @@ class SnapshotScanner:
         position = ScanPosition(token_range.start, token_range.end, read_at_ms)
         version = snapshot_version(read_at_ms, self.margin_ms)
         changes: list[Change] = []
+        tokens: list[int] = []
         last: int | None = None
         for row in rows:
             fields = _as_dict(row)
             last = int(fields.pop(TOKEN_COLUMN))
             changes.append(decode_row(fields, self.info.key, position, version, self.ttl_columns))
-        return ScanPage(changes, last, len(rows))
+            tokens.append(last)
+        return ScanPage(changes, last, len(rows), tuple(tokens))
 
 
 def _as_dict(row: Any) -> dict[str, Any]:

@@ -26,53 +26,11 @@ import pytest
 from opensearchpy import OpenSearch
 
 from sync.config import Config
-from sync.jobs.backfill import Progress, render_bar, run_backfill
+from sync.jobs.backfill import run_backfill
 from sync.mapping import TableMapping, load_mapping, mapping_from_dict
 from sync.sources.cql import RANDOM_RING, split_ring
 from sync.state import Lease, StateStore
 from tests.conftest import table_options
-
-# ---- pure -----------------------------------------------------------------------------
-
-
-def test_progress_counts_done_ranges_and_the_share_of_current_ones() -> None:
-    ranges = dict(enumerate(split_ring(4)))
-    progress = Progress(ranges)
-    progress.start(100.0)
-    progress.update(0, 1.0, rows=500)
-    progress.update(1, 0.5, rows=250)
-    fraction, rate, eta = progress.estimate(110.0)
-    assert fraction == pytest.approx(0.375, abs=1e-9)
-    assert rate == pytest.approx(75.0)
-    assert eta == pytest.approx(10.0 * 0.625 / 0.375)
-
-
-def test_progress_of_a_resumed_run_rates_only_this_run() -> None:
-    ranges = dict(enumerate(split_ring(2)))
-    progress = Progress(ranges)
-    progress.update(0, 1.0)  # done by an earlier run
-    progress.start(0.0)
-    fraction, rate, eta = progress.estimate(5.0)
-    assert fraction == pytest.approx(0.5, abs=1e-9) and rate == 0.0 and eta is None
-    progress.update(1, 0.5, rows=100)
-    fraction, _, eta = progress.estimate(5.0)
-    assert fraction == pytest.approx(0.75, abs=1e-9)
-    assert eta == pytest.approx(5.0)
-
-
-def test_progress_is_a_share_of_the_ring_the_ranges_cover_whichever_partitioner() -> None:
-    progress = Progress(dict(enumerate(split_ring(4, RANDOM_RING))))
-    progress.start(0.0)
-    progress.update(0, 1.0, rows=500)
-    progress.update(1, 0.5, rows=250)
-    assert progress.estimate(10.0)[0] == pytest.approx(0.375, abs=1e-9)
-
-
-def test_the_bar_shows_percent_rate_and_eta() -> None:
-    line = render_bar(0.5, 1234.0, 61.0, width=10)
-    assert line.startswith("[#####.....]")
-    assert "50.0%" in line and "1,234 rows/s" in line and "ETA 00:01:01" in line
-
 
 # ---- against keyspaces_local and osmem -----------------------------------------------------
 
