@@ -17,7 +17,7 @@ from sync.keyspaces import describe_table
 from sync.model import Change, StreamPosition
 from sync.sources.cql import RANDOM_RING, SnapshotScanner, TokenRange, ring_for
 from sync.sources.records import decode_record
-from sync.sources.streams import find_stream_arn
+from sync.sources.streams import list_table_streams
 from sync.tokens import TOKEN_WIDTH, PartitionTokens, token_of_text, token_text
 from tests.sync.every_type import COLUMNS
 
@@ -47,7 +47,7 @@ KEY_TYPES = {
 
 def _stream_changes(streams: Any, info: Any) -> list[Change]:
     """Every record of the table's stream, decoded as the follower decodes them."""
-    arn = find_stream_arn(streams, info)
+    arn = list_table_streams(streams, info)[-1].stream_arn
     changes = []
     for shard in streams.get_stream(streamArn=arn)["shards"]:
         iterator = streams.get_shard_iterator(
