@@ -10,6 +10,11 @@ scalar (or frozen) regular columns and passes those column names as
 expires at `read_at_ms + max(ttl) * 1000` when every regular column it has set
 carries a TTL; one set column without a TTL (or one whose TTL the scan could
 not select, such as a non-frozen collection) keeps it alive -> no expiry.
+
+A partition that has static values but no rows comes back from a scan as one
+row whose clustering columns are all null (as CQL returns it). That row is a
+static-only change (key = the partition key, image = the partition key and
+the statics), the same as a stream's static-only record of that state.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def decode_row(
     image = {
         name: value for name, value in fields.items() if value is not None and name not in ttl_names
     }
+    if _is_static_only(image, table):
+        key = tuple(image[name] for name in table.partition_key)
+        return Change(Op.UPSERT, key, image, version, position, static_only=True)
     missing = [name for name in table.key_columns if image.get(name) is None]
     if missing:
         raise DecodeError(
@@ -56,6 +64,16 @@ def decode_row(
         version,
         position,
         expires_at_ms=_expiry_ms(fields, image, table, position, ttl_columns),
+    )
+
+
+def _is_static_only(image: Mapping[str, Any], table: TableKey) -> bool:
+    """A partition's static row: statics in the table, a full partition key, no clustering."""
+    return (
+        bool(table.static)
+        and bool(table.clustering)
+        and all(image.get(name) is not None for name in table.partition_key)
+        and all(name not in image for name in table.clustering)
     )
 
 

@@ -148,8 +148,25 @@ def test_null_columns_are_left_out_like_a_cdc_image_leaves_them_out() -> None:
 
 
 def test_a_row_without_its_key_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="region"):
+        decode_row({"shop": "s", "sku": UUID}, TABLE, SCAN, 1)
+    without_statics = TableKey("demo", "plain", ("shop",), ("sku",))
     with pytest.raises(DecodeError, match="sku"):
-        decode_row({"shop": "s", "region": 1}, TABLE, SCAN, 1)
+        decode_row({"shop": "s"}, without_statics, SCAN, 1)
+
+
+def test_a_partitions_static_row_is_a_static_only_change_like_its_stream_record() -> None:
+    # CQL returns a partition with statics and no rows as one row, clustering columns null.
+    row = {"shop": "s", "region": 1, "sku": None, "banner": "Sale", "a_int": None}
+    change = decode_row(row, TABLE, SCAN, 10)
+    static_record = {
+        "partitionKeys": {"shop": {"textT": "s"}, "region": {"intT": "1"}},
+        "newImage": {"staticCells": {"banner": {"value": {"textT": "Sale"}}}},
+    }
+    from_stream = decode_record(static_record, TABLE, STREAM, 10)
+    assert change.static_only and from_stream.static_only
+    assert change.key == from_stream.key == ("s", 1)
+    assert change.image == from_stream.image == {"shop": "s", "region": 1, "banner": "Sale"}
 
 
 def test_expiry_from_selected_ttls() -> None:
