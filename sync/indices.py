@@ -42,6 +42,9 @@ META_MAPPING: Mapping[str, Any] = {
         "partition": {"type": "keyword"},
         "static_version": {"type": "long"},
         "statics": {"type": "object", "enabled": False},
+        # Partition-shape documents only (sync.partitions): each row's version and
+        # clustering key, and the deleted rows' tombstones (stored, never searched).
+        "rows": {"type": "object", "enabled": False},
     }
 }
 
