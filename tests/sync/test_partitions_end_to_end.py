@@ -216,3 +216,153 @@ def _difference(got: dict[int, Any], want: dict[int, Any]) -> str:
     wrong = sorted(p for p in set(got) & set(want) if got[p] != want[p])
     sample = [(p, got[p], want[p]) for p in wrong[:2]]
     return f"missing {missing}, extra {extra}, differing {wrong}: {sample}"
+
+
+# ---- the README's partition mapping, end to end ---------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+BY_SHOP = ROOT / "mappings" / "products-by-shop.toml"
+README_WRITES = [
+    "INSERT INTO demo.products (shop, region, sku, name, stock, price, active)\n"
+    "  VALUES ('north', 'eu', 5e2c9a6e-1b7d-4c1e-9a51-3f0e6f0c2a11, 'desk lamp', 3, 24.50, true);",
+    "INSERT INTO demo.products (shop, region, sku, name, stock, price, active)\n"
+    "  VALUES ('north', 'eu', 0f6b8d2c-7d1e-4a57-b2c4-6d0c9e1f3a22, 'floor lamp', 0, 89.00, true);",
+    "INSERT INTO demo.products (shop, region, sku, name, stock, price, active)\n"
+    "  VALUES ('north', 'eu', 9d1c2b3a-4e5f-4a6b-8c7d-0e1f2a3b4c5d, 'old lamp', 1, 5.00, false);",
+    "UPDATE demo.products SET banner = 'Spring sale' WHERE shop = 'north' AND region = 'eu';",
+]
+README_SHOP = {
+    "shop": "north",
+    "region": "eu",
+    "banner": "Spring sale",
+    "products": [
+        {
+            "sku": "0f6b8d2c-7d1e-4a57-b2c4-6d0c9e1f3a22",
+            "title": "floor lamp",
+            "stock": 0,
+            "price": "89.00",
+            "words": ["floor", "lamp"],
+        },
+        {
+            "sku": "5e2c9a6e-1b7d-4c1e-9a51-3f0e6f0c2a11",
+            "title": "desk lamp",
+            "stock": 3,
+            "price": "24.50",
+            "words": ["desk", "lamp"],
+        },
+    ],
+}
+# Shops with a lamp in stock: both conditions must hold in one product.
+README_QUERY = {
+    "query": {
+        "nested": {
+            "path": "products",
+            "query": {
+                "bool": {
+                    "filter": [
+                        {"match": {"products.title": "lamp"}},
+                        {"range": {"products.stock": {"gt": 0}}},
+                    ]
+                }
+            },
+        }
+    }
+}
+README_UPDATE = (
+    "UPDATE demo.products SET stock = 0 WHERE shop = 'north' AND region = 'eu'\n"
+    "  AND sku = 5e2c9a6e-1b7d-4c1e-9a51-3f0e6f0c2a11;"
+)
+PRODUCTS = """
+CREATE TABLE demo.products (
+    shop text, region text, sku uuid, banner text STATIC, name text, stock int, views bigint,
+    price decimal, rating double, active boolean, updated_at timestamp, launched_on date,
+    tags set<text>, stock_by_size map<text, int>, images list<text>,
+    PRIMARY KEY ((shop, region), sku))
+"""
+
+
+def _shops(search: OpenSearch, alias: str, query: dict[str, Any] | None = None) -> list[Any]:
+    search.indices.refresh(index=alias)
+    body = query or {"query": {"match_all": {}}}
+    hits = search.search(index=alias, body=body)["hits"]["hits"]
+    return [{k: v for k, v in hit["_source"].items() if k != "_ks2os"} for hit in hits]
+
+
+def test_the_readmes_partition_mapping_does_what_the_readme_says(
+    cql: Session, keyspace: str, opensearch: OpenSearch, make_config: Any
+) -> None:
+    import dataclasses
+    import json
+
+    from sync.jobs.follow import run_follow
+    from tests.conftest import table_options
+
+    readme = (ROOT / "README.md").read_text()
+    assert BY_SHOP.read_text().rstrip() in readme
+    for statement in [*README_WRITES, README_UPDATE]:
+        assert statement in readme
+    assert json.dumps(README_SHOP, indent=2) in readme
+    assert json.dumps(README_QUERY, indent=2) in readme
+
+    def here(statement: str) -> str:
+        return statement.replace("demo.products", f'"{keyspace}"."products"').rstrip(";")
+
+    cql.execute(
+        here(PRODUCTS) + table_options(view_type="NEW_AND_OLD_IMAGES", client_timestamps=False)
+    )
+    for statement in README_WRITES:
+        cql.execute(here(statement))
+    mapping = dataclasses.replace(
+        load_mapping(BY_SHOP), keyspace=keyspace, alias=f"{keyspace}-shops"
+    )
+    cfg = make_config()
+    summary = run_backfill(cfg, mapping)
+    assert summary.rows_read == 3 and summary.dead_lettered == 0
+    assert _shops(opensearch, mapping.alias) == [README_SHOP]
+    assert _shops(opensearch, mapping.alias, README_QUERY) == [README_SHOP]
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            run_follow(cfg, mapping, stop=stop)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    try:
+        cql.execute(here(README_UPDATE))
+        no_lamp_in_stock = wait_until(
+            lambda: _shops(opensearch, mapping.alias, README_QUERY) == [], CATCH_UP_S
+        )
+        assert no_lamp_in_stock
+        assert _shops(opensearch, mapping.alias)[0]["products"][1]["stock"] == 0
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert errors == []
+
+
+def test_a_job_refuses_the_partition_shape_for_a_table_without_clustering_columns(
+    cql: Session, keyspace: str, opensearch: OpenSearch, make_config: Any
+) -> None:
+    from sync.errors import ConfigError
+    from sync.mapping import mapping_from_dict
+
+    cql.execute(f'CREATE TABLE "{keyspace}"."users" ("id" int PRIMARY KEY, "name" text)')
+    mapping = mapping_from_dict(
+        {
+            "source": {"keyspace": keyspace, "table": "users"},
+            "index": {
+                "alias": f"{keyspace}-users",
+                "mappings": {"properties": {"rows": {"type": "nested"}}},
+            },
+            "document": {"shape": "partition"},
+        },
+        "users.toml",
+    )
+    with pytest.raises(ConfigError, match=r"document\.shape: .* has no clustering columns"):
+        run_backfill(make_config(), mapping)
+    assert not opensearch.indices.exists_alias(name=f"{keyspace}-users")  # nothing was made
