@@ -849,6 +849,9 @@ def _document_lines(primary_key: list[str], others: list[str]) -> list[str]:
         f"big_numbers = {json.dumps(BigNumbers.STRING.value)}",
         f"# nulls: {_choices(Nulls)} (a null column is left out, or written as null).",
         f"nulls = {json.dumps(Nulls.OMIT.value)}",
+        f"# shape: {_choices(Shape)} (one document per partition, its rows in a nested",
+        "# property named by rows_field, at most max_rows of them: see docs/mapping.md).",
+        f"shape = {json.dumps(Shape.ROW.value)}",
     ]
 
 

@@ -361,7 +361,7 @@ def test_a_proposal_lists_the_choices_each_section_offers() -> None:
         "demo", "t", [("id", "int", "partition_key"), ("name", "text", "regular")]
     )
     comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
-    for kind in (Routing, Timestamps, BigNumbers, Nulls):
+    for kind in (Routing, Timestamps, BigNumbers, Nulls, Shape):
         for member in kind:
             assert f'"{member.value}"' in comments, member
     for key in ("include", "exclude", "rename", "dynamic", "alias", "number_of_replicas"):
