@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import decimal
 import ipaddress
-import logging
 import math
 import time
 import uuid
@@ -79,8 +78,6 @@ from sync.mapping import split_cql_type
 from sync.model import Change, Op
 from sync.schema import TableKey
 from sync.version import base
-
-log = logging.getLogger(__name__)
 
 GROUPED_KIND = "grouped"
 # A tombstone guards against replays of older changes of its row; the stream keeps
