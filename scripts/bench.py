@@ -1098,6 +1098,51 @@ class _Poller(threading.Thread):
             waiting[probe.doc_id] = probe
 
 
+def measure_partition_shape(bench: Bench, section: Section) -> None:
+    """run_backfill of the items table as one document per partition, beside one per row.
+
+    Both runs read the same table one after the other, so their ratio holds on a noisy
+    machine; the partition shape writes each partition's document read-modify-write
+    (a real-time read, then a conditional write of the whole document).
+    """
+    from sync.mapping import mapping_from_dict
+
+    _need_table(bench, ITEMS)
+    cfg = bench.cfg()
+    rows_alias, partitions_alias = "bench-items-by-row", "bench-items-by-partition"
+    with _dropped_after(bench, rows_alias):
+        row_rate, _ = _timed_backfill(bench, cfg, bench.mapping(ITEMS, rows_alias))
+    nested = {name: spec for name, spec in bench_data.FIELDS.items() if name != "shop"}
+    properties = {
+        "shop": bench_data.FIELDS["shop"],
+        "rows": {"type": "nested", "properties": nested},
+    }
+    mapping = mapping_from_dict(
+        {
+            "source": {"keyspace": bench_data.KEYSPACE, "table": ITEMS},
+            "index": {
+                "alias": partitions_alias,
+                "settings": {"number_of_shards": 1, "number_of_replicas": 0},
+                "mappings": {"properties": properties},
+            },
+            "document": {"shape": "partition"},
+        },
+        "bench: the items table by partition",
+    )
+    with _dropped_after(bench, partitions_alias):
+        partition_rate, seconds = _timed_backfill(bench, cfg, mapping)
+        documents = _alias_count(bench, partitions_alias)
+    section.add("row shape: run_backfill", row_rate, "rows/s")
+    section.add(
+        "partition shape: run_backfill",
+        partition_rate,
+        "rows/s",
+        note=f"{bench.loaded[ITEMS]} rows into {documents} documents "
+        f"({bench_data.ROWS_PER_PARTITION} rows each) in {seconds:.1f} s",
+    )
+    section.add("partition shape / row shape", ratio(partition_rate, row_rate), "x")
+
+
 # ------------------------------------------------------------------ running
 
 
@@ -1114,6 +1159,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[Bench, Section], None]], ...] = (
     ("follow", "5. follower drain", measure_follow_drain),
     ("codec", "6. record -> bytes, one core", measure_codec),
     ("latency", "7. ack -> readable latency", measure_latency),
+    ("partitions", "8. partition shape: backfill throughput", measure_partition_shape),
 )
 
 

@@ -44,6 +44,9 @@ META_MAPPING: Mapping[str, Any] = {
         "statics": {"type": "object", "enabled": False},
         # The partition's token, fixed-width text (sync.tokens): verify reads by token range.
         "token": {"type": "keyword"},
+        # Partition-shape documents only (sync.partitions): each row's version and
+        # clustering key, and the deleted rows' tombstones (stored, never searched).
+        "rows": {"type": "object", "enabled": False},
     }
 }
 

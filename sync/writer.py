@@ -18,8 +18,11 @@ resolved, so the caller may checkpoint exactly the batch it passed.
 Tables with static columns take another path (`sync.statics`): a row
 document there depends on two version lines (the row's and its partition's
 statics), so rows are written with optimistic concurrency and statics kept
-in per-partition documents. `write` chooses by the table; its contract (every
-change applied, stale or dead-lettered when it returns) is the same.
+in per-partition documents. A mapping with `document.shape = "partition"`
+takes a third (`sync.partitions`): one document per partition, its rows
+nested and merged row by row with optimistic concurrency. `write` chooses by
+the mapping and the table; its contract (every change applied, stale or
+dead-lettered when it returns) is the same.
 
 One `BulkWriter` may be shared by several threads, each writing its own
 batches: per-call state is local, the cumulative counters take a lock, and
@@ -40,7 +43,9 @@ from sync.config import WriterSettings
 from sync.deadletter import DeadLetterStore, Outcome
 from sync.documents import DocumentBuilder
 from sync.errors import DecodeError, TerminalError
+from sync.mapping import Shape
 from sync.model import Change
+from sync.partitions import PartitionWriter
 from sync.retry import RetryPolicy
 from sync.statics import StaticMerge
 
@@ -115,15 +120,17 @@ class BulkWriter:
             max_bytes=self.settings.max_bytes,
             timeout_s=self.settings.timeout_s,
         )
-        self._merge: StaticMerge | None = None
-        if builder.table.static:
-            reader = Reader(
-                client,
-                index,
-                policy,
-                page_size=self.settings.max_docs,
-                timeout_s=self.settings.timeout_s,
-            )
+        self._merge: StaticMerge | PartitionWriter | None = None
+        reader = Reader(
+            client,
+            index,
+            policy,
+            page_size=self.settings.max_docs,
+            timeout_s=self.settings.timeout_s,
+        )
+        if builder.mapping.document.shape is Shape.PARTITION:
+            self._merge = PartitionWriter(self.bulk, reader, builder)
+        elif builder.table.static:
             self._merge = StaticMerge(self.bulk, reader, builder)
 
     def write(self, changes: Sequence[Change]) -> WriteReport:

@@ -411,3 +411,16 @@ def test_a_scanner_refuses_a_partitioner_without_a_known_ring(
     info = replace(describe_table(cql, keyspace, table), partitioner="com.example.Partitioner")
     with pytest.raises(ConfigError, match=r"com\.example\.Partitioner"):
         SnapshotScanner(cql, info)
+
+
+def test_the_clustering_order_is_read_over_cql(cql: Any, keyspace: str) -> None:
+    from sync.keyspaces import describe_table
+
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."events" ("p" int, "day" date, "seq" int, "at" int, '
+        'PRIMARY KEY ("p", "day", "seq", "at")) WITH CLUSTERING ORDER BY ("day" DESC, "seq" ASC, '
+        '"at" DESC)'
+    )
+    info = describe_table(cql, keyspace, "events")
+    assert info.key.clustering == ("day", "seq", "at")
+    assert info.key.descending == frozenset({"day", "at"})

@@ -155,6 +155,20 @@ def test_a_row_without_its_key_is_a_decode_error() -> None:
         decode_row({"shop": "s"}, no_statics, SCAN, 1)
 
 
+def test_a_partitions_static_row_is_a_static_only_change_like_its_stream_record() -> None:
+    # CQL returns a partition with statics and no rows as one row, clustering columns null.
+    row = {"shop": "s", "region": 1, "sku": None, "banner": "Sale", "a_int": None}
+    change = decode_row(row, TABLE, SCAN, 10)
+    static_record = {
+        "partitionKeys": {"shop": {"textT": "s"}, "region": {"intT": "1"}},
+        "newImage": {"staticCells": {"banner": {"value": {"textT": "Sale"}}}},
+    }
+    from_stream = decode_record(static_record, TABLE, STREAM, 10)
+    assert change.static_only and from_stream.static_only
+    assert change.key == from_stream.key == ("s", 1)
+    assert change.image == from_stream.image == {"shop": "s", "region": 1, "banner": "Sale"}
+
+
 def test_expiry_from_selected_ttls() -> None:
     base = {"shop": "s", "region": 1, "sku": UUID, "banner": "static, no ttl"}
     row = {**base, "a_int": 1, "a_text": "t", ttl_alias("a_int"): 10, ttl_alias("a_text"): 30}

@@ -870,3 +870,27 @@ def test_an_unfinished_run_split_for_another_partitioners_ring_is_planned_again(
     stored = [TokenRange(r.range_start, r.range_end) for r in store.list_ranges(random)]
     assert covers(RANDOM_RING, stored)  # 128-bit tokens survive the state store
     assert plan_run(store, "ks.t->t_v1", 4, restart=False, ring=RANDOM_RING).run_id == random.run_id
+
+
+def test_a_partition_with_statics_and_no_rows_is_backfilled_not_a_failure(
+    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+) -> None:
+    """CQL returns such a partition as one row with null clustering columns: its statics."""
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."shelves" ("shop" int, "sku" text, "banner" text static, '
+        '"n" int, PRIMARY KEY ("shop", "sku"))'
+    )
+    cql.execute(f'UPDATE "{keyspace}"."shelves" SET "banner" = \'empty shelf\' WHERE "shop" = 1')
+    cql.execute(f'INSERT INTO "{keyspace}"."shelves" ("shop", "sku", "n") VALUES (2, \'x\', 7)')
+    mapping = mapping_from_dict(
+        {
+            "source": {"keyspace": keyspace, "table": "shelves"},
+            "index": {"alias": f"{keyspace.lower()}-shelves"},
+        }
+    )
+    summary = run_backfill(make_config(backfill={"ranges": 2, "workers": 1}), mapping)
+    assert summary.complete and summary.rows_read == 2 and summary.dead_lettered == 0
+    assert _indexed(opensearch, mapping.alias) == {"2:x": {"shop": 2, "sku": "x", "n": 7}}
+    # The statics wait in the partition's document for a row to show them.
+    partition = opensearch.get(index=f"{mapping.alias}_v1", id="!p:1")["_source"]
+    assert partition["_ks2os"]["statics"] == {"banner": "empty shelf"}
