@@ -51,6 +51,10 @@ DEAD_LETTER_INDEX = "index"
 
 Consistency = Literal["LOCAL_QUORUM", "LOCAL_ONE", "ONE"]
 
+# How long Keyspaces keeps stream records (a service fact, not a setting): no
+# replay reaches further back, which is what lets cleanup purge tombstones.
+STREAM_RETENTION_S = 24 * 3600
+
 
 def _doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     """A dataclass field with its one-line description."""
@@ -128,6 +132,18 @@ class BackfillConfig:
         "writes in flight and clock differences inside the service (see docs/versions.md)",
         5000,
     )
+    metrics_port: int | None = _doc(
+        "port of /metrics, /healthz and /readyz while a backfill runs; unset: off", None
+    )
+    metrics_host: str = _doc("address the backfill's metrics port listens on", "0.0.0.0")
+
+    def __post_init__(self) -> None:
+        _check_port("backfill.metrics_port", self.metrics_port)
+
+
+def _check_port(key: str, port: int | None) -> None:
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"{key} must be a port from 1 to 65535, got {port}")
 
 
 @dataclass(frozen=True)
@@ -143,7 +159,22 @@ class FollowConfig:
         "stop",
     )
     skip_replication: bool = _doc("ignore origin=REPLICATION records (multi-Region tables)", False)
-    metrics_port: int | None = _doc("port of /metrics and /healthz; unset: off", None)
+    metrics_port: int | None = _doc("port of /metrics, /healthz and /readyz; unset: off", None)
+    metrics_host: str = _doc(
+        "address the metrics port listens on (127.0.0.1: this host only)", "0.0.0.0"
+    )
+    ready_max_lag_s: float = _doc(
+        "/readyz answers 503 while a shard this follower reads lags more than this, seconds",
+        300.0,
+    )
+    log_interval_s: float = _doc(
+        "a status line (records, rates, lag, shards owned) is logged this often, seconds", 30.0
+    )
+
+    def __post_init__(self) -> None:
+        _check_port("follow.metrics_port", self.metrics_port)
+        if self.ready_max_lag_s <= 0 or self.log_interval_s <= 0:
+            raise ConfigError("follow.ready_max_lag_s and follow.log_interval_s must be positive")
 
 
 @dataclass(frozen=True)
@@ -154,6 +185,30 @@ class StateConfig:
         "this worker's name in leases; default host-pid",
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
     )
+
+
+@dataclass(frozen=True)
+class CleanupConfig:
+    margin_s: int = _doc(
+        "tombstones are purged once older than the stream's retention (24 h) plus this; "
+        "writers refuse changes older than the retention plus half of it",
+        3600,
+    )
+    expired_after_s: int = _doc(
+        "a document whose TTL ran out this long ago, and whose TTL record never came, "
+        "is removed (it must also be older than the tombstone window)",
+        24 * 3600,
+    )
+
+    @property
+    def purge_after_ms(self) -> int:
+        """Tombstones (and expired documents) older than this may be removed."""
+        return (STREAM_RETENTION_S + self.margin_s) * 1000
+
+    @property
+    def write_max_age_ms(self) -> int:
+        """Writers refuse changes older than this: half the margin before the purge."""
+        return (STREAM_RETENTION_S + self.margin_s // 2) * 1000
 
 
 @dataclass(frozen=True)
@@ -169,6 +224,19 @@ class Config:
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     follow: FollowConfig = field(default_factory=FollowConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+
+    def __post_init__(self) -> None:
+        # Between the writer's age check and the moment OpenSearch applies the write,
+        # at most a retry budget and a request pass; half the margin must cover that.
+        longest_write = self.writer.max_retry_seconds + self.writer.timeout_s
+        if self.cleanup.margin_s < 2 * longest_write:
+            raise ConfigError(
+                f"cleanup.margin_s must be at least twice writer.max_retry_seconds + "
+                f"writer.timeout_s ({2 * longest_write:g} s), got {self.cleanup.margin_s}",
+                hint="raise cleanup.margin_s: a write delayed by retries must not land after "
+                "cleanup purged the tombstone it would be refused by",
+            )
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

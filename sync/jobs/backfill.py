@@ -26,6 +26,9 @@ a new run). Several processes, on several machines, may run the same
 backfill at once: each range is leased by one worker, and a crashed worker's
 ranges are taken over once their leases expire. The job returns when every
 range of the run is done (or `stop` is set).
+
+Progress (ranges done, rows, rows/s, share of the ring) goes to the job's
+metrics and, with `backfill.metrics_port`, is served on `/metrics`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -45,6 +49,7 @@ from sync.errors import ConfigError
 from sync.jobs import Job
 from sync.keyspaces import no_cdc_message, service_now_ms
 from sync.mapping import TableMapping
+from sync.metrics import BackfillProgress, Metrics, MetricsServer, Readiness
 from sync.model import Change
 from sync.sources.cql import (
     MURMUR3_RING,
@@ -139,17 +144,26 @@ def render_bar(fraction: float, rate: float, eta: float | None, width: int = 30)
 
 
 class _Reporter(threading.Thread):
-    """A progress bar on a terminal (stderr), a log line every few seconds otherwise."""
+    """A progress bar on a terminal (stderr), a log line every few seconds otherwise;
+    and the progress gauges of the metrics each time."""
 
-    def __init__(self, progress: Progress, done: threading.Event, out: TextIO = sys.stderr) -> None:
+    def __init__(
+        self,
+        progress: Progress,
+        done: threading.Event,
+        out: TextIO = sys.stderr,
+        gauges: Callable[[float, float], None] | None = None,
+    ) -> None:
         super().__init__(name="ks2os-backfill-progress", daemon=True)
         self._progress, self._done, self._out = progress, done, out
         self._tty = out.isatty()
+        self._gauges = gauges or (lambda fraction, rate: None)
 
     def run(self) -> None:
         interval = 0.5 if self._tty else 5.0
         while not self._done.wait(interval):
             fraction, rate, eta = self._progress.estimate(time.monotonic())
+            self._gauges(fraction, rate)
             if self._tty:
                 self._out.write("\r" + render_bar(fraction, rate, eta))
                 self._out.flush()
@@ -268,6 +282,17 @@ class _Backfill:
     def add(self, report: WriteReport) -> None:
         with self._lock:
             self.report.add(report)
+        self.job.table_metrics.backfill_wrote(report.applied, report.stale, report.dead_lettered)
+
+    def publish(self, fraction: float, rate: float) -> None:
+        """The progress gauges: ranges done as this process last saw them, rows/s, share."""
+        done = self.run.range_count - len(self.pending())
+        self.job.table_metrics.backfill_progress(
+            BackfillProgress(self.run.range_count, done, self.progress.rows, rate, fraction)
+        )
+
+    def readiness(self) -> Readiness:
+        return Readiness(("a backfill worker failed",) if self.failed.is_set() else ())
 
 
 @dataclass
@@ -429,6 +454,7 @@ class _Worker:
             if page.last_token is not None:
                 rows, last_token = rows + page.rows, page.last_token
                 self.b.progress.update(number, whole.fraction_done(last_token), page.rows)
+                self.b.job.table_metrics.backfill_read(page.rows)
             self._buffer(page.changes, number, last_token, rows, end=False)
             if self.b.halted():
                 return
@@ -481,6 +507,7 @@ def run_backfill(
     stop: threading.Event | None = None,
     job: Job | None = None,
     require_cdc: bool = False,
+    metrics: Metrics | None = None,
 ) -> BackfillSummary:
     """Backfill the mapping's table into its index; see the module docstring.
 
@@ -489,8 +516,9 @@ def run_backfill(
     """
     stop = stop or threading.Event()
     own_job = job is None
-    job = job or Job(cfg, mapping, stop=stop)
+    job = job or Job(cfg, mapping, stop=stop, metrics=metrics)
     started = time.monotonic()
+    server: MetricsServer | None = None
     try:
         _check_cdc(job, require_cdc)
         log.info(job.info.version_rule())
@@ -500,7 +528,17 @@ def run_backfill(
         run = plan_run(job.store, state_key(job), cfg.backfill.ranges, restart, ring)
         backfill = _Backfill(job, run, stop)
         backfill.progress.start(started)
-        reporter = _Reporter(backfill.progress, backfill.all_done)
+        if cfg.backfill.metrics_port:
+            server = MetricsServer(
+                job.metrics,
+                cfg.backfill.metrics_port,
+                lambda: not backfill.failed.is_set(),
+                host=cfg.backfill.metrics_host,
+                ready=backfill.readiness,
+                setting="backfill.metrics_port",
+            ).start()
+        backfill.publish(*backfill.progress.estimate(time.monotonic())[:2])
+        reporter = _Reporter(backfill.progress, backfill.all_done, gauges=backfill.publish)
         reporter.start()
         workers = [
             threading.Thread(
@@ -515,6 +553,7 @@ def run_backfill(
         complete = backfill.all_done.is_set() and not backfill.errors
         backfill.all_done.set()  # ends the reporter
         reporter.join(timeout=2)
+        backfill.publish(*backfill.progress.estimate(time.monotonic())[:2])
         if backfill.errors:
             raise backfill.errors[0]
         if complete:
@@ -540,6 +579,8 @@ def run_backfill(
         )
         return summary
     finally:
+        if server is not None:
+            server.stop()
         if own_job:
             job.close()
 

@@ -336,8 +336,16 @@ def _fake_backfill(
         keyspaces=SimpleNamespace(read_consistency="ONE"),
         writer=SimpleNamespace(max_docs=10),
     )
+    from sync.metrics import Metrics
+
     job = SimpleNamespace(
-        cfg=cfg, store=store, session=None, info=None, worker_id="host", new_writer=lambda: fakes
+        cfg=cfg,
+        store=store,
+        session=None,
+        info=None,
+        worker_id="host",
+        new_writer=lambda: fakes,
+        table_metrics=Metrics().table("ks.t"),
     )
     return backfill._Backfill(job, run, stop)  # type: ignore[arg-type]
 
