@@ -803,7 +803,7 @@ class Follower:
             problems.append("a shard reader failed; the follower is stopping")
         if not self.planned:
             problems.append("starting: the streams are not read yet")
-        if not _answers(self.job.client):
+        if not _answers(self.job.client, self.store.index):
             problems.append("OpenSearch does not answer")
         now = self.store.now_ms()
         for worker in list(self.workers.values()):
@@ -835,10 +835,14 @@ class Follower:
         )
 
 
-def _answers(client: Any) -> bool:
-    """OpenSearch answers a ping within a probe's patience (False on any failure)."""
+def _answers(client: Any, index: str) -> bool:
+    """OpenSearch answers within a probe's patience (False on any failure).
+
+    A HEAD of the state index rather than of `/`: ks2os's IAM policy grants
+    the indexes it uses, not the domain's root (docs/aws.md).
+    """
     try:
-        return bool(client.ping(params={"request_timeout": 2}))
+        return bool(client.indices.exists(index=index, params={"request_timeout": 2}))
     except Exception:  # readiness is a yes or no; the job's own requests report the why
         return False
 
