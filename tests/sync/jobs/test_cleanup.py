@@ -68,6 +68,28 @@ def test_a_finished_shard_goes_once_unlisted_and_every_listed_child_is_finished(
     assert prunable_shards(states, None, stream_finished=False) == []
 
 
+@pytest.mark.unit
+def test_a_versions_time_is_read_back_through_one_helper() -> None:
+    from sync.version import next_stream_version, version_ms
+
+    assert version_ms(base(NOW)) == NOW
+    tied = next_stream_version(NOW, base(NOW))  # a second change in the same millisecond
+    assert version_ms(tied) == NOW
+
+
+@pytest.mark.unit
+def test_a_margin_too_small_for_the_writers_retries_is_refused() -> None:
+    from sync.config import load_config
+    from sync.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, env={"KS2OS_CLEANUP_MARGIN_S": "600"})
+    assert "cleanup.margin_s" in str(refused.value) and "660" in str(refused.value)
+    cfg = load_config(None, env={})
+    assert cfg.cleanup.purge_after_ms == WINDOW_MS
+    assert cfg.cleanup.write_max_age_ms == WINDOW_MS - HOUR_MS // 2
+
+
 # ---- against the servers ---------------------------------------------------------------------
 
 
