@@ -249,13 +249,13 @@ class IndexDeadLetters:
         if not entries:
             return
         self._ensure_index()
-        traffic = Traffic()
+        # Each failed request counts as it happens, not when the retries end.
+        traffic = Traffic(on_retry=lambda reason: self._on_write_error(1))
         try:
             results = self._bulk.send([Action(None, entry.to_json()) for entry in entries], traffic)
         except Exception:
-            self._on_write_error(traffic.retries + 1)
+            self._on_write_error(1)
             raise
-        self._on_write_error(traffic.retries)
         refused = [r for r in results if r.verdict is not Verdict.APPLIED]
         if refused:
             self._on_write_error(1)

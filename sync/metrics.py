@@ -11,12 +11,16 @@ holds a secret or an unbounded value (a key, a reason text). Every series,
 its type, labels and meaning: docs/metrics.md.
 
 **Lag** is what an alert on a follower must read. Per owned shard: 0 while
-the shard is at its tip (GetRecords said `iteratorPosition = AT_TIP`) and
-nothing read is waiting for OpenSearch; otherwise now minus `createdAt` of
-the oldest record read and not yet acknowledged, or, when nothing waits but
-the shard is behind its tip, of the last record read (the next one is no
-older). So an idle, healthy follower reads 0, one draining a backlog reads
-how far behind it is, and one whose writes are stuck reads a growing age.
+the shard is at its tip (GetRecords said `iteratorPosition = AT_TIP`, within
+the last `TIP_FRESH_MS`) and nothing read is waiting for OpenSearch;
+otherwise now minus `createdAt` of the oldest record read and not yet
+acknowledged, or, when nothing waits but the shard is behind its tip, of the
+last record read (the next one is no older). A reader at its tip that has
+had no answer for longer than `TIP_FRESH_MS` (the Streams API unreachable or
+throttling, the reader stuck) may be missing anything written since its last
+answer: its lag is the time since then. So an idle, healthy follower reads
+0, one draining a backlog reads how far behind it is, and one whose writes
+or reads are stuck reads a growing age.
 
 **The endpoint** (`MetricsServer`): `/metrics` is `prometheus_client`'s own
 WSGI app (text or OpenMetrics, gzip), beside it `/healthz` (the process
@@ -55,6 +59,11 @@ CHANGE_LATENCY_BUCKETS = (
 BULK_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+# An idle shard is polled every follow.idle_poll_ms (250 ms by default): an
+# answer older than this means the reader is not getting through.
+TIP_FRESH_MS = 10_000
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -69,14 +78,15 @@ class ShardLag:
     oldest_unacknowledged_ms: int | None = None  # createdAt of the oldest record waiting
     last_read_ms: int | None = None  # createdAt of the last record read
     at_tip: bool = False
-    read_once: bool = False  # a GetRecords answered since the shard was taken
+    answered_ms: int | None = None  # when the last GetRecords answered (this host's clock)
 
     def lag_ms(self, now_ms: int) -> int | None:
         """None while nothing is known (the shard's first read has not come back)."""
         if self.oldest_unacknowledged_ms is not None:
             return max(now_ms - self.oldest_unacknowledged_ms, 0)
         if self.at_tip:
-            return 0
+            silent = now_ms - (self.answered_ms if self.answered_ms is not None else now_ms)
+            return 0 if silent <= TIP_FRESH_MS else silent
         if self.last_read_ms is not None:
             return max(now_ms - self.last_read_ms, 0)
         return None
@@ -306,11 +316,12 @@ class TableMetrics:
         at_tip: bool,
     ) -> None:
         """One GetRecords answer: `records` read, the first's and last's `createdAt`."""
+        now = self.metrics.clock_ms()
 
         def update(table: _Table) -> None:
             table.follow.records_read += records
             lag = table.shards.setdefault(shard, ShardLag())
-            lag.read_once, lag.at_tip = True, at_tip
+            lag.answered_ms, lag.at_tip = now, at_tip
             if records and lag.oldest_unacknowledged_ms is None:
                 lag.oldest_unacknowledged_ms = first_created_ms or last_created_ms
             if last_created_ms is not None:

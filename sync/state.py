@@ -518,13 +518,13 @@ class StateStore:
         self.ensure()
         if len({action.doc_id for action in actions}) != len(actions):
             raise ValueError("one document twice in one state bulk request")
-        traffic = Traffic()
+        # Each failed request counts as it happens, not when the retries end.
+        traffic = Traffic(on_retry=lambda reason: self._on_write_error(1))
         try:
             results = self._bulk.send(actions, traffic)
         except Exception:
-            self._on_write_error(traffic.retries + 1)
+            self._on_write_error(1)
             raise
-        self._on_write_error(traffic.retries)
         stale = [
             a.doc_id for a, r in zip(actions, results, strict=True) if r.verdict is Verdict.STALE
         ]

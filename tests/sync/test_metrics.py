@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sync.bulk import Traffic
 from sync.errors import ConfigError
 from sync.metrics import (
+    TIP_FRESH_MS,
     BackfillProgress,
     FollowTotals,
     Metrics,
@@ -47,8 +48,12 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_lag_is_zero_at_the_tip_and_the_oldest_waiting_record_otherwise() -> None:
     lag = ShardLag()
     assert lag.lag_ms(10_000) is None  # nothing read yet: no value rather than a made-up one
-    lag.at_tip = True
+    lag.at_tip, lag.answered_ms = True, 9_900
     assert lag.lag_ms(10_000) == 0
+    # At the tip, but no answer for longer than TIP_FRESH_MS: anything written since
+    # the last answer may be missing, so the lag is the silence.
+    assert lag.lag_ms(9_900 + TIP_FRESH_MS) == 0
+    assert lag.lag_ms(9_900 + TIP_FRESH_MS + 5_000) == TIP_FRESH_MS + 5_000
     lag.at_tip, lag.last_read_ms = False, 9_000
     assert lag.lag_ms(10_000) == 1_000  # behind the tip, nothing waiting: the last record read
     lag.oldest_unacknowledged_ms = 4_000
