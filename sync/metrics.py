@@ -31,6 +31,7 @@ cannot be listened on is a `ConfigError` naming the setting.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -500,8 +501,9 @@ class MetricsServer:
         setting: str = "follow.metrics_port",
     ) -> None:
         app = _App(make_wsgi_app(metrics.registry), healthy, ready or _always_ready)
+        server_class = _IPv6Server if ":" in host else ThreadingWSGIServer
         try:
-            self._server = make_server(host, port, app, ThreadingWSGIServer, _QuietHandler)
+            self._server = make_server(host, port, app, server_class, _QuietHandler)
         except OSError as exc:
             variable = "KS2OS_" + setting.replace(".", "_").upper()
             raise ConfigError(
@@ -565,6 +567,12 @@ def _text(respond: Callable[..., Any], ok: bool, body: str) -> list[bytes]:
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))]
     respond(status, headers)
     return [data]
+
+
+class _IPv6Server(ThreadingWSGIServer):
+    """For a bind address like `::` (every IPv6 and, on most systems, IPv4 address)."""
+
+    address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):

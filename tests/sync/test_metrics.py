@@ -180,6 +180,14 @@ def test_metrics_health_and_readiness_are_served_on_one_port() -> None:
         server.stop()
 
 
+def test_an_ipv6_bind_address_is_served() -> None:
+    server = MetricsServer(Metrics(), 0, lambda: True, host="::1").start()
+    try:
+        assert _get(f"http://[::1]:{server.port}/healthz") == (200, "ok\n")
+    finally:
+        server.stop()
+
+
 def test_a_port_in_use_is_a_config_error_naming_the_setting() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
