@@ -610,7 +610,8 @@ def _drain(bench: Bench, mapping: Any, backlog: bench_data.Backlog) -> tuple[flo
             failures.append(exc)
 
     def resolved() -> int:
-        return sum(metrics.total(name) for name in ("applied", "stale", "dead_lettered"))
+        totals = metrics.table(f"{mapping.keyspace}.{mapping.table}").totals()
+        return totals.applied + totals.stale + totals.dead_lettered
 
     thread = threading.Thread(target=follow, daemon=True)
     started = time.perf_counter()

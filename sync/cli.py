@@ -146,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
     verify.set_defaults(handler=_verify)
 
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="remove tombstones, expired rows and state no replay can need any more "
+        "(safe while other workers run; run it daily)",
+    )
+    _mapping_option(cleanup)
+    cleanup.add_argument(
+        "--dry-run", action="store_true", help="count what would be removed, remove nothing"
+    )
+    cleanup.set_defaults(handler=_cleanup)
+
     mapping = commands.add_parser("mapping", help="work with mapping files")
     mapping_commands = mapping.add_subparsers(
         dest="mapping_command", metavar="ACTION", parser_class=_Parser
@@ -255,6 +266,16 @@ def _seconds(text: str) -> float:
     if not 0 <= value < 3600:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 to 3600)")
     return value
+
+
+def _cleanup(args: argparse.Namespace, cfg: Config) -> int:
+    from sync.jobs.cleanup import run_cleanup
+
+    mapping = _load_table_mapping(args, cfg)
+    with stop_on_signals() as stop:
+        summary = run_cleanup(cfg, mapping, dry_run=args.dry_run, stop=stop)
+    _print_summary(summary)
+    return EXIT_OK
 
 
 def _mapping_generate(args: argparse.Namespace, cfg: Config) -> int:

@@ -60,6 +60,10 @@ READ_CONSISTENCY_WHY = (
     "a weaker read can resurrect a deleted row at a newer version"
 )
 
+# How long Keyspaces keeps stream records (a service fact, not a setting): no
+# replay reaches further back, which is what lets cleanup purge tombstones.
+STREAM_RETENTION_S = 24 * 3600
+
 
 @dataclass(frozen=True)
 class Bounds:
@@ -288,6 +292,12 @@ class BackfillConfig:
             high=3_600_000,
         ),
     )
+    metrics_port: int | None = _doc(
+        "port of /metrics, /healthz and /readyz while a backfill runs; unset: off",
+        None,
+        bounds=PORT,
+    )
+    metrics_host: str = _doc("address the backfill's metrics port listens on", "0.0.0.0")
 
     def __post_init__(self) -> None:
         _check_bounds(self)
@@ -335,7 +345,22 @@ class FollowConfig:
         "stop",
     )
     skip_replication: bool = _doc("ignore origin=REPLICATION records (multi-Region tables)", False)
-    metrics_port: int | None = _doc("port of /metrics and /healthz; unset: off", None, bounds=PORT)
+    metrics_port: int | None = _doc(
+        "port of /metrics, /healthz and /readyz; unset: off", None, bounds=PORT
+    )
+    metrics_host: str = _doc(
+        "address the metrics port listens on (127.0.0.1: this host only)", "0.0.0.0"
+    )
+    ready_max_lag_s: float = _doc(
+        "/readyz answers 503 while a shard this follower reads lags more than this, seconds",
+        300.0,
+        bounds=Bounds("a follower is never ready when any lag at all is too much", above=0),
+    )
+    log_interval_s: float = _doc(
+        "a status line (records, rates, lag, shards owned) is logged this often, seconds",
+        30.0,
+        bounds=Bounds("a status line takes some time to mean anything", above=0),
+    )
 
     def __post_init__(self) -> None:
         _check_bounds(self)
@@ -368,6 +393,42 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class CleanupConfig:
+    SECTION: ClassVar[str] = "cleanup"
+
+    margin_s: int = _doc(
+        "tombstones are purged once older than the stream's retention (24 h) plus this; "
+        "writers refuse changes older than the retention plus half of it",
+        3600,
+        bounds=Bounds(
+            "half of it must cover a write delayed by retries (also checked against the "
+            "writer's budget)",
+            low=60,
+            high=30 * 24 * 3600,
+        ),
+    )
+    expired_after_s: int = _doc(
+        "a document whose TTL ran out this long ago, and whose TTL record never came, "
+        "is removed (it must also be older than the tombstone window)",
+        24 * 3600,
+        bounds=Bounds("a TTL record may come days late; removing earlier gains little", low=0),
+    )
+
+    def __post_init__(self) -> None:
+        _check_bounds(self)
+
+    @property
+    def purge_after_ms(self) -> int:
+        """Tombstones (and expired documents) older than this may be removed."""
+        return (STREAM_RETENTION_S + self.margin_s) * 1000
+
+    @property
+    def write_max_age_ms(self) -> int:
+        """Writers refuse changes older than this: half the margin before the purge."""
+        return (STREAM_RETENTION_S + self.margin_s // 2) * 1000
+
+
+@dataclass(frozen=True)
 class Config:
     mapping: str | None = _doc("the table's mapping file (see mappings/)", None)
     dead_letter: str = _doc(
@@ -380,6 +441,19 @@ class Config:
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     follow: FollowConfig = field(default_factory=FollowConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+
+    def __post_init__(self) -> None:
+        # Between the writer's age check and the moment OpenSearch applies the write,
+        # at most a retry budget and a request pass; half the margin must cover that.
+        longest_write = self.writer.max_retry_seconds + self.writer.timeout_s
+        if self.cleanup.margin_s < 2 * longest_write:
+            raise ConfigError(
+                f"cleanup.margin_s must be at least twice writer.max_retry_seconds + "
+                f"writer.timeout_s ({2 * longest_write:g} s), got {self.cleanup.margin_s}",
+                hint="raise cleanup.margin_s: a write delayed by retries must not land after "
+                "cleanup purged the tombstone it would be refused by",
+            )
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

@@ -29,6 +29,7 @@ SECTION_INTROS = {
     "backfill": "The snapshot scan of `ks2os backfill`.",
     "follow": "The CDC stream reader of `ks2os follow`.",
     "state": "Checkpoints, backfill progress and worker leases, kept in an OpenSearch index.",
+    "cleanup": 'What `ks2os cleanup` removes and when (docs/versions.md, "Cleanup").',
 }
 
 HEADER = f"""# Configuration reference

@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -85,20 +86,29 @@ def render_bar(fraction: float, rate: float, eta: float | None, width: int = 30)
 class Reporter(threading.Thread):
     """Shows `progress` until `done` is set: a bar on a terminal, else a log line every 5 s.
 
-    `job` names the job in the thread's name and in the log line ("backfill", "verify").
+    `job` names the job in the thread's name and in the log line ("backfill", "verify");
+    `gauges(fraction, rate)`, if given, is told the same figures each time (metrics).
     """
 
     def __init__(
-        self, progress: Progress, done: threading.Event, job: str, out: TextIO = sys.stderr
+        self,
+        progress: Progress,
+        done: threading.Event,
+        job: str,
+        out: TextIO = sys.stderr,
+        gauges: Callable[[float, float], None] | None = None,
     ) -> None:
         super().__init__(name=f"ks2os-{job}-progress", daemon=True)
         self._progress, self._done, self._job, self._out = progress, done, job, out
         self._tty = out.isatty()
+        self._gauges = gauges
 
     def run(self) -> None:
         interval = 0.5 if self._tty else 5.0
         while not self._done.wait(interval):
             fraction, rate, eta = self._progress.estimate(time.monotonic())
+            if self._gauges is not None:
+                self._gauges(fraction, rate)
             if self._tty:
                 self._out.write("\r" + render_bar(fraction, rate, eta))
                 self._out.flush()

@@ -50,7 +50,7 @@ from typing import Any
 
 from opensearchpy import OpenSearch
 
-from sync.bulk import Action, Bulk, Document, Reader, Stamp, Verdict, call
+from sync.bulk import Action, Bulk, Document, Reader, Stamp, Traffic, Verdict, call
 from sync.errors import Ks2osError, OpenSearchRefused, TerminalError
 from sync.retry import RetryPolicy
 
@@ -440,6 +440,7 @@ class StateStore:
         lease_seconds: float = 30.0,
         clock: Callable[[], int] = wall_clock_ms,
         policy: RetryPolicy | None = None,
+        on_write_error: Callable[[int], None] | None = None,
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
@@ -451,6 +452,8 @@ class StateStore:
         self._bulk = Bulk(client, index, self._policy)
         self._reader = Reader(client, index, self._policy)
         self._ensured = False
+        # Told how many write requests failed (retried or not), for the metrics.
+        self._on_write_error = on_write_error or (lambda requests: None)
 
     @property
     def renew_interval_s(self) -> float:
@@ -515,7 +518,13 @@ class StateStore:
         self.ensure()
         if len({action.doc_id for action in actions}) != len(actions):
             raise ValueError("one document twice in one state bulk request")
-        results = self._bulk.send(actions)
+        # Each failed request counts as it happens, not when the retries end.
+        traffic = Traffic(on_retry=lambda reason: self._on_write_error(1))
+        try:
+            results = self._bulk.send(actions, traffic)
+        except Exception:
+            self._on_write_error(1)
+            raise
         stale = [
             a.doc_id for a, r in zip(actions, results, strict=True) if r.verdict is Verdict.STALE
         ]
@@ -750,6 +759,14 @@ class StateStore:
         except OpenSearchRefused as exc:
             if exc.status != 404:
                 raise
+
+    def worker_documents(self, table: str, *, expired_before_ms: int) -> list[Document]:
+        """Heartbeats of `table`'s workers that ran out before then (for cleanup). Uses search."""
+        return [
+            doc
+            for doc in self._list("worker", table)
+            if int(doc.body.get("expires_at_ms") or 0) < expired_before_ms
+        ]
 
     def live_workers(self, role: str, table: str) -> set[str]:
         """Workers of `role` on `table` whose heartbeat has not expired."""

@@ -41,6 +41,17 @@ def base(epoch_ms: int) -> int:
     return value
 
 
+def version_ms(version: int) -> int:
+    """The time (epoch ms) a version stands for: `base` undone, tie bits dropped.
+
+    Every age read from a version (how old a tombstone is, how old a change
+    is when written) goes through here, so a change of the layout changes it
+    in one place. For a stream record it is `createdAt` or a little later
+    (ties run ahead), for a snapshot row the read time less the margin.
+    """
+    return version >> TIE_BITS
+
+
 def next_stream_version(created_at_ms: int, previous: int) -> int:
     """The version of a stream record whose predecessor in its lineage had `previous`."""
     return max(base(created_at_ms), previous + 1)

@@ -27,14 +27,30 @@ dead-lettered when it returns) is the same.
 One `BulkWriter` may be shared by several threads, each writing its own
 batches: per-call state is local, the cumulative counters take a lock, and
 opensearch-py's client is thread-safe.
+
+**Too old to write.** `ks2os cleanup` purges tombstones once no replay can
+bring back an older write (docs/versions.md, "Cleanup"). That holds only if
+no writer writes a change older than the purge window, so a job's writer is
+given `max_age_ms` (the window less a margin) and refuses, before sending
+anything, a batch holding a change whose version stands for an older time:
+`ChangeTooOld`, a terminal error, so nothing is checkpointed and the change
+is read again (a backfill range from its last acknowledged token; a stream
+record from the checkpoint, or reported as a gap when the stream no longer
+holds it).
+
+An `observer` (the job's metrics) is told of every retry and its reason as
+it happens, and after every `write` what it cost (bulk request durations)
+and which changes OpenSearch acknowledged.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from opensearchpy import OpenSearch
 
@@ -48,6 +64,7 @@ from sync.model import Change
 from sync.partitions import PartitionWriter
 from sync.retry import RetryPolicy
 from sync.statics import StaticMerge
+from sync.version import version_ms
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +85,23 @@ class WriteReport:
         self.dead_lettered += other.dead_lettered
         self.retries += other.retries
         self.bytes += other.bytes
+
+
+class ChangeTooOld(TerminalError):
+    """A change older than the cleanup window: its tombstone may be purged, so never write it."""
+
+
+class WriteObserver(Protocol):
+    """Told of each retry as it happens (its reason: `sync.bulk.retry_reason`), and after
+    each `write` what it cost and the changes OpenSearch acknowledged (none if it failed)."""
+
+    def retried(self, reason: str) -> None: ...
+
+    def wrote(self, acknowledged: Sequence[Change], traffic: Traffic) -> None: ...
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class WriterCounters:
@@ -104,6 +138,9 @@ class BulkWriter:
         settings: WriterSettings | None = None,
         *,
         stop: threading.Event | None = None,
+        max_age_ms: int | None = None,
+        observer: WriteObserver | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.client = client
         self.index = index
@@ -111,6 +148,9 @@ class BulkWriter:
         self.dead_letters = dead_letters
         self.settings = settings or WriterSettings()
         self.counters = WriterCounters()
+        self.max_age_ms = max_age_ms  # None: any age (tests writing made-up versions)
+        self.observer = observer
+        self._clock = clock_ms
         policy = RetryPolicy.for_opensearch(self.settings, stop)
         self.bulk = Bulk(
             client,
@@ -134,19 +174,42 @@ class BulkWriter:
             self._merge = StaticMerge(self.bulk, reader, builder)
 
     def write(self, changes: Sequence[Change]) -> WriteReport:
-        """Apply `changes`; returns once each is applied, stale or dead-lettered."""
+        """Apply `changes`; returns once each is applied, stale or dead-lettered.
+
+        Raises `ChangeTooOld`, writing nothing, when a change is older than `max_age_ms`.
+        """
+        self._refuse_too_old(changes)
         report = WriteReport()
-        traffic = Traffic()
+        traffic = Traffic(on_retry=None if self.observer is None else self.observer.retried)
+        acknowledged: Sequence[Change] = ()
         try:
             if self._merge is not None:
                 outcomes = self._merge.write(changes, traffic)
             else:
                 outcomes = self._write_versioned(changes, traffic)
             self._count(outcomes, report)
+            acknowledged = changes
         finally:
             report.retries, report.bytes = traffic.retries, traffic.bytes
             self.counters.add(report, traffic.requests)
+            if self.observer is not None:
+                self.observer.wrote(acknowledged, traffic)
         return report
+
+    def _refuse_too_old(self, changes: Sequence[Change]) -> None:
+        if self.max_age_ms is None or not changes:
+            return
+        oldest = min(changes, key=lambda change: change.version)
+        age_ms = self._clock() - version_ms(oldest.version)
+        if age_ms > self.max_age_ms:
+            raise ChangeTooOld(
+                f"a change of {self.builder.table.qualified_name} (key {oldest.key!r}) is "
+                f"{age_ms / 3_600_000:.1f} h old, older than cleanup may keep tombstones "
+                f"({self.max_age_ms / 3_600_000:.1f} h): not written, so no purged delete "
+                "can be undone",
+                hint="run the job again: it reads the change anew (a backfill resumes its "
+                "ranges, a follower its checkpoints, and reports a gap if the stream lost it)",
+            )
 
     def _write_versioned(self, changes: Sequence[Change], traffic: Traffic) -> list[Outcome]:
         """One external-versioned action per change (a tombstone for a delete)."""

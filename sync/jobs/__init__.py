@@ -9,6 +9,9 @@ the table's facts, the target index, the state store and a writer factory.
 The target is an argument (by default the index behind the alias), so a
 reindex can fill a new index while a follower keeps the live one current.
 The job's stop event ends every retry wait of its writers and state store.
+Its `metrics` (the process's, or a fresh one) see what its writers, state
+store and dead-letter store do, labelled with the table; its writers refuse
+changes older than the cleanup window (`sync.writer.ChangeTooOld`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sync.indices import (
 from sync.keyspaces import TableInfo, describe_table
 from sync.mapping import TableMapping
 from sync.mapping_check import check_mapping_against_table
+from sync.metrics import Metrics, TableMetrics
 from sync.retry import RetryPolicy
 from sync.state import StateStore
 from sync.tokens import PartitionTokens
@@ -42,18 +46,24 @@ log = logging.getLogger(__name__)
 
 
 def dead_letter_store(
-    cfg: Config, client: OpenSearch, mapping: TableMapping, policy: RetryPolicy | None = None
+    cfg: Config,
+    client: OpenSearch,
+    mapping: TableMapping,
+    policy: RetryPolicy | None = None,
+    metrics: TableMetrics | None = None,
 ) -> DeadLetterStore:
+    failed = None if metrics is None else metrics.dead_letter_write_failed
     if cfg.dead_letter == "index":
-        return IndexDeadLetters.for_alias(client, mapping.alias, policy)
-    return FileDeadLetters(cfg.dead_letter)
+        return IndexDeadLetters.for_alias(client, mapping.alias, policy, on_write_error=failed)
+    return FileDeadLetters(cfg.dead_letter, on_write_error=failed)
 
 
 class Job:
     """The connections and facts one job run needs; close it (or use `with`) when done.
 
     `target` is where the job writes (default: the alias's current index,
-    created when there is none); `stop` is the job's stop event.
+    created when there is none); `stop` is the job's stop event; `metrics`
+    the process's series (default: a registry of the job's own).
     """
 
     def __init__(
@@ -65,10 +75,12 @@ class Job:
         stop: threading.Event | None = None,
         session: Session | None = None,
         client: OpenSearch | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.mapping = mapping
         self.stop = stop or threading.Event()
+        self.metrics = metrics or Metrics()
         self.policy = RetryPolicy.for_opensearch(cfg.writer, self.stop)
         self._own_session = session is None
         self._own_client = client is None
@@ -81,6 +93,7 @@ class Job:
             raise
         try:
             self.info: TableInfo = describe_table(self.session, mapping.keyspace, mapping.table)
+            self.table_metrics = self.metrics.table(self.info.qualified_name)
             # Before any write: a mapping the table defeats would dead-letter every row.
             check_mapping_against_table(mapping, self.info.key)
             # First of what needs the table's layout: a filter, computed field or hook the
@@ -95,12 +108,15 @@ class Job:
             added = add_missing_meta_fields(self.client, self.target.index)
             if added:
                 log.info("index %s: mapped %s", self.target.index, ", ".join(added))
-            self.dead_letters = dead_letter_store(cfg, self.client, mapping, self.policy)
+            self.dead_letters = dead_letter_store(
+                cfg, self.client, mapping, self.policy, self.table_metrics
+            )
             self.store = StateStore(
                 self.client,
                 cfg.state.index,
                 lease_seconds=cfg.state.lease_seconds,
                 policy=self.policy,
+                on_write_error=self.table_metrics.state_write_failed,
             )
             self.store.ensure()
         except BaseException:
@@ -124,6 +140,8 @@ class Job:
             self.dead_letters,
             self.cfg.writer,
             stop=self.stop,
+            max_age_ms=self.cfg.cleanup.write_max_age_ms,
+            observer=self.table_metrics,
         )
 
     def close(self) -> None:

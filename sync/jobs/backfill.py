@@ -42,6 +42,9 @@ Several processes, on several machines, may run the same backfill at once:
 each range is leased by one worker, and a crashed worker's ranges are taken
 over once their leases expire. The job returns when every range of the run
 is done (or `stop` is set).
+
+Progress (ranges done, rows, rows/s, share of the ring) goes to the job's
+metrics and, with `backfill.metrics_port`, is served on `/metrics`.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from sync.errors import ConfigError
 from sync.jobs import Job
 from sync.keyspaces import no_cdc_message, service_now_ms
 from sync.mapping import TableMapping
+from sync.metrics import BackfillProgress, Metrics, MetricsServer, Readiness
 from sync.model import Change
 from sync.progress import Progress, Reporter
 from sync.sources.cql import (
@@ -254,6 +258,17 @@ class _Backfill:
     def add(self, report: WriteReport) -> None:
         with self._lock:
             self.report.add(report)
+        self.job.table_metrics.backfill_wrote(report.applied, report.stale, report.dead_lettered)
+
+    def publish(self, fraction: float, rate: float) -> None:
+        """The progress gauges: ranges done as this process last saw them, rows/s, share."""
+        done = self.run.range_count - len(self.pending())
+        self.job.table_metrics.backfill_progress(
+            BackfillProgress(self.run.range_count, done, self.progress.rows, rate, fraction)
+        )
+
+    def readiness(self) -> Readiness:
+        return Readiness(("a backfill worker failed",) if self.failed.is_set() else ())
 
 
 class _Renewer(threading.Thread):
@@ -552,6 +567,7 @@ class _Worker:
             if page.last_token is not None:
                 rows, last_token = rows + page.rows, page.last_token
                 self.b.progress.read(page.rows)
+                self.b.job.table_metrics.backfill_read(page.rows)
             self._buffer(page.changes, number, last_token, rows, end=False)
             if self.b.halted():
                 return
@@ -615,6 +631,7 @@ def run_backfill(
     stop: threading.Event | None = None,
     job: Job | None = None,
     require_cdc: bool = False,
+    metrics: Metrics | None = None,
 ) -> BackfillSummary:
     """Backfill the mapping's table into its index; see the module docstring.
 
@@ -623,8 +640,9 @@ def run_backfill(
     """
     stop = stop or threading.Event()
     own_job = job is None
-    job = job or Job(cfg, mapping, stop=stop)
+    job = job or Job(cfg, mapping, stop=stop, metrics=metrics)
     started = time.monotonic()
+    server: MetricsServer | None = None
     try:
         _check_cdc(job, require_cdc)
         log.info(job.info.version_rule())
@@ -635,7 +653,19 @@ def run_backfill(
         backfill = _Backfill(job, run, stop)
         backfill.reclaim()
         backfill.progress.start(started)
-        reporter = Reporter(backfill.progress, backfill.all_done, "backfill")
+        if cfg.backfill.metrics_port:
+            server = MetricsServer(
+                job.metrics,
+                cfg.backfill.metrics_port,
+                lambda: not backfill.failed.is_set(),
+                host=cfg.backfill.metrics_host,
+                ready=backfill.readiness,
+                setting="backfill.metrics_port",
+            ).start()
+        backfill.publish(*backfill.progress.estimate(time.monotonic())[:2])
+        reporter = Reporter(
+            backfill.progress, backfill.all_done, "backfill", gauges=backfill.publish
+        )
         reporter.start()
         renewer = _Renewer(backfill, min(PROGRESS_INTERVAL_S, job.store.renew_interval_s))
         renewer.start()
@@ -654,6 +684,7 @@ def run_backfill(
         complete = backfill.all_done.is_set() and not backfill.errors
         backfill.all_done.set()  # ends the reporter
         reporter.join(timeout=2)
+        backfill.publish(*backfill.progress.estimate(time.monotonic())[:2])
         if backfill.errors:
             raise backfill.errors[0]
         if complete:
@@ -679,6 +710,8 @@ def run_backfill(
         )
         return summary
     finally:
+        if server is not None:
+            server.stop()
         if own_job:
             job.close()
 

@@ -50,6 +50,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
+from sync.config import STREAM_RETENTION_S
 from sync.errors import (
     ConfigError,
     DecodeError,
@@ -97,7 +98,7 @@ class StreamGone(Ks2osError):
 
 
 # Keyspaces keeps stream records 24 hours, and the period cannot be changed.
-RETENTION_MS = 24 * 3600 * 1000
+RETENTION_MS = STREAM_RETENTION_S * 1000
 # Service clocks read through different doors (CQL `now()`, `createdAt`, the
 # stream's trim point, GetStream's creation times) may disagree by a little;
 # every comparison between them gives this much away, in the safe direction.

@@ -149,6 +149,42 @@ def test_a_finished_run_is_not_resumed(
     assert second.run_id != first.run_id and second.rows_read == 20
 
 
+def test_a_backfill_serves_its_progress_as_metrics(
+    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+) -> None:
+    import socket
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sync.metrics import Metrics
+
+    _create_rows(cql, keyspace, 60)
+    mapping = _mapping(keyspace)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = make_config(
+        backfill={"ranges": 4, "workers": 2, "metrics_port": port, "metrics_host": "127.0.0.1"}
+    )
+    metrics = Metrics()
+    summary = run_backfill(cfg, mapping, metrics=metrics)
+    assert summary.complete
+    found = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(metrics.exposition())
+        for sample in family.samples
+        if sample.labels.get("table") == f"{keyspace}.products"
+    }
+    assert found["ks2os_backfill_ranges"] == 4 and found["ks2os_backfill_ranges_done"] == 4
+    assert found["ks2os_backfill_rows_read_total"] == 60
+    assert found["ks2os_backfill_applied_total"] == 60
+    assert found["ks2os_backfill_done_ratio"] == 1.0 and found["ks2os_backfill_rows_per_second"] > 0
+    assert found["ks2os_bulk_request_duration_seconds_count"] >= 1
+    with pytest.raises(OSError):  # the endpoint lived as long as the backfill
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
 def test_two_backfill_processes_share_one_run(
     cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
 ) -> None:
@@ -400,8 +436,16 @@ def _fake_backfill(
         backfill=SimpleNamespace(workers=1, page_size=4, snapshot_margin_ms=0),
         writer=SimpleNamespace(max_docs=10),
     )
+    from sync.metrics import Metrics
+
     job = SimpleNamespace(
-        cfg=cfg, store=store, session=None, info=None, worker_id="host", new_writer=lambda: fakes
+        cfg=cfg,
+        store=store,
+        session=None,
+        info=None,
+        worker_id="host",
+        new_writer=lambda: fakes,
+        table_metrics=Metrics().table("ks.t"),
     )
     return backfill._Backfill(job, run, stop)  # type: ignore[arg-type]
 
