@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import botocore.session
 import orjson
 import pytest
@@ -35,6 +36,14 @@ from tests.sync.test_values import EMULATED, SCALARS
 
 ARN = "arn:aws:cassandra:us-east-1:111122223333:/keyspace/ks/table/t/stream/2026-01-01T00:00:00.000"
 SHARD = "shardId-00000001700000000000-aaaa"
+# The shard reader's decoding needs no server; its client is never called here.
+OFFLINE_CLIENT = boto3.client(
+    "keyspacesstreams",
+    endpoint_url="http://127.0.0.1:9",
+    region_name="us-east-1",
+    aws_access_key_id="test",
+    aws_secret_access_key="test",
+)
 
 
 def botocore_parse(body: bytes) -> dict[str, Any]:
@@ -49,7 +58,9 @@ def botocore_parse(body: bytes) -> dict[str, Any]:
 
 
 def decode(info: TableInfo, reply: dict[str, Any], view_type: str) -> list[Change]:
-    reader = ShardReader(None, info, ARN, SHARD, view_type=view_type, after=None, previous=0)
+    reader = ShardReader(
+        OFFLINE_CLIENT, info, ARN, SHARD, view_type=view_type, after=None, previous=0
+    )
     return reader.decode(reply.get("changeRecords") or []).changes
 
 
