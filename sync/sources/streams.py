@@ -38,6 +38,7 @@ from cassandra.query import PreparedStatement
 from sync.errors import ConfigError, TerminalError, TransientError
 from sync.keyspaces import TableInfo, no_cdc_message, qualified, quote
 from sync.model import Change, Op, StreamPosition
+from sync.sources.getrecords import raw_get_records
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
 from sync.version import lineage_floor, next_stream_version
 
@@ -329,9 +330,10 @@ class ShardReader:
                 self._iterator = self._new_iterator()
                 if self._iterator is None:
                     return self._close()
-            reply = _call(
-                self._client.get_records, shardIterator=self._iterator, maxResults=self._limit
-            )
+            # The body parsed by orjson, not by botocore's shape parser (its cost was the
+            # follower's ceiling); botocore still signs, sends and parses errors.
+            get_records = raw_get_records(self._client)
+            reply = _call(get_records, shardIterator=self._iterator, maxResults=self._limit)
         except ClientError as exc:
             return self._on_error(exc)
         result = self.decode(reply.get("changeRecords") or [])

@@ -30,7 +30,7 @@ from sync.keyspaces import TableInfo, describe_table
 from sync.mapping import load_mapping
 from sync.model import Change
 from sync.schema import TableKey
-from sync.sources.getrecords import created_at, parse_body, raw_get_records
+from sync.sources.getrecords import EVENT, created_at, parse_body, raw_get_records
 from sync.sources.streams import ShardReader, find_stream_arn
 from tests.sync.test_values import EMULATED, SCALARS
 
@@ -340,3 +340,36 @@ def test_errors_are_parsed_by_botocore_as_before(cql: Any, emulator: Any, stream
     finally:
         emulator.control.set_faults(throttle_rates={})
     assert throttled.value.response["Error"]["Code"] == "ThrottlingException"
+
+
+def test_the_shard_reader_hands_botocore_an_empty_body(
+    cql: Any, streams: Any, keyspace: str
+) -> None:
+    from tests.conftest import table_options
+
+    options = table_options(view_type="NEW_IMAGE", client_timestamps=False)
+    cql.execute(f'CREATE TABLE "{keyspace}"."t" ("id" int PRIMARY KEY, "v" text) {options}')
+    info = describe_table(cql, keyspace, "t")
+    for number in range(20):
+        cql.execute(f'INSERT INTO "{keyspace}"."t" ("id", "v") VALUES (%s, %s)', (number, "v"))
+    arn = find_stream_arn(streams, info)
+    bodies: list[bytes] = []
+
+    def after_ours(response_dict: dict[str, Any], **_: Any) -> None:
+        bodies.append(response_dict["body"])
+
+    # Handlers run in the order they were registered: this one after the reader's own,
+    # which its first read registers.
+    changes: list[Change] = []
+    for shard in streams.get_stream(streamArn=arn)["shards"]:
+        reader = ShardReader(
+            streams, info, arn, shard["shardId"], view_type="NEW_IMAGE", after=None, previous=0
+        )
+        result = reader.read()
+        changes += result.changes
+        streams.meta.events.register(EVENT, after_ours, unique_id="test-after-ours")
+        while not result.at_tip or result.records:
+            result = reader.read()
+            changes += result.changes
+    assert sorted(c.key for c in changes) == [(n,) for n in range(20)]
+    assert bodies and set(bodies) == {b"{}"}
