@@ -603,6 +603,11 @@ def measure_follow_drain(bench: Bench, section: Section) -> None:
             f"(with it: {backlog.changes / (drain.cpu_s + drain.setup_cpu_s):,.0f}/CPU-s)",
         )
         _check_events(bench, section, "bench-events", backlog)
+    if drain.profile is not None and drain.profile.exists():
+        top = bench_procs.top_functions(drain.profile)
+        section.figures[1].note += "; self time (py-spy): " + ", ".join(
+            f"{name} {share:.0%}" for name, share in top
+        )
     mapping = bench.mapping(EVENTS, "bench-events")
     read_rate, bulk_rate, records = _follow_ceilings(bench, mapping)
     section.add(
@@ -635,6 +640,7 @@ class _Drain:
     setup_s: float
     cpu_s: float  # after set-up
     setup_cpu_s: float
+    profile: Path | None = None
 
 
 def _drain_in_process(bench: Bench, mapping_path: Path, backlog: bench_data.Backlog) -> _Drain:
@@ -648,7 +654,11 @@ def _drain_in_process(bench: Bench, mapping_path: Path, backlog: bench_data.Back
         {"follow": {"metrics_port": port}, "state": {"index": ".ks2os-state-bench-drain"}}
     )
     log_path = bench.scratch / "follow-drain.log"
-    with bench_procs.ks2os(ROOT, config, "follow", mapping_path, log_path) as run:
+    profile = RESULTS.parent / "follow-drain-profile.txt" if bench.args.profile else None
+    with (
+        bench_procs.ks2os(ROOT, config, "follow", mapping_path, log_path) as run,
+        bench_procs.profiled(run.process.pid, profile),
+    ):
         pid = run.process.pid
         setup_at: float | None = None
         setup_cpu = 0.0
@@ -670,11 +680,18 @@ def _drain_in_process(bench: Bench, mapping_path: Path, backlog: bench_data.Back
                     f"the follower resolved {got} of {backlog.changes} changes "
                     f"within {bench.args.deadline:.0f} s"
                 )
-            time.sleep(0.02)  # polling an observable counter, not standing in for a sync point
+            time.sleep(
+                0.25
+            )  # polling /metrics (each scrape costs the follower CPU), not a sync point
     assert setup_at is not None
     seconds = now - setup_at
     return _Drain(
-        backlog.changes / seconds, seconds, setup_at - run.started, cpu - setup_cpu, setup_cpu
+        backlog.changes / seconds,
+        seconds,
+        setup_at - run.started,
+        cpu - setup_cpu,
+        setup_cpu,
+        profile,
     )
 
 
@@ -1595,6 +1612,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="a small smoke run (~1 minute): 4000 rows, shorter loops",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the draining follower with py-spy (.bench/follow-drain-profile.txt)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of failures")
     args = parser.parse_args(argv)

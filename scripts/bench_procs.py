@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -258,3 +259,42 @@ def _serve_proxy(target_url: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["proxy"]:
         _serve_proxy(sys.argv[2])
+
+
+@contextlib.contextmanager
+def profiled(pid: int, output: Path | None) -> Iterator[None]:
+    """py-spy sampling process `pid` (nonblocking: it never pauses it) while inside; the
+    collapsed stacks go to `output`. Nothing when `output` is None."""
+    if output is None:
+        yield
+        return
+    spy = Path(sys.executable).with_name("py-spy")
+    argv = [str(spy), "record", "--pid", str(pid), "--nonblocking", "--gil", "--rate", "200"]
+    argv += ["--format", "raw", "--output", str(output)]
+    sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        sampler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            sampler.wait(60)
+        except subprocess.TimeoutExpired:
+            sampler.kill()
+            sampler.wait()
+
+
+def top_functions(collapsed: Path, count: int = 8) -> list[tuple[str, float]]:
+    """The functions with the most self time in py-spy's collapsed stacks: (name, share)."""
+    samples: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not stack or not number.isdigit():
+            continue
+        frame = stack.rsplit(";", 1)[-1]
+        # "function (path/file.py:line)" -> "function (file.py)"
+        name, _, where = frame.partition(" (")
+        path = where.rsplit(":", 1)[0]
+        samples[f"{name} ({Path(path).name})"] += int(number)
+        total += int(number)
+    return [(name, n / total) for name, n in samples.most_common(count)] if total else []
