@@ -856,6 +856,8 @@ def measure_codec(bench: Bench, section: Section) -> None:
 
     # The same work stage by stage, to show where the time goes.
     parsed = [parse_body(body)["changeRecords"] for body in bodies]
+    gc.collect()
+    gc.freeze()  # the parsed pages are fixtures here: the collector need not walk them
     changes: list[Any] = []
 
     def parse_only() -> int:
@@ -1020,11 +1022,13 @@ def measure_backfill_cpu(bench: Bench, section: Section) -> None:
     mapping_path = bench_data.write_mapping(bench.scratch, ITEMS, alias)
     config = bench.cfg_path({"state": {"index": ".ks2os-state-bench-cpu"}})
     log_path = bench.scratch / "backfill-cpu.log"
+    profile = RESULTS.parent / "backfill-profile.txt" if bench.args.profile else None
     with (
         _dropped_after(bench, alias),
         bench_procs.ks2os(ROOT, config, "backfill", mapping_path, log_path) as run,
     ):
-        cpu = bench_procs.wait_cpu(run.process, 900)
+        with bench_procs.profiled(run.process.pid, profile):
+            cpu = bench_procs.wait_cpu(run.process, 900)
         wall = time.monotonic() - run.started
     if run.process.returncode != 0:
         raise NotMeasured(f"`ks2os backfill` exited {run.process.returncode}: {run.tail()}")
@@ -1038,6 +1042,11 @@ def measure_backfill_cpu(bench: Bench, section: Section) -> None:
         "rows/CPU-s",
         note=f"{rows} rows, {cpu:.2f} CPU-s in {wall:.1f} s, default settings",
     )
+    if profile is not None and profile.exists():
+        top = bench_procs.top_functions(profile)
+        section.figures[-1].note += "; self time (py-spy): " + ", ".join(
+            f"{name} {share:.0%}" for name, share in top
+        )
     section.add(BACKFILL_CPU_TO_DRIVER, ratio(rows / cpu, scanned / scan_cpu), "x", at_least=0.5)
 
 
@@ -1616,7 +1625,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="sample the draining follower with py-spy (.bench/follow-drain-profile.txt)",
+        help="sample the draining follower and the backfill with py-spy (.bench/*-profile.txt)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of failures")
     args = parser.parse_args(argv)
