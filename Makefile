@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test soak bench lint clean
+.PHONY: help install demo test unit soak bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ demo: $(STAMP) ## start the local stack, run backfill and follow on a sample tab
 
 test: $(STAMP) ## run the whole test suite (bounded soak tests included)
 	$(BIN)/python -m pytest
+
+unit: $(STAMP) ## only the pure unit tests (no servers), in seconds
+	$(BIN)/python -m pytest -m unit
 
 soak: $(STAMP) ## the long soak tests at full length
 	KS2OS_TEST_SOAK=full $(BIN)/python -m pytest -m slow

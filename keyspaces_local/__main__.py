@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from keyspaces_local.partitioners import MURMUR3, PARTITIONERS
 from keyspaces_local.server import Emulator
 
 
@@ -90,6 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of CQL pages returned empty but with a paging state, as Keyspaces may",
     )
+    add(
+        "--static-record-shape",
+        choices=("all", "touched"),
+        default="all",
+        help=(
+            "what a static-only change record's images hold: every static column of the "
+            "partition (all, the default) or only those the write touched (touched)"
+        ),
+    )
+    add(
+        "--partitioner",
+        choices=tuple(PARTITIONERS),
+        default=MURMUR3,
+        help=(
+            "the account's partitioner at start (default Murmur3Partitioner); "
+            "UPDATE system.local SET partitioner = ... WHERE key = 'local' changes it"
+        ),
+    )
     add("--username", help="require this CQL username (PasswordAuthenticator); needs --password")
     add("--password", help="the password for --username")
     add("--log-level", default="WARNING", help="logging level on stderr (default WARNING)")
@@ -123,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_readers_per_shard": args.max_readers_per_shard,
         },
         credentials={args.username: args.password} if args.username is not None else None,
+        static_record_shape=args.static_record_shape,
+        partitioner=args.partitioner,
     )
     try:
         ready = {

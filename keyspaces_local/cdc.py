@@ -43,13 +43,16 @@ class RowChange:
     """One committed row-level mutation, in commit order for its primary key."""
 
     table: TableSchema
-    token: int  # Murmur3 token of the partition key
+    token: int  # token of the partition key under the account's partitioner
     partition_key: tuple[bytes, ...]  # serialised partition-key values, in key order
     clustering_key: tuple[bytes, ...] | None  # None for a static-only change
     old_image: RowImage | None  # None when the row did not exist before
     new_image: RowImage | None  # None when the row no longer exists after
     origin: str = "USER"  # "USER" or "TTL"
     committed_at_us: int = 0  # emulator clock at commit
+    # A static-only change: the static columns the write set, deleted or saw expire
+    # (None: all of them, as for a partition delete). Records may show only these.
+    touched: frozenset[str] | None = None
 
 
 class ChangeSink(Protocol):

@@ -1,9 +1,9 @@
 """The emulator's control surface: what tests and demos do that no AWS API offers.
 
-Split and merge shards, move the emulator clock, change faults, run the TTL
-sweep now. The same operations are served over HTTP under `/_control/` on the
-Streams port (see `keyspaces_local.streams.api`), so a subprocess emulator
-can be driven too.
+Split and merge shards, move the emulator clock, change faults, choose the
+shape of static-only change records, run the TTL sweep now. The same
+operations are served over HTTP under `/_control/` on the Streams port (see
+`keyspaces_local.streams.api`), so a subprocess emulator can be driven too.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ class Control:
         if settings is not None:
             self.faults.update(settings)
         return self.faults.update(changes)
+
+    def set_static_record_shape(self, shape: str) -> str:
+        """Static-only records from now on hold "all" statics or only the "touched" ones."""
+        return self.store.set_static_record_shape(shape)
 
     def sweep_expired(self) -> int:
         """Run the engine's TTL sweep now; returns the number of TTL records emitted."""

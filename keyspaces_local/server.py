@@ -30,6 +30,7 @@ from typing import Any
 
 from keyspaces_local.clock import Clock
 from keyspaces_local.control import Control
+from keyspaces_local.partitioners import MURMUR3
 from keyspaces_local.streams.api import StreamsApi
 from keyspaces_local.streams.faults import Faults, FaultSettings
 from keyspaces_local.streams.store import StreamStore
@@ -102,6 +103,8 @@ class Emulator:
         empty_page_rate: float = 0.0,
         faults: FaultSettings | Mapping[str, Any] | None = None,
         credentials: Mapping[str, str] | None = None,
+        static_record_shape: str = "all",
+        partitioner: str = MURMUR3,
     ) -> Emulator:
         """Start everything in this process (threads); ports 0 pick free ones."""
         from keyspaces_local.cql.engine import CqlEngine
@@ -115,6 +118,7 @@ class Emulator:
             retention_s=retention_s,
             iterator_lifetime_s=iterator_lifetime_s,
             faults=fault_state,
+            static_record_shape=static_record_shape,
         )
         engine = CqlEngine(
             clock,
@@ -122,6 +126,7 @@ class Emulator:
             host=host,
             ttl_record_delay_s=ttl_record_delay_s,
             empty_page_rate=empty_page_rate,
+            partitioner=partitioner,
         )
         control = Control(store, clock, fault_state, sweep=engine.sweep_expired)
         cql_server = CqlServer(
@@ -198,6 +203,8 @@ class EmulatorProcess:
         internal_error_rate: float | None = None,
         max_readers_per_shard: int | None = None,
         credentials: Mapping[str, str] | None = None,
+        static_record_shape: str | None = None,
+        partitioner: str | None = None,
         ready_timeout_s: float = 60.0,
     ) -> EmulatorProcess:
         """Start the child and wait for its ready line; options left None keep the CLI defaults."""
@@ -212,6 +219,8 @@ class EmulatorProcess:
             ("--throttle-rate", throttle_rate),
             ("--internal-error-rate", internal_error_rate),
             ("--max-readers-per-shard", max_readers_per_shard),
+            ("--static-record-shape", static_record_shape),
+            ("--partitioner", partitioner),
         ):
             if value is not None:
                 argv += [flag, str(value)]

@@ -5,8 +5,16 @@ byte copying. Every write carries a timestamp (microseconds); a cell, a row,
 a clustering range or a whole partition keeps the newest write or deletion,
 whatever order they arrive in:
 
-- a later timestamp wins; on a tie a tombstone beats a live cell, and
-  between two live cells the larger value wins (Cassandra's reconcile);
+- a later timestamp wins; on a tie Cassandra 4.0's reconcile decides
+  (`Cells.resolveRegular`, CASSANDRA-14592): a tombstone or an expiring
+  (TTL) cell beats a plain live cell, a tombstone beats an expiring cell,
+  of two expiring cells the later expiry wins, and then the larger value
+  (unsigned bytes); row markers follow `LivenessInfo.supersedes` alike;
+- Keyspaces' one documented difference: two live values of a frozen
+  collection with equal timestamps are not compared, the later write wins;
+- assigning a whole non-frozen collection (`SET c = {...}`, `SET c = null`,
+  INSERT) deletes the old elements at T-1, so an element added at the same
+  T survives; `DELETE c` deletes at T;
 - a deletion (row, range, partition) shadows every cell written at or
   before its timestamp, including cells that arrive later with older ones;
 - INSERT writes a row marker, UPDATE does not, so a row that only ever had
@@ -28,45 +36,41 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cassandra import cqltypes
-from cassandra.murmur3 import murmur3
 
 from keyspaces_local import types
 from keyspaces_local.cdc import Cell, RowImage
+from keyspaces_local.partitioners import Partitioner
 from keyspaces_local.schema import Column, ColumnKind, TableSchema
 
 # A stored cell: (value or None for a tombstone, write time in µs, expiry in epoch s or None).
 StoredCell = tuple[bytes | None, int, int | None]
 
 NO_DELETION = -(2**63)
-MIN_TOKEN, MAX_TOKEN = -(2**63), 2**63 - 1
 
 
 class ListIndexError(ValueError):
     """`l[i] = v` or `DELETE l[i]` with an index the list does not have."""
 
 
-def routing_key(pk: tuple[bytes, ...]) -> bytes:
-    """The partition key as the driver's routing key (composite: len + bytes + 0 per part)."""
-    if len(pk) == 1:
-        return pk[0]
-    return b"".join(struct.pack(">H", len(p)) + p + b"\x00" for p in pk)
+def wins(new: StoredCell, old: StoredCell, latest_writer: bool = False) -> bool:
+    """Cassandra 4.0's reconcile (`Cells.resolveRegular`): does `new` replace `old`?
 
-
-def token_of(pk: tuple[bytes, ...]) -> int:
-    """Murmur3 token exactly as the driver's Murmur3Token.hash_fn computes it."""
-    h = int(murmur3(routing_key(pk)))
-    return MAX_TOKEN if h == MIN_TOKEN else h
-
-
-def wins(new: StoredCell, old: StoredCell) -> bool:
-    """Cassandra's reconcile: does `new` replace `old`?"""
-    if new[1] != old[1]:
-        return new[1] > old[1]
-    if old[0] is None:
-        return False
-    if new[0] is None:
-        return True
-    return new[0] > old[0]
+    On equal timestamps a cell that is or will become a tombstone (a tombstone,
+    or an expiring cell) beats a plain live cell (CASSANDRA-14592), a tombstone
+    beats an expiring cell, the later expiry beats the earlier, and only then
+    the larger value wins (`latest_writer`: `new`, as Keyspaces does for frozen
+    collections). An exact tie keeps `old`.
+    """
+    (new_value, new_ts, new_exp), (old_value, old_ts, old_exp) = new, old
+    if new_ts != old_ts:
+        return new_ts > old_ts
+    if new_value is None or old_value is None:  # a tombstone beats anything of its time
+        return new_value is None and old_value is not None
+    if (new_exp is None) != (old_exp is None):  # an expiring cell beats a plain one
+        return new_exp is not None
+    if new_exp is not None and old_exp is not None and new_exp != old_exp:
+        return new_exp > old_exp
+    return latest_writer or new_value > old_value
 
 
 def is_live(cell: StoredCell, now_s: int) -> bool:
@@ -112,11 +116,11 @@ class Row:
         for coll in self.colls.values():
             coll.shadow(ts)
 
-    def put(self, name: str, cell: StoredCell) -> None:
+    def put(self, name: str, cell: StoredCell, latest_writer: bool = False) -> None:
         if cell[1] <= self.deleted_at:
             return
         old = self.cells.get(name)
-        if old is None or wins(cell, old):
+        if old is None or wins(cell, old, latest_writer):
             self.cells[name] = cell
 
     def coll(self, name: str) -> Coll:
@@ -139,7 +143,7 @@ class Row:
         if (
             self.marker is None
             or ts > self.marker[0]
-            or (ts == self.marker[0] and _later(exp, self.marker[1]))
+            or (ts == self.marker[0] and _supersedes(exp, self.marker[1]))
         ):
             self.marker = (ts, exp)
 
@@ -157,10 +161,12 @@ class Row:
         return False
 
 
-def _later(a: int | None, b: int | None) -> bool:
-    if a is None:
-        return b is not None
-    return b is not None and a > b
+def _supersedes(exp: int | None, old_exp: int | None) -> bool:
+    """Between two row markers of one timestamp (`LivenessInfo.supersedes` in 4.0): an
+    expiring marker beats a plain one, and of two expiring ones the later expiry wins."""
+    if exp is None:
+        return False
+    return old_exp is None or exp > old_exp
 
 
 @dataclass(frozen=True)
@@ -255,9 +261,9 @@ class RowWrite:
     marker: bool = False  # INSERT writes a row marker
     delete_row: bool = False
     cells: dict[str, bytes | None] = field(default_factory=dict)  # None writes a tombstone
-    coll_set: dict[str, list[tuple[bytes, bytes]] | None] = field(
-        default_factory=dict
-    )  # None deletes
+    # Whole-collection assignments (None: `SET c = null`): old elements go at ts - 1.
+    coll_set: dict[str, list[tuple[bytes, bytes]] | None] = field(default_factory=dict)
+    coll_delete: list[str] = field(default_factory=list)  # `DELETE c`: old elements go at ts
     coll_add: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict)
     coll_prepend: dict[str, list[bytes]] = field(default_factory=dict)
     coll_remove: dict[str, list[bytes]] = field(default_factory=dict)  # set/map keys; list values
@@ -265,14 +271,24 @@ class RowWrite:
 
 
 class TableData:
-    """All partitions of one table, ordered by (token, partition key)."""
+    """All partitions of one table, ordered by (token, partition key) under the partitioner."""
 
-    def __init__(self, schema: TableSchema) -> None:
+    def __init__(self, schema: TableSchema, partitioner: Partitioner) -> None:
         self.schema = schema
+        self.partitioner = partitioner
         self.parts: dict[tuple[int, tuple[bytes, ...]], Partition] = {}
         self.order: list[tuple[int, tuple[bytes, ...]]] = []
         self._list_seq = 0
         self.set_schema(schema)
+
+    def retoken(self, partitioner: Partitioner) -> None:
+        """The account's partitioner changed: every partition gets its new token and place."""
+        self.partitioner = partitioner
+        parts = list(self.parts.values())
+        for part in parts:
+            part.token = partitioner.token(part.pk)
+        self.parts = {(part.token, part.pk): part for part in parts}
+        self.order = sorted(self.parts)
 
     def set_schema(self, schema: TableSchema) -> None:
         self.schema = schema
@@ -281,6 +297,13 @@ class TableData:
         self.pk_cols = schema.partition_key
         self.regular = [c for c in schema.columns.values() if c.kind is ColumnKind.REGULAR]
         self.static = [c for c in schema.columns.values() if c.kind is ColumnKind.STATIC]
+        # Keyspaces: equal timestamps on these pick the latest writer, not the larger value.
+        self.frozen_collections = frozenset(
+            c.name
+            for c in schema.columns.values()
+            if issubclass(c.cql_type, cqltypes.FrozenType)
+            and types.is_multicell(types.unfrozen(c.cql_type))
+        )
 
     # ---- keys
     def sort_key(self, ck: tuple[bytes, ...]) -> tuple[Any, ...]:
@@ -294,7 +317,7 @@ class TableData:
         return types.Desc(fn(value)) if desc else fn(value)
 
     def partition(self, pk: tuple[bytes, ...], create: bool = False) -> Partition | None:
-        token = token_of(pk)
+        token = self.partitioner.token(pk)
         key = (token, pk)
         part = self.parts.get(key)
         if part is None and create:
@@ -320,11 +343,7 @@ class TableData:
 
     def index_after_token(self, token: int, inclusive: bool) -> int:
         """Index in token order of the first partition with token > (or >=) `token`."""
-        if inclusive:
-            return bisect.bisect_left(self.order, (token,))
-        return (
-            bisect.bisect_left(self.order, (token + 1,)) if token < MAX_TOKEN else len(self.order)
-        )
+        return bisect.bisect_left(self.order, (token,) if inclusive else (token + 1,))
 
     # ---- writes
     def apply(self, w: RowWrite) -> tuple[Partition, Row]:
@@ -339,9 +358,14 @@ class TableData:
         if w.marker:
             row.set_marker(w.ts, w.exp)
         for name, value in w.cells.items():
-            row.put(name, (value, w.ts, w.exp if value is not None else None))
+            cell = (value, w.ts, w.exp if value is not None else None)
+            row.put(name, cell, name in self.frozen_collections)
+        for name in w.coll_delete:
+            row.coll(name).shadow(w.ts)
         for name, items in w.coll_set.items():
-            row.coll(name).shadow(w.ts - 1 if items is not None else w.ts)
+            # Cassandra's setComplexDeletionTimeForOverwrite: an overwrite, to null
+            # too, deletes at ts - 1, so elements written at ts itself survive.
+            row.coll(name).shadow(w.ts - 1)
             if items:
                 self._add_elems(row, name, items, w)
         for name, items in w.coll_add.items():

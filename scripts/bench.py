@@ -291,7 +291,8 @@ def measure_backfill_ceilings(bench: Bench, section: Section) -> None:
 
 def _bulk_bodies(bench: Bench, pages: list[list[Any]], per_request: int) -> list[bytes]:
     """The backfill's own documents for the scanned rows, as NDJSON bulk bodies."""
-    from sync.documents import DocumentBuilder, bulk_lines
+    from sync.bulk import bulk_lines
+    from sync.documents import DocumentBuilder
     from sync.keyspaces import describe_table
     from sync.model import ScanPosition
     from sync.sources.rows import decode_row
@@ -717,7 +718,8 @@ def _follow_ceilings(bench: Bench, mapping: Any) -> tuple[float, float, int]:
     One thread per shard in both, as the follower runs. Each shard's bodies are sent in
     stream order by that shard's thread, so no item comes back 409.
     """
-    from sync.documents import DocumentBuilder, bulk_lines
+    from sync.bulk import bulk_lines
+    from sync.documents import DocumentBuilder
     from sync.keyspaces import describe_table
     from sync.sources.streams import ShardReader
 
@@ -740,7 +742,7 @@ def _follow_ceilings(bench: Bench, mapping: Any) -> tuple[float, float, int]:
         while True:
             result = shard_reader.read()
             if result.changes:
-                bodies.append(bulk_lines(builder.action_for(c) for c in result.changes))
+                bodies.append(bulk_lines([builder.action_for(c) for c in result.changes]))
             total += result.records
             if result.closed or (result.at_tip and not result.records):
                 break
@@ -786,7 +788,8 @@ def measure_codec(bench: Bench, section: Section) -> None:
     import orjson
     from botocore.parsers import create_parser
 
-    from sync.documents import DocumentBuilder, bulk_lines
+    from sync.bulk import bulk_lines
+    from sync.documents import DocumentBuilder
     from sync.keyspaces import describe_table
     from sync.sources.getrecords import parse_body
     from sync.sources.streams import ShardReader
@@ -821,7 +824,7 @@ def measure_codec(bench: Bench, section: Section) -> None:
         reader, size = new_reader(), 0
         for body in bodies:
             changes = reader.decode(parse_body(body)["changeRecords"]).changes
-            size += len(bulk_lines(builder.action_for(change) for change in changes))
+            size += len(bulk_lines([builder.action_for(change) for change in changes]))
         return size
 
     seconds = bench.args.codec_seconds
@@ -890,7 +893,7 @@ def measure_codec(bench: Bench, section: Section) -> None:
 
 
 def _row_to_bytes(bench: Bench, section: Section, table: str, info: Any, builder: Any) -> None:
-    from sync.documents import bulk_lines
+    from sync.bulk import bulk_lines
     from sync.model import ScanPosition
     from sync.sources.rows import decode_row
     from sync.version import snapshot_version

@@ -1,9 +1,12 @@
 """The `ks2os` command: parses arguments, loads the configuration, calls a job.
 
 Nothing here knows how a job works. Every user mistake (a wrong flag, an
-unknown command, a bad or missing config file) ends as one line on stderr and
-exit code 2; a run that cannot go on (a server unreachable, a table without
-CDC) ends as one line and exit code 1. Tracebacks are for bugs only.
+unknown command, a bad or missing config file, credentials a service
+refuses, a mapping OpenSearch refuses, a metrics port in use: a
+`ConfigError`) ends as one line on stderr and exit code 2; a run that cannot
+go on (a server unreachable, a table without CDC: any other `Ks2osError`)
+ends as one line and exit code 1. Every library's exceptions are converted
+where ks2os calls it (see `sync.errors`), so tracebacks are for bugs only.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from sync.mapping import TableMapping
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 DEFAULT_CONFIG = "ks2os.toml"
 
 Command = Callable[[argparse.Namespace, Config], int]
@@ -221,7 +225,9 @@ def _write_new(path: str, text: str, *, overwrite: bool) -> None:
             f"{path} exists; not overwriting it", hint="pass --force to replace it"
         ) from None
     except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot write {path}: {exc.strerror}", hint="choose another -o FILE"
+        ) from None
 
 
 def _print_summary(summary: object) -> None:
@@ -305,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Ks2osError as exc:
         sys.stderr.write(f"ks2os: {one_line(exc)}\n")
         return EXIT_FAILED
+    except KeyboardInterrupt:  # before a job took over SIGINT: stop quietly, as asked
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

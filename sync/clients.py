@@ -21,7 +21,8 @@ from cassandra.policies import RoundRobinPolicy
 from opensearchpy import AWSV4SignerAuth, OpenSearch, RequestsHttpConnection
 
 from sync.config import Config, KeyspacesConfig, OpenSearchConfig
-from sync.errors import ConfigError, TransientError
+from sync.errors import ConfigError, Ks2osError
+from sync.keyspaces import cql_errors
 
 # Keyspaces accepts only these for reads; every write must be LOCAL_QUORUM.
 READ_CONSISTENCY = {
@@ -80,24 +81,22 @@ def cql_cluster(cfg: Config) -> Cluster:
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         protocol_version=4,
         connect_timeout=ks.request_timeout_s,
+        # The driver's 2 s default for schema and topology queries is short for a busy or
+        # distant endpoint; one request timeout applies to every CQL request alike.
+        control_connection_timeout=ks.request_timeout_s,
     )
 
 
 def cql_session(cfg: Config) -> Session:
-    """A connected CQL session, or a one-line error saying which endpoint failed."""
-    from cassandra.cluster import NoHostAvailable
-
+    """A connected CQL session, or a one-line error: unreachable, or credentials refused."""
     cluster = cql_cluster(cfg)
+    where = ", ".join(f"{h}:{cfg.keyspaces.port}" for h in cfg.keyspaces.hosts())
     try:
-        return cluster.connect()
-    except NoHostAvailable as exc:
+        with cql_errors("connecting", where):
+            return cluster.connect()
+    except Ks2osError:
         cluster.shutdown()
-        where = ", ".join(f"{h}:{cfg.keyspaces.port}" for h in cfg.keyspaces.hosts())
-        reason = next(iter(exc.errors.values()), exc)
-        raise TransientError(
-            f"cannot reach Keyspaces at {where}: {reason}",
-            hint="check keyspaces.contact_points, keyspaces.port, TLS and credentials",
-        ) from None
+        raise
 
 
 def streams_client(cfg: Config) -> Any:

@@ -138,8 +138,8 @@ class FollowConfig:
     get_records_limit: int = _doc("maxResults of each GetRecords call (1-1000)", 1000)
     idle_poll_ms: int = _doc("longest pause between polls of a shard that is at its tip", 250)
     on_gap: Literal["stop", "continue"] = _doc(
-        "when the stream no longer holds records the index has not seen (TrimmedDataAccess): "
-        "stop, or continue and mark the index for reindex",
+        "when the stream no longer holds changes the index needs (a gap: trimmed records, "
+        "a shard gone, a CDC switch): stop, or continue and mark the index for reindex",
         "stop",
     )
     skip_replication: bool = _doc("ignore origin=REPLICATION records (multi-Region tables)", False)

@@ -1,17 +1,26 @@
-"""Dead letters: changes OpenSearch refused for their content, kept with the reason.
+"""Dead letters: changes that could not be written, kept with the reason.
 
 Bad input never stops the stream and is never lost silently: the writer puts
-each refused change here (durably, before it reports the batch done) and the
-count is visible. Two stores: an OpenSearch index (default
-`<alias>-deadletter`) and an NDJSON file, one line per entry.
+each change OpenSearch refused for its content, or whose document could not
+be built, here (durably, before it reports the batch done) and the count is
+visible. The follower puts here, raw, the stream records that never became a
+change (undecodable, or their row lookup failed for good), before its
+checkpoint passes them. Two stores: an OpenSearch index (default
+`<alias>-deadletter`, written through the bulk transport and its retries) and
+an NDJSON file, one line per entry.
+
+`Outcome` is what became of one change of a batch (applied, stale, or
+rejected with a reason); the writer counts outcomes and turns the rejected
+ones into dead letters.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,23 +28,50 @@ from typing import Any, Protocol
 import orjson
 from opensearchpy import OpenSearch
 
+from sync.bulk import Action, Bulk, Reader, Verdict, call
 from sync.documents import json_safe
-from sync.errors import TransientError
-from sync.model import Change, ScanPosition
+from sync.errors import OpenSearchRefused, TerminalError
+from sync.model import Change, Provenance, ScanPosition
+from sync.retry import RetryPolicy
 
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One refused change, why, and when."""
+    """One refused change (or a raw stream record that never became one), why, and when.
 
-    change: Change
-    doc_id: str
-    reason: str  # OpenSearch's error type and reason
+    A change entry has `change` and `doc_id`; a record entry has `record` (the
+    stream record as read) and `position` (where it was read) instead.
+    """
+
+    change: Change | None
+    doc_id: str | None
+    reason: str  # OpenSearch's error type and reason, or why the record could not be used
     at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    record: Mapping[str, Any] | None = None
+    position: Provenance | None = None
+
+    def __post_init__(self) -> None:
+        if (self.change is None) == (self.record is None):
+            raise ValueError("a dead letter holds either a change or a raw record")
+
+    @classmethod
+    def for_record(cls, record: Mapping[str, Any], position: Provenance, reason: str) -> DeadLetter:
+        """An entry for a stream record that could not become a change."""
+        return cls(None, None, reason, record=record, position=position)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe record of the entry."""
         change = self.change
+        if change is None:
+            assert self.record is not None and self.position is not None
+            return {
+                "doc_id": None,
+                "reason": self.reason,
+                "at": self.at_ms,
+                "op": None,
+                "record": json_safe(dict(self.record)),
+                "source": _provenance(self.position),
+            }
         return {
             "doc_id": self.doc_id,
             "reason": self.reason,
@@ -46,12 +82,36 @@ class DeadLetter:
             "image": None if change.image is None else json_safe(dict(change.image)),
             "static_only": change.static_only,
             "expires_at": change.expires_at_ms,
-            "source": _provenance(change),
+            "source": _provenance(change.source),
         }
 
 
-def _provenance(change: Change) -> dict[str, Any]:
-    source = change.source
+@dataclass(slots=True, eq=False)  # each is one change of one batch: equal only to itself
+class Outcome:
+    """What became of one change of a batch: APPLIED, STALE, or REJECTED with a reason.
+
+    A rejection is final: a later write for the same change (a static merge
+    after its row was written, say) cannot turn it back into APPLIED.
+    """
+
+    change: Change
+    verdict: Verdict | None = None  # None: not settled yet
+    doc_id: str = ""
+    reason: str = ""
+
+    def settle(self, verdict: Verdict) -> None:
+        if self.verdict is not Verdict.REJECTED:
+            self.verdict = verdict
+
+    def reject(self, doc_id: str, reason: str) -> None:
+        if self.verdict is not Verdict.REJECTED:
+            self.verdict, self.doc_id, self.reason = Verdict.REJECTED, doc_id, reason
+
+    def dead_letter(self) -> DeadLetter:
+        return DeadLetter(self.change, self.doc_id, self.reason)
+
+
+def _provenance(source: Provenance) -> dict[str, Any]:
     if isinstance(source, ScanPosition):
         return {
             "kind": "scan",
@@ -127,50 +187,61 @@ DEADLETTER_MAPPING: dict[str, Any] = {
 class IndexDeadLetters:
     """An OpenSearch index (created on first use), written with refresh=wait_for."""
 
-    def __init__(self, client: OpenSearch, index_name: str) -> None:
+    def __init__(
+        self, client: OpenSearch, index_name: str, policy: RetryPolicy | None = None
+    ) -> None:
         self.client = client
         self.index_name = index_name
+        self.policy = policy or RetryPolicy()
+        self._bulk = Bulk(client, index_name, self.policy, refresh="wait_for")
         self._ready = False
         self._lock = threading.Lock()
 
     @classmethod
-    def for_alias(cls, client: OpenSearch, alias: str) -> IndexDeadLetters:
-        return cls(client, f"{alias}-deadletter")
+    def for_alias(
+        cls, client: OpenSearch, alias: str, policy: RetryPolicy | None = None
+    ) -> IndexDeadLetters:
+        return cls(client, f"{alias}-deadletter", policy)
 
     def _ensure_index(self) -> None:
         with self._lock:
             if self._ready:
                 return
-            if not self.client.indices.exists(index=self.index_name):
-                self.client.indices.create(
-                    index=self.index_name, body={"mappings": DEADLETTER_MAPPING}
+            indices = self.client.indices
+            doing = f"creating the dead-letter index {self.index_name}"
+            exists = functools.partial(indices.exists, index=self.index_name)
+            if not call(self.policy, doing, exists):
+                request = functools.partial(
+                    indices.create, index=self.index_name, body={"mappings": DEADLETTER_MAPPING}
                 )
+                try:
+                    call(self.policy, doing, request)
+                except OpenSearchRefused as exc:
+                    if exc.error_type != "resource_already_exists_exception":
+                        raise
             self._ready = True
 
     def put(self, entries: Sequence[DeadLetter]) -> None:
         if not entries:
             return
         self._ensure_index()
-        body = b"".join(
-            b'{"index":{}}\n' + orjson.dumps(entry.to_json()) + b"\n" for entry in entries
-        )
-        response = self.client.bulk(
-            index=self.index_name, body=body, params={"refresh": "wait_for"}
-        )
-        if response.get("errors"):
-            failed = [
-                item["index"].get("error")
-                for item in response["items"]
-                if item["index"].get("status", 500) >= 300
-            ]
-            raise TransientError(
-                f"dead-letter index {self.index_name} refused {len(failed)} entries: {failed[0]}",
-                hint="check the dead-letter index's health and mapping",
+        results = self._bulk.send([Action(None, entry.to_json()) for entry in entries])
+        refused = [r for r in results if r.verdict is not Verdict.APPLIED]
+        if refused:
+            raise TerminalError(
+                f"dead-letter index {self.index_name} refused {len(refused)} entries: "
+                f"{refused[0].reason}",
+                hint="check the dead-letter index's mapping, or set dead_letter to a file path",
             )
 
     @property
     def count(self) -> int:
-        if not self.client.indices.exists(index=self.index_name):
-            return 0
-        self.client.indices.refresh(index=self.index_name)
-        return int(self.client.count(index=self.index_name)["count"])
+        reader = Reader(self.client, self.index_name, self.policy)
+        request = functools.partial(self.client.count, index=self.index_name)
+        try:
+            reader.refresh()
+        except OpenSearchRefused as exc:
+            if exc.error_type == "index_not_found_exception":
+                return 0
+            raise
+        return int(call(self.policy, f"counting {self.index_name}", request)["count"])

@@ -1,4 +1,4 @@
-"""Turn a `Change` into an OpenSearch bulk action: document id, routing, version, body.
+"""Turn a `Change` into an OpenSearch bulk action (`sync.bulk.Action`): id, routing, version, body.
 
 Every action is an `index` with `version_type=external` at the change's
 version. A delete becomes a **tombstone**: an index action whose body is only
@@ -7,6 +7,13 @@ real delete after `index.gc_deletes` (60 s), after which an older write
 replayed late would resurrect the row; a tombstone keeps its version as long
 as it exists. Searches go through the alias, whose filter hides tombstones
 and expired rows (`sync.indices.alias_filter`).
+
+The mapping may shape what is indexed (`sync.shaping`): an upsert whose row
+the filter leaves out, or for which the hook returns None, is written as a
+tombstone at the change's version, exactly like a delete, so a row that
+stops matching leaves search and one that matches again comes back; the
+computed fields and the hook shape the body of the others. A hook that fails
+raises `DocumentError`, which the writers dead-letter with the change.
 
 Every document carries `_ks2os = {version, source, expires_at?, deleted}`.
 Tables with static columns are written by `sync.statics` instead, from the
@@ -29,17 +36,18 @@ import ipaddress
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Set
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 from cassandra.util import Date, Duration, OrderedMap, OrderedMapSerializedKey, SortedSet, Time
 
-from sync.errors import ConfigError, TerminalError
+from sync.bulk import Action
+from sync.errors import ConfigError, DocumentError, TerminalError
 from sync.mapping import BigNumbers, Nulls, Routing, TableMapping, Timestamps
 from sync.model import Change, Op, ScanPosition
 from sync.schema import TableKey
+from sync.shaping import Shaper, compile_shaper
 
 META_FIELD = "_ks2os"
 # A partition document's id is this prefix and the partition id. Row ids are
@@ -49,29 +57,6 @@ PARTITION_KIND = "partition"
 _EPOCH = dt.datetime(1970, 1, 1)
 _ONE_MS = dt.timedelta(milliseconds=1)
 _NANOS_PER_SECOND = 10**9
-
-
-@dataclass(slots=True)
-class BulkAction:
-    """One bulk `index` action, ready to send."""
-
-    op: str
-    doc_id: str
-    routing: str | None
-    version: int
-    body: bytes
-    change: Change | None = None  # kept for dead letters
-
-    def lines(self) -> bytes:
-        """The action's two NDJSON lines (metadata line and source line)."""
-        meta: dict[str, Any] = {
-            "_id": self.doc_id,
-            "version": self.version,
-            "version_type": "external",
-        }
-        if self.routing is not None:
-            meta["routing"] = self.routing
-        return orjson.dumps({self.op: meta}) + b"\n" + self.body + b"\n"
 
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
@@ -98,11 +83,6 @@ def _key_text(key: tuple[Any, ...], positions: tuple[int, ...]) -> str:
 
 
 _is_unreserved = _UNRESERVED.fullmatch
-
-
-def bulk_lines(actions: Iterable[BulkAction]) -> bytes:
-    """The NDJSON body of a bulk request (sent to `/<index>/_bulk`)."""
-    return b"".join(action.lines() for action in actions)
 
 
 # ------------------------------------------------------------ value forms
@@ -326,6 +306,20 @@ def _is_varint(cql_type: str | None) -> bool:
     return cql_type is not None and cql_type.strip().lower() == "varint"
 
 
+class _ValueForms:
+    """The value forms computed fields use, under the mapping's choices (`sync.shaping`)."""
+
+    def __init__(self, converter: _Converter, table: TableKey) -> None:
+        self._converter = converter
+        self._table = table
+
+    def text(self, value: Any) -> str:
+        return text_form(value)
+
+    def field(self, column: str, value: Any) -> Any:
+        return self._converter.convert(value, _is_varint(self._table.cql_type(column)))
+
+
 # ------------------------------------------------------------- the builder
 
 
@@ -353,9 +347,19 @@ class DocumentBuilder:
         )
         # Without an include list, columns the schema did not list still go in.
         self._take_unplanned = spec.include is None
-        static_columns = frozenset(table.static)
+        self._static_columns = frozenset(table.static)
         self.static_fields = frozenset(
-            field_name for column, field_name, _ in self._plan if column in static_columns
+            field_name for column, field_name, _ in self._plan if column in self._static_columns
+        )
+        # Filter, computed fields and hook, checked against the table now (one-line
+        # ConfigErrors at start); None when the mapping has none.
+        self.shaper: Shaper | None = compile_shaper(
+            spec,
+            table,
+            mapping.path,
+            _ValueForms(self._converter, table),
+            taken={field_name: column for column, field_name, _ in self._plan},
+            explicit_nulls=self._explicit_nulls,
         )
 
     def _positions(self, columns: Iterable[str], key: str) -> tuple[int, ...]:
@@ -437,7 +441,7 @@ class DocumentBuilder:
             return True
         return any(column in change.image for column in self.table.static)
 
-    def action_for(self, change: Change) -> BulkAction:
+    def action_for(self, change: Change) -> Action:
         """The bulk action that writes `change` (a tombstone for a delete).
 
         Only for tables without static columns: a static-only change has no
@@ -453,11 +457,18 @@ class DocumentBuilder:
         version = change.version
         source = "scan" if isinstance(change.source, ScanPosition) else "stream"
         image = change.image
+        shown: dict[str, Any] | None = None
+        if change.op is Op.UPSERT and image is not None:
+            shaper = self.shaper
+            if shaper is None:
+                shown = self._source(image, native=True)
+            else:
+                shown = self._shaped(shaper, image)
         body: dict[str, Any]
-        if change.op is Op.DELETE or image is None:
+        if shown is None:  # a delete, or a row the filter or the hook leaves out
             body = {META_FIELD: {"version": version, "source": source, "deleted": True}}
         else:
-            body = self._source(image, native=True)
+            body = shown
             expires_at = change.expires_at_ms
             if expires_at is None:
                 body[META_FIELD] = {"version": version, "source": source, "deleted": False}
@@ -470,14 +481,54 @@ class DocumentBuilder:
                 }
         key = change.key
         routing = self._routing_positions
-        return BulkAction(
-            "index",
+        return Action(
             _key_text(key, self._id_positions),
-            None if routing is None else _key_text(key, routing),
-            version,
             orjson.dumps(body),
-            change,
+            routing=None if routing is None else _key_text(key, routing),
+            version=version,
         )
+
+    def row_document(self, change: Change) -> tuple[Change, dict[str, Any]]:
+        """For `sync.statics`: the change as its row document is written, and the row's fields
+        (without statics; empty for a delete).
+
+        A row the filter or the hook leaves out comes back as a delete of the
+        same key at the same version and source, so the merge writes a
+        tombstone, exactly as for a delete.
+        """
+        image = change.image
+        if change.op is Op.DELETE or image is None:
+            return change, {}
+        shaper = self.shaper
+        if shaper is None:
+            return change, self.row_fields(image)
+        shaped = self._shaped(shaper, image)
+        if shaped is None:
+            return Change(Op.DELETE, change.key, None, change.version, change.source), {}
+        statics = self.static_fields
+        return change, {name: value for name, value in shaped.items() if name not in statics}
+
+    def _shaped(self, shaper: Shaper, image: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The fields of an upsert's document under the mapping's filter, computed fields and
+        hook; None when the row is not indexed."""
+        if not shaper.matches(image):
+            return None
+        hook = shaper.hook
+        if hook is None:
+            return shaper.finish(image, self._source(image, native=True))
+        # The hook never sees statics: a snapshot row has them and a stream row record
+        # does not, so with them one row state could give two bodies.
+        row = image
+        if self._static_columns:
+            row = {c: v for c, v in image.items() if c not in self._static_columns}
+        body = shaper.finish(
+            row, self.row_fields(image) if self._static_columns else self._source(image)
+        )
+        if body is not None and META_FIELD in body:
+            raise DocumentError(
+                f"hook {hook.name} returned the field {META_FIELD}, which ks2os keeps for itself"
+            )
+        return body
 
     def _source(self, image: Mapping[str, Any], native: bool = False) -> dict[str, Any]:
         """The document fields of `image`: JSON-ready values, or for `native`, values

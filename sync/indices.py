@@ -4,8 +4,14 @@ Searches always go through the alias. Its filter hides tombstones (deleted
 rows), partition documents (a static table's per-partition static values,
 see `sync.statics`) and rows whose TTL has run out, so a document stops
 being found the moment its row stops being readable in Keyspaces, not when
-the late TTL record arrives. Writers write to the concrete index the alias points at (or
-to a new index being built by a reindex).
+the late TTL record arrives. Writers write to a `Target`: the concrete index
+the alias points at, or a new index being built by a reindex.
+
+Every call here converts opensearch-py's exceptions (`sync.bulk.opensearch_errors`)
+and none retries: these run when a job starts, where an unreachable
+OpenSearch or a mapping it refuses is best reported at once. A mapping
+OpenSearch refuses to create an index from is a `ConfigError` naming the
+mapping file.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from opensearchpy import OpenSearch
-from opensearchpy.exceptions import NotFoundError, RequestError
 
+from sync.bulk import opensearch_errors
 from sync.documents import META_FIELD, PARTITION_KIND
-from sync.errors import MappingConflict
+from sync.errors import ConfigError, MappingConflict, OpenSearchRefused
 from sync.mapping import TableMapping
 
 META_MAPPING: Mapping[str, Any] = {
@@ -37,6 +44,23 @@ META_MAPPING: Mapping[str, Any] = {
         "statics": {"type": "object", "enabled": False},
     }
 }
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a job writes: `index`, and the `alias` searches go through.
+
+    Normally the index is the one behind the alias (`current_target`); a
+    reindex builds a new one while the follower keeps writing the live one.
+    """
+
+    alias: str
+    index: str
+
+
+def current_target(client: OpenSearch, mapping: TableMapping) -> Target:
+    """The alias's current index (created, with the alias, when there is none)."""
+    return Target(mapping.alias, ensure_index(client, mapping))
 
 
 def index_settings_and_mappings(mapping: TableMapping) -> dict[str, Any]:
@@ -67,9 +91,12 @@ def _version_pattern(alias: str) -> re.Pattern[str]:
 def index_versions(client: OpenSearch, alias: str) -> dict[str, int]:
     """Existing `<alias>_v<N>` indexes and their N."""
     try:
-        found = client.indices.get(index=f"{alias}_v*", params={"expand_wildcards": "all"})
-    except NotFoundError:
-        return {}
+        with opensearch_errors(f"listing the indexes of {alias}"):
+            found = client.indices.get(index=f"{alias}_v*", params={"expand_wildcards": "all"})
+    except OpenSearchRefused as exc:
+        if exc.status == 404:
+            return {}
+        raise
     pattern = _version_pattern(alias)
     versions = {}
     for name in found:
@@ -83,16 +110,33 @@ def create_next_index(client: OpenSearch, mapping: TableMapping) -> str:
     """Create `<alias>_v<N+1>` (N the highest existing, 0 if none); return its name."""
     versions = index_versions(client, mapping.alias)
     name = f"{mapping.alias}_v{max(versions.values(), default=0) + 1}"
-    client.indices.create(index=name, body=index_settings_and_mappings(mapping))
+    _create_index(client, name, mapping)
     return name
+
+
+def _create_index(client: OpenSearch, name: str, mapping: TableMapping) -> None:
+    """Create `name` from the mapping file; a body OpenSearch refuses is the file's fault."""
+    try:
+        with opensearch_errors(f"creating index {name}"):
+            client.indices.create(index=name, body=index_settings_and_mappings(mapping))
+    except OpenSearchRefused as exc:
+        if exc.status != 400 or exc.error_type == "resource_already_exists_exception":
+            raise
+        raise ConfigError(
+            f"OpenSearch refused to create index {name} from {mapping.path}: {exc}",
+            hint=f"fix the settings or mappings in {mapping.path}",
+        ) from None
 
 
 def alias_targets(client: OpenSearch, alias: str) -> list[str]:
     """The indexes the alias points at now (normally one)."""
     try:
-        found = client.indices.get_alias(name=alias)
-    except NotFoundError:
-        return []
+        with opensearch_errors(f"reading alias {alias}"):
+            found = client.indices.get_alias(name=alias)
+    except OpenSearchRefused as exc:
+        if exc.status == 404:
+            return []
+        raise
     return sorted(found)
 
 
@@ -104,7 +148,8 @@ def swap_alias(client: OpenSearch, alias: str, new_index: str) -> None:
         if old != new_index
     ]
     actions.append(_add_alias(alias, new_index))
-    client.indices.update_aliases(body={"actions": actions})
+    with opensearch_errors(f"pointing alias {alias} at {new_index}"):
+        client.indices.update_aliases(body={"actions": actions})
 
 
 def _add_alias(alias: str, index: str) -> dict[str, Any]:
@@ -125,11 +170,12 @@ def ensure_index(client: OpenSearch, mapping: TableMapping) -> str:
     if not targets:
         first = f"{mapping.alias}_v1"
         try:
-            client.indices.create(index=first, body=index_settings_and_mappings(mapping))
-        except RequestError as exc:
-            if exc.error != "resource_already_exists_exception":
+            _create_index(client, first, mapping)
+        except OpenSearchRefused as exc:
+            if exc.error_type != "resource_already_exists_exception":
                 raise
-        client.indices.update_aliases(body={"actions": [_add_alias(mapping.alias, first)]})
+        with opensearch_errors(f"pointing alias {mapping.alias} at {first}"):
+            client.indices.update_aliases(body={"actions": [_add_alias(mapping.alias, first)]})
         targets = alias_targets(client, mapping.alias)
     return targets[-1] if len(targets) == 1 else _newest(targets, mapping.alias)
 
@@ -146,7 +192,8 @@ def _newest(targets: list[str], alias: str) -> str:
 
 def check_mapping_compatible(client: OpenSearch, index: str, mapping: TableMapping) -> None:
     """Raise `MappingConflict` when a field's live type differs from the file's."""
-    live = client.indices.get_mapping(index=index)
+    with opensearch_errors(f"reading the mapping of {index}"):
+        live = client.indices.get_mapping(index=index)
     live_properties = next(iter(live.values()))["mappings"].get("properties", {})
     wanted = index_settings_and_mappings(mapping)["mappings"].get("properties", {})
     conflict = _first_conflict(live_properties, wanted, "")

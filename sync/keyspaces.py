@@ -2,25 +2,49 @@
 
 The key layout comes from the driver's schema metadata; the Keyspaces-only
 options (client-side timestamps, TTL, CDC and its stream) from
-`system_schema_mcs.tables`. `service_now_ms` reads the service's own clock,
-which snapshot versions are based on (never the host clock: it may be off).
+`system_schema_mcs.tables`; the account's partitioner, which decides the
+token ring a scan splits, from `system.local`. `service_now_ms` reads the
+service's own clock, which snapshot versions are based on (never the host
+clock: it may be off).
+
+This is also the boundary with cassandra-driver's exceptions: `cql_errors`
+converts them (unreachable, timing out, overloaded -> `TransientError`;
+credentials refused -> `ConfigError`; anything else -> `TerminalError`), and
+every CQL request of ks2os runs inside it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from cassandra.cluster import Session
+from cassandra import (
+    AuthenticationFailed,
+    CoordinationFailure,
+    DriverException,
+    OperationTimedOut,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+)
+from cassandra.cluster import NoHostAvailable, Session
+from cassandra.connection import ConnectionException
+from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage, ServerError
 
-from sync.errors import ConfigError
+from sync.errors import ConfigError, Ks2osError, TerminalError, TransientError
 from sync.schema import TableKey
 
 log = logging.getLogger(__name__)
 
 VIEW_TYPES = ("NEW_AND_OLD_IMAGES", "NEW_IMAGE", "OLD_IMAGE", "KEYS_ONLY")
+
+# The partitioners Keyspaces offers (account-wide, per Region), as system.local names them.
+MURMUR3_PARTITIONER = "org.apache.cassandra.dht.Murmur3Partitioner"
+RANDOM_PARTITIONER = "org.apache.cassandra.dht.RandomPartitioner"
+KEYSPACES_DEFAULT_PARTITIONER = "com.amazonaws.cassandra.DefaultPartitioner"
 
 
 @dataclass(frozen=True)
@@ -34,6 +58,7 @@ class TableInfo:
     cdc_enabled: bool
     view_type: str | None  # NEW_AND_OLD_IMAGES | NEW_IMAGE | OLD_IMAGE | KEYS_ONLY
     latest_stream_arn: str | None
+    partitioner: str = MURMUR3_PARTITIONER  # the account's, as system.local names it
 
     @property
     def keyspace(self) -> str:
@@ -85,10 +110,68 @@ def no_cdc_message(keyspace: str, table: str) -> str:
     )
 
 
+# Driver errors that may pass by themselves: nothing answered, or not in time, or overloaded.
+_PASSING = (
+    OperationTimedOut,
+    Timeout,
+    Unavailable,
+    CoordinationFailure,
+    ConnectionException,
+    OverloadedErrorMessage,
+    IsBootstrappingErrorMessage,
+    ServerError,
+)
+
+
+def cql_error(exc: Exception, doing: str, endpoint: str = "") -> Ks2osError:
+    """The ks2os error for a cassandra-driver exception raised while `doing` something."""
+    if isinstance(exc, NoHostAvailable):
+        reasons = list(exc.errors.values())
+        if reasons and all(isinstance(r, AuthenticationFailed) for r in reasons):
+            return _credentials_refused(reasons[0])
+        reason = reasons[0] if reasons else exc
+        at = f" at {endpoint}" if endpoint else ""
+        return TransientError(
+            f"cannot reach Keyspaces{at} ({doing}): {reason}",
+            hint="check keyspaces.contact_points, keyspaces.port and keyspaces.tls",
+        )
+    if isinstance(exc, AuthenticationFailed):
+        return _credentials_refused(exc)
+    if isinstance(exc, _PASSING):
+        return TransientError(
+            f"{doing}: Keyspaces did not answer in time: {exc}",
+            hint="try again; if it persists, raise keyspaces.request_timeout_s",
+        )
+    if isinstance(exc, Unauthorized):
+        return TerminalError(
+            f"{doing}: Keyspaces refused it: {exc}",
+            hint="grant ks2os's user SELECT on the table and on system_schema_mcs",
+        )
+    return TerminalError(f"{doing}: Keyspaces refused it: {exc}")
+
+
+def _credentials_refused(reason: Exception) -> ConfigError:
+    return ConfigError(
+        f"Keyspaces refused the credentials: {reason}",
+        hint="check keyspaces.auth and keyspaces.username, and KS2OS_KEYSPACES_PASSWORD "
+        "or the AWS credentials",
+    )
+
+
+@contextmanager
+def cql_errors(doing: str, endpoint: str = "") -> Iterator[None]:
+    """Convert any cassandra-driver exception raised inside into a ks2os error."""
+    try:
+        yield
+    except (DriverException, NoHostAvailable, ConnectionException) as exc:
+        raise cql_error(exc, doing, endpoint) from exc
+
+
 def describe_table(session: Session, keyspace: str, table: str) -> TableInfo:
     """Read the table's layout and options; ConfigError when the table does not exist."""
-    key, regular = _layout(session, keyspace, table)
-    options = _mcs_options(session, keyspace, table)
+    with cql_errors(f"reading the schema of {keyspace}.{table}"):
+        key, regular = _layout(session, keyspace, table)
+        options = _mcs_options(session, keyspace, table)
     props = options.get("custom_properties") or {}
     cdc_spec = props.get("cdc_specification") or {}
     info = TableInfo(
@@ -99,8 +182,15 @@ def describe_table(session: Session, keyspace: str, table: str) -> TableInfo:
         cdc_enabled=bool(options.get("cdc")) and _enabled(cdc_spec, default=True),
         view_type=cdc_spec.get("view_type") if cdc_spec else None,
         latest_stream_arn=cdc_spec.get("latest_stream_arn") if cdc_spec else None,
+        partitioner=read_partitioner(session),
     )
     return info
+
+
+def read_partitioner(session: Session) -> str:
+    """The account's partitioner, as `system.local` names it (clients see a change on connect)."""
+    row = session.execute("SELECT partitioner FROM system.local").one()
+    return str(_field(row, "partitioner"))
 
 
 def _enabled(prop: Mapping[str, str] | None, *, default: bool = False) -> bool:
@@ -150,6 +240,7 @@ def _field(row: Any, name: str) -> Any:
 
 def service_now_ms(session: Session) -> int:
     """The service clock in epoch ms, read over CQL (not this host's clock)."""
-    row = session.execute("SELECT toUnixTimestamp(now()) FROM system.local").one()
+    with cql_errors("reading the service clock"):
+        row = session.execute("SELECT toUnixTimestamp(now()) FROM system.local").one()
     value = next(iter(row.values())) if isinstance(row, Mapping) else row[0]
     return int(value)

@@ -51,11 +51,33 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class NoDriverTracebacks(logging.Filter):
+    """The drivers' own error logs in one line each: their exception's text, no traceback.
+
+    cassandra-driver logs every failed connection attempt with a traceback,
+    although ks2os reports what it means (`sync.keyspaces.cql_errors`); the
+    line stays, the traceback goes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.split(".", 1)[0] in _DRIVERS:
+            exc = record.exc_info[1]
+            if exc is not None:
+                record.msg = f"{record.getMessage()} {type(exc).__name__}: {exc}"
+                record.args = None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_DRIVERS = frozenset({"cassandra", "botocore", "boto3", "urllib3", "opensearch"})
+
+
 def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     """Log to stderr; JSON unless stderr is a terminal (or `fmt` says otherwise)."""
     chosen = fmt or ("text" if sys.stderr.isatty() else "json")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter() if chosen == "text" else JsonFormatter())
+    handler.addFilter(NoDriverTracebacks())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

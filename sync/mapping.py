@@ -20,6 +20,22 @@ A mapping file is TOML::
     timestamps = "iso8601"       # "iso8601" | "epoch_millis"
     big_numbers = "string"       # "string" | "number" (decimal and varint)
     nulls = "omit"               # "omit" | "explicit"
+    hook = "shop_hooks:product"  # module:function(row, document) -> body or None
+
+    [document.filter]            # which rows are indexed (a condition, see below)
+    and = [{ column = "active", eq = true }, { column = "stock", gt = 0 }]
+
+    [document.computed]          # fields derived from the row
+    label = { concat = ["brand", "name"], separator = " " }
+    month = { format_date = "updated_at", format = "%Y-%m" }
+    catalog = { constant = "spring" }
+    title_exact = { copy = "name" }
+    words = { split = "name" }
+
+A condition is a test of one column (`column` and one or more of `eq ne in
+not_in lt lte gt gte contains is_null`) or `and = [...]`, `or = [...]`,
+`not = {...}`. Literals stay as written here: `sync.shaping` types them
+against the table's columns when a job starts (docs/mapping.md).
 
 `load_mapping` validates everything and raises `ConfigError` whose one-line
 message names the file, the key and the form expected. `propose_mapping`
@@ -32,8 +48,10 @@ from __future__ import annotations
 import copy
 import enum
 import json
+import math
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +96,100 @@ class DocumentSpec:
     timestamps: Timestamps = Timestamps.ISO8601
     big_numbers: BigNumbers = BigNumbers.STRING
     nulls: Nulls = Nulls.OMIT
+    filter: Condition | None = field(default=None, hash=False)  # None: every row
+    computed: tuple[ComputedField, ...] = field(default=(), hash=False)
+    hook: str | None = None  # "module:function", imported when a job starts
+
+
+# ---------------------------------------------------------- shaping specs
+# What the file says, checked for form only: typing literals and naming
+# columns needs the table's layout, which `sync.shaping` has when a job starts.
+
+FILTER_TESTS = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "contains", "is_null")
+
+
+@dataclass(frozen=True)
+class ColumnCheck:
+    """`column <op> value`: one test of one column, with the literal as written."""
+
+    column: str
+    op: str  # one of FILTER_TESTS
+    key: str  # where the file says it (document.filter.and[0].gte), for errors
+    value: Any = field(hash=False)
+
+
+@dataclass(frozen=True)
+class AllOf:
+    conditions: tuple[Condition, ...]
+    key: str
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    conditions: tuple[Condition, ...]
+    key: str
+
+
+@dataclass(frozen=True)
+class Not:
+    condition: Condition
+    key: str
+
+
+Condition = ColumnCheck | AllOf | AnyOf | Not
+
+
+@dataclass(frozen=True)
+class Concat:
+    """The columns' text forms (nulls left out) joined by `separator`."""
+
+    name: str
+    columns: tuple[str, ...]
+    separator: str = ""
+
+
+@dataclass(frozen=True)
+class FormatDate:
+    """A timestamp or date column through `strftime(format)`, in `timezone` (default UTC)."""
+
+    name: str
+    column: str
+    format: str
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class Constant:
+    name: str
+    value: Any = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Copy:
+    """The column's document form again, under another field name."""
+
+    name: str
+    column: str
+
+
+@dataclass(frozen=True)
+class Split:
+    """A text column's tokens: split on `separator` (default: runs of whitespace)."""
+
+    name: str
+    column: str
+    separator: str | None = None
+
+
+ComputedField = Concat | FormatDate | Constant | Copy | Split
+COMPUTE_KINDS: Mapping[str, frozenset[str]] = {
+    # kind -> the options it takes beside itself
+    "concat": frozenset({"separator"}),
+    "format_date": frozenset({"format", "timezone"}),
+    "constant": frozenset(),
+    "copy": frozenset(),
+    "split": frozenset({"separator"}),
+}
 
 
 @dataclass(frozen=True)
@@ -97,11 +209,25 @@ _SECTIONS: Mapping[str, frozenset[str]] = {
     "source": frozenset({"keyspace", "table"}),
     "index": frozenset({"alias", "settings", "mappings"}),
     "document": frozenset(
-        {"id", "include", "exclude", "rename", "routing", "timestamps", "big_numbers", "nulls"}
+        {
+            "id",
+            "include",
+            "exclude",
+            "rename",
+            "routing",
+            "timestamps",
+            "big_numbers",
+            "nulls",
+            "filter",
+            "computed",
+            "hook",
+        }
     ),
 }
 # OpenSearch index names: lowercase, no spaces or \/*?"<>|,# and not starting with -_+.
 _INDEX_NAME = re.compile(r"[a-z0-9][a-z0-9_\-.]*")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_HOOK_REF = re.compile(f"{_DOTTED}:{_DOTTED}")
 
 
 def load_mapping(path: str | Path) -> TableMapping:
@@ -139,12 +265,14 @@ def mapping_from_dict(data: Mapping[str, Any], where: str = "<memory>") -> Table
         alias=alias,
         settings=merge_settings(DEFAULT_SETTINGS, settings),
         mappings=mappings,
-        document=_document_spec(checker, document),
+        document=_document_spec(checker, document, mappings),
         path=where,
     )
 
 
-def _document_spec(checker: _Checker, section: Mapping[str, Any]) -> DocumentSpec:
+def _document_spec(
+    checker: _Checker, section: Mapping[str, Any], mappings: Mapping[str, Any]
+) -> DocumentSpec:
     rename = checker.table(section, "document", "rename")
     for column, name in rename.items():
         if not isinstance(name, str) or not name:
@@ -159,7 +287,193 @@ def _document_spec(checker: _Checker, section: Mapping[str, Any]) -> DocumentSpe
         timestamps=checker.choice(section, "timestamps", Timestamps, Timestamps.ISO8601),
         big_numbers=checker.choice(section, "big_numbers", BigNumbers, BigNumbers.STRING),
         nulls=checker.choice(section, "nulls", Nulls, Nulls.OMIT),
+        filter=None if "filter" not in section else _condition(checker, section["filter"]),
+        computed=_computed_fields(
+            checker, checker.table(section, "document", "computed"), mappings
+        ),
+        hook=_hook(checker, section.get("hook")),
     )
+
+
+_CONDITION_FORM = (
+    'a condition: { column = "c", eq = 1 } (tests: '
+    + ", ".join(FILTER_TESTS)
+    + "), { and = [...] }, { or = [...] } or { not = {...} }"
+)
+_COMBINATORS = ("and", "or", "not")
+
+
+def _condition(checker: _Checker, value: Any, key: str = "document.filter") -> Condition:
+    if not isinstance(value, Mapping) or not value:
+        checker.fail(key, _CONDITION_FORM, value)
+    combinators = [name for name in _COMBINATORS if name in value]
+    if not combinators:
+        return _column_tests(checker, value, key)
+    if len(value) != 1:
+        checker.fail(key, f"{combinators[0]} alone in its table (nest the others)", sorted(value))
+    name = combinators[0]
+    inner, inner_key = value[name], f"{key}.{name}"
+    if name == "not":
+        return Not(_condition(checker, inner, inner_key), inner_key)
+    if not isinstance(inner, list) or not inner:
+        checker.fail(inner_key, "a non-empty list of conditions", inner)
+    conditions = tuple(
+        _condition(checker, item, f"{inner_key}[{i}]") for i, item in enumerate(inner)
+    )
+    return AllOf(conditions, inner_key) if name == "and" else AnyOf(conditions, inner_key)
+
+
+def _column_tests(checker: _Checker, value: Mapping[str, Any], key: str) -> Condition:
+    column = value.get("column")
+    if not isinstance(column, str) or not column:
+        checker.fail(f"{key}.column", "a column name", column)
+    for name in value:
+        if name != "column" and name not in FILTER_TESTS:
+            checker.fail(f"{key}.{name}", f"column or one of the tests {', '.join(FILTER_TESTS)}")
+    tests = [
+        _test(checker, column, name, value[name], f"{key}.{name}")
+        for name in FILTER_TESTS
+        if name in value
+    ]
+    if not tests:
+        checker.fail(key, f"a test beside column: one of {', '.join(FILTER_TESTS)}")
+    return tests[0] if len(tests) == 1 else AllOf(tuple(tests), key)
+
+
+def _test(checker: _Checker, column: str, op: str, value: Any, key: str) -> ColumnCheck:
+    if op == "is_null":
+        if not isinstance(value, bool):
+            checker.fail(key, "true or false", value)
+    elif op in ("in", "not_in"):
+        if not isinstance(value, list) or not value or not all(_is_scalar(v) for v in value):
+            checker.fail(key, "a non-empty list of values", value)
+        value = tuple(value)
+    elif not _is_scalar(value):
+        checker.fail(key, "one value (a string, number, boolean, date or time)", value)
+    return ColumnCheck(column, op, key, value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is not None and not isinstance(value, list | dict)
+
+
+def _computed_fields(
+    checker: _Checker, section: Mapping[str, Any], mappings: Mapping[str, Any]
+) -> tuple[ComputedField, ...]:
+    strict = mappings.get("dynamic") == "strict"
+    properties = mappings.get("properties")
+    known = properties if isinstance(properties, Mapping) else {}
+    fields = []
+    for name, spec in section.items():
+        key = f"document.computed.{name}"
+        if not name or name.startswith("_"):
+            checker.fail(key, "a field name that does not start with _ (OpenSearch's own)")
+        if strict and "." not in name and name not in known:
+            checker.fail(
+                key, "a property of that name in [index.mappings.properties] (dynamic is strict)"
+            )
+        fields.append(_computed(checker, name, spec, key))
+    return tuple(fields)
+
+
+def _computed(checker: _Checker, name: str, spec: Any, key: str) -> ComputedField:
+    kinds = sorted(COMPUTE_KINDS)
+    if not isinstance(spec, Mapping):
+        checker.fail(key, f"a table with one of {', '.join(kinds)}", spec)
+    chosen = [kind for kind in kinds if kind in spec]
+    if len(chosen) != 1:
+        checker.fail(key, f"exactly one of {', '.join(kinds)}", sorted(spec))
+    kind = chosen[0]
+    for option in spec:
+        if option != kind and option not in COMPUTE_KINDS[kind]:
+            allowed = sorted(COMPUTE_KINDS[kind]) or ["nothing else"]
+            checker.fail(f"{key}.{option}", f"for {kind}: {', '.join(allowed)}")
+    value = spec[kind]
+    if kind == "constant":
+        problem = json_problem(value)
+        if problem:
+            checker.fail(
+                f"{key}.constant", f"a JSON value (string, number, boolean, list, table): {problem}"
+            )
+        return Constant(name, value)
+    if kind == "concat":
+        columns = _column_list(checker, value, f"{key}.concat")
+        return Concat(name, columns, _optional_text(checker, spec, "separator", key) or "")
+    column = _column_name(checker, value, f"{key}.{kind}")
+    if kind == "copy":
+        return Copy(name, column)
+    if kind == "split":
+        separator = _optional_text(checker, spec, "separator", key)
+        if separator == "":
+            checker.fail(f"{key}.separator", "a non-empty string (leave it out to split on spaces)")
+        return Split(name, column, separator)
+    date_format = _optional_text(checker, spec, "format", key)
+    if not date_format:
+        checker.fail(f"{key}.format", 'a strftime format such as "%Y-%m-%d" (it is missing)')
+    timezone = _optional_text(checker, spec, "timezone", key)
+    if timezone is not None:
+        _check_timezone(checker, timezone, f"{key}.timezone")
+    return FormatDate(name, column, date_format, timezone)
+
+
+def _column_name(checker: _Checker, value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        checker.fail(key, "a column name", value)
+    return value
+
+
+def _column_list(checker: _Checker, value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        checker.fail(key, "a non-empty list of column names", value)
+    return tuple(_column_name(checker, item, key) for item in value)
+
+
+def _optional_text(checker: _Checker, spec: Mapping[str, Any], option: str, key: str) -> str | None:
+    value = spec.get(option)
+    if value is not None and not isinstance(value, str):
+        checker.fail(f"{key}.{option}", "a string", value)
+    return value
+
+
+def _check_timezone(checker: _Checker, name: str, key: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        checker.fail(key, 'an IANA time zone such as "Europe/Paris"', name)
+
+
+def _hook(checker: _Checker, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _HOOK_REF.fullmatch(value):
+        checker.fail("document.hook", '"module:function", such as "shop_hooks:product"', value)
+    return value
+
+
+def json_problem(value: Any, where: str = "") -> str:
+    """Why `value` is not JSON-ready (str, finite float, 64-bit int, bool, None, list, dict
+    with str keys), naming the place; "" when it is."""
+    if value is None or isinstance(value, str | bool):
+        return ""
+    if isinstance(value, int):
+        return "" if -(2**63) <= value < 2**64 else f"{where or 'value'}: an integer beyond 64 bits"
+    if isinstance(value, float):
+        return "" if math.isfinite(value) else f"{where or 'value'}: {value!r} is not a JSON number"
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            problem = json_problem(item, f"{where}[{i}]")
+            if problem:
+                return problem
+        return ""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                return f"{where or 'value'}: a key of type {type(name).__name__}"
+            problem = json_problem(item, f"{where}.{name}" if where else name)
+            if problem:
+                return problem
+        return ""
+    return f"{where or 'value'}: a {type(value).__name__}"
 
 
 class _Checker:
@@ -299,7 +613,7 @@ _SCALAR_FIELDS: Mapping[str, Mapping[str, Any]] = {
 
 def field_for_cql_type(cql_type: str) -> dict[str, Any]:
     """The OpenSearch field a column of this CQL type gets in a proposed mapping."""
-    name, args = _split_type(cql_type.strip())
+    name, args = split_cql_type(cql_type.strip())
     if name == "frozen":
         return field_for_cql_type(args[0])
     if name in ("list", "set"):
@@ -315,7 +629,8 @@ def field_for_cql_type(cql_type: str) -> dict[str, Any]:
     return {"type": "object", "dynamic": True}
 
 
-def _split_type(text: str) -> tuple[str, list[str]]:
+def split_cql_type(text: str) -> tuple[str, list[str]]:
+    """`map<text, frozen<list<int>>>` -> ("map", ["text", "frozen<list<int>>"])."""
     if "<" not in text:
         return text.lower().strip('"'), []
     name, rest = text.split("<", 1)

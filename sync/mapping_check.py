@@ -129,7 +129,10 @@ def check_mapping_against_table(mapping: TableMapping, table: TableKey) -> None:
     fields = document_fields(mapping, table)
     checker.field_names(fields)
     checker.field_types()
-    checker.properties_have_sources(fields)
+    computed = {item.name for item in mapping.document.computed}
+    if mapping.document.hook is None:
+        # A hook may add any field, so only a mapping without one can be held to its columns.
+        checker.properties_have_sources(fields, computed)
     checker.strict_fields_have_properties(fields)
 
 
@@ -137,8 +140,8 @@ def document_fields(mapping: TableMapping, table: TableKey) -> dict[str, str]:
     """Field name -> the column it comes from, for every field a row document carries.
 
     Key columns always go in; `include` narrows the rest; `exclude` removes;
-    `rename` names the field. (Computed fields, when the mapping format has
-    them, join here: they are fields the mapping produces.)
+    `rename` names the field. Computed fields are not columns' fields: the
+    mapping checks them itself (`sync.mapping`), and they count as filled here.
     """
     spec = mapping.document
     if spec.include is not None:
@@ -211,9 +214,9 @@ class _TableChecker:
                     f"field types are listed at {FIELD_TYPES_URL}",
                 )
 
-    def properties_have_sources(self, fields: Mapping[str, str]) -> None:
+    def properties_have_sources(self, fields: Mapping[str, str], computed: set[str]) -> None:
         properties = _properties(self.mapping.mappings)
-        filled = set(fields) | set(self.columns) | _copy_to_targets(properties)
+        filled = set(fields) | set(self.columns) | computed | _copy_to_targets(properties)
         for name, spec in properties.items():
             if name in filled or name == META_FIELD:
                 continue
@@ -222,8 +225,8 @@ class _TableChecker:
             raise _error(
                 self.mapping,
                 f"{_MAPPINGS}.properties.{name}",
-                f"no column {name!r} in {self.table.qualified_name}, and no rename or copy_to "
-                f"fills it{_near(name, self.columns)}",
+                f"no column {name!r} in {self.table.qualified_name}, and no rename, copy_to "
+                f"or computed field fills it{_near(name, self.columns)}",
                 f"columns: {_listing(self.columns)}; rename a column to it with "
                 "document.rename, or remove the property",
             )

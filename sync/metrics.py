@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from sync.errors import ConfigError
+
 COUNTERS = ("records_read", "applied", "stale", "dead_lettered", "gaps")
 
 _HELP = {
@@ -22,7 +24,7 @@ _HELP = {
     "applied": "changes OpenSearch applied",
     "stale": "changes OpenSearch rejected as older than what it holds (409)",
     "dead_lettered": "changes OpenSearch rejected for their content",
-    "gaps": "times the shard's unread records had been trimmed (TrimmedDataAccess)",
+    "gaps": "gaps met: changes the index needed that the stream no longer holds",
 }
 
 
@@ -100,12 +102,23 @@ def _label(value: str) -> str:
 
 
 class MetricsServer:
-    """Serves `/metrics` and `/healthz` on `port` (0: any free port) until `stop`."""
+    """Serves `/metrics` and `/healthz` on `port` (0: any free port) until `stop`.
+
+    A port that cannot be listened on (in use, or privileged) is a
+    `ConfigError` naming it and the setting, raised here, before the job runs.
+    """
 
     def __init__(
         self, metrics: Metrics, port: int, healthy: Callable[[], bool], host: str = "0.0.0.0"
     ) -> None:
-        self._server = _Server((host, port), _Handler)
+        try:
+            self._server = _Server((host, port), _Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on port {port}: {exc.strerror or exc}",
+                hint="free the port, or set follow.metrics_port (KS2OS_FOLLOW_METRICS_PORT) "
+                "to another",
+            ) from None
         self._server.metrics, self._server.healthy = metrics, healthy
         self._server.daemon_threads = True
         self._thread = threading.Thread(

@@ -1,9 +1,11 @@
-"""Durable job state in an OpenSearch index: shard checkpoints, backfill ranges, leases.
+"""Durable job state in an OpenSearch index: shard checkpoints, backfill ranges, leases,
+and what the follower must never forget: streams drained, gaps met, and since when the
+index needs the stream.
 
 Every document guards one unit of work (a stream shard, a backfill token
 range) and carries its lease: the owning worker's id and when the lease runs
 out (epoch ms). Every write is conditional on the `_seq_no`/`_primary_term`
-the writer last saw (documents are created with `op_type=create`), so two
+the writer last saw (documents are created with a `create` action), so two
 workers can never both believe they own a unit: the one whose write comes
 second gets a 409, which this module turns into `LeaseLost`, and it must drop
 the unit. A worker that lost its lease therefore cannot move a checkpoint.
@@ -17,13 +19,28 @@ default leaves a wide margin). Even an overlap cannot corrupt the target
 index, because document versions make a stale write lose; it can only cost a
 few duplicate reads.
 
-Documents are found by id (real-time GET/mget), never by search, so nothing
-here waits for an index refresh.
+Besides the leased units, three kinds of document carry no lease:
+
+- a **stream** document per stream of a table that the follower began: finished
+  once every shard of the (DISABLED) stream is read to its end, with the
+  stream's final version, so the next stream of the table starts above it;
+- a **gap** document per gap met (records the index needed that the stream no
+  longer holds, or a stream switch whose window no stream recorded): where,
+  from where, when found, and what the `on_gap` policy did;
+- a **coverage** document per table and target index: the service time from
+  which the index needs every stream record (the earliest backfill or
+  follower start; earlier changes reached it through the backfill).
+
+Units are found by id (real-time mget), never by search, so nothing here
+waits for an index refresh; only the `list_*` methods and the list of live
+workers search (after a refresh), for overviews and for a follower's start.
+Every request goes through the bulk transport (`sync.bulk`), so 429s, 5xx and
+lost connections are retried by the one retry policy.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -31,15 +48,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import backoff
 from opensearchpy import OpenSearch
-from opensearchpy.exceptions import ConflictError, ConnectionError, NotFoundError, RequestError
 
-from sync.errors import Ks2osError, OpenSearchUnavailable
+from sync.bulk import Action, Bulk, Document, Reader, Stamp, Verdict, call
+from sync.errors import Ks2osError, OpenSearchRefused, TerminalError
+from sync.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX = ".ks2os-state"
+# Heartbeats of one table read at most (live and expired alike): far more than ever run.
+_MAX_WORKERS = 10_000
 
 # Keyword fields everywhere: the state is looked up, never analysed.
 _MAPPING: dict[str, Any] = {
@@ -67,14 +86,6 @@ def wall_clock_ms() -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Stamp:
-    """What a conditional write must match: the document as this worker last saw it."""
-
-    seq_no: int
-    primary_term: int
-
-
-@dataclass(frozen=True, slots=True)
 class Lease:
     owner: str | None  # None: free
     expires_at_ms: int
@@ -99,7 +110,9 @@ class ShardState:
     next reader recomputes the same versions after it. For a shard not started
     yet, `version` is the floor it starts from. `final_version` is set when the
     shard is read to its end; children start after the largest of their
-    parents' final versions.
+    parents' final versions. `start_sequence` is the shard's
+    `startingSequenceNumber` as listed when it was first acquired: with it, a
+    shard the listing no longer shows can still prove its start is there.
     """
 
     table: str
@@ -112,12 +125,13 @@ class ShardState:
     gaps: int
     lease: Lease
     stamp: Stamp
+    start_sequence: str | None = None
 
     @property
     def doc_id(self) -> str:
         return shard_doc_id(self.table, self.stream_arn, self.shard_id)
 
-    def source(self) -> dict[str, Any]:
+    def body(self) -> dict[str, Any]:
         return {
             "job": "follow",
             "table": self.table,
@@ -130,21 +144,23 @@ class ShardState:
             "gaps": self.gaps,
             "owner": self.lease.owner,
             "expires_at_ms": self.lease.expires_at_ms,
+            "start_sequence": self.start_sequence,
         }
 
     @classmethod
-    def from_source(cls, src: Mapping[str, Any], stamp: Stamp) -> ShardState:
+    def from_body(cls, body: Mapping[str, Any], stamp: Stamp) -> ShardState:
         return cls(
-            table=src["table"],
-            stream_arn=src["stream_arn"],
-            shard_id=src["shard_id"],
-            sequence_number=src.get("sequence_number"),
-            version=int(src.get("version") or 0),
-            finished=bool(src.get("finished")),
-            final_version=src.get("final_version"),
-            gaps=int(src.get("gaps") or 0),
-            lease=Lease(src.get("owner"), int(src.get("expires_at_ms") or 0)),
+            table=body["table"],
+            stream_arn=body["stream_arn"],
+            shard_id=body["shard_id"],
+            sequence_number=body.get("sequence_number"),
+            version=int(body.get("version") or 0),
+            finished=bool(body.get("finished")),
+            final_version=body.get("final_version"),
+            gaps=int(body.get("gaps") or 0),
+            lease=Lease(body.get("owner"), int(body.get("expires_at_ms") or 0)),
             stamp=stamp,
+            start_sequence=body.get("start_sequence"),
         )
 
 
@@ -159,7 +175,7 @@ class BackfillRun:
     finished: bool
     stamp: Stamp
 
-    def source(self) -> dict[str, Any]:
+    def body(self) -> dict[str, Any]:
         return {
             "job": "backfill-run",
             "table": self.table,
@@ -170,13 +186,13 @@ class BackfillRun:
         }
 
     @classmethod
-    def from_source(cls, src: Mapping[str, Any], stamp: Stamp) -> BackfillRun:
+    def from_body(cls, body: Mapping[str, Any], stamp: Stamp) -> BackfillRun:
         return cls(
-            table=src["table"],
-            run_id=src["run_id"],
-            range_count=int(src["range_count"]),
-            started_at_ms=int(src["started_at_ms"]),
-            finished=bool(src.get("finished")),
+            table=body["table"],
+            run_id=body["run_id"],
+            range_count=int(body["range_count"]),
+            started_at_ms=int(body["started_at_ms"]),
+            finished=bool(body.get("finished")),
             stamp=stamp,
         )
 
@@ -205,7 +221,7 @@ class RangeState:
     def doc_id(self) -> str:
         return range_doc_id(self.table, self.run_id, self.number)
 
-    def source(self) -> dict[str, Any]:
+    def body(self) -> dict[str, Any]:
         return {
             "job": "backfill",
             "table": self.table,
@@ -223,20 +239,152 @@ class RangeState:
         }
 
     @classmethod
-    def from_source(cls, src: Mapping[str, Any], stamp: Stamp) -> RangeState:
-        last = src.get("last_token")
+    def from_body(cls, body: Mapping[str, Any], stamp: Stamp) -> RangeState:
+        last = body.get("last_token")
         return cls(
-            table=src["table"],
-            run_id=src["run_id"],
-            number=int(src["number"]),
-            range_start=int(src["range_start"]),
-            range_end=int(src["range_end"]),
-            done=bool(src.get("done")),
+            table=body["table"],
+            run_id=body["run_id"],
+            number=int(body["number"]),
+            range_start=int(body["range_start"]),
+            range_end=int(body["range_end"]),
+            done=bool(body.get("done")),
             last_token=None if last is None else int(last),
-            rows=int(src.get("rows") or 0),
-            lease=Lease(src.get("owner"), int(src.get("expires_at_ms") or 0)),
+            rows=int(body.get("rows") or 0),
+            lease=Lease(body.get("owner"), int(body.get("expires_at_ms") or 0)),
             stamp=stamp,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """A stream of a table that the follower began reading (streams of a table form one lineage).
+
+    `finished` once every shard of the stream, which Keyspaces had DISABLED, was
+    read to its end (or its loss recorded as a gap); `final_version` is then the
+    largest version of its records, the floor of the next stream's shards.
+    """
+
+    table: str
+    stream_arn: str
+    label: str  # the stream's creation time, as Keyspaces names it: orders the lineage
+    finished: bool
+    final_version: int | None
+    stamp: Stamp
+
+    @property
+    def doc_id(self) -> str:
+        return stream_doc_id(self.table, self.stream_arn)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "job": "follow-stream",
+            "table": self.table,
+            "stream_arn": self.stream_arn,
+            "label": self.label,
+            "finished": self.finished,
+            "final_version": self.final_version,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], stamp: Stamp) -> StreamState:
+        final = body.get("final_version")
+        return cls(
+            table=body["table"],
+            stream_arn=body["stream_arn"],
+            label=str(body.get("label") or ""),
+            finished=bool(body.get("finished")),
+            final_version=None if final is None else int(final),
+            stamp=stamp,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GapRecord:
+    """Changes the index needed that no stream can give any more: where, and what was done.
+
+    `kind` says how it was found (see `sync.sources.streams.GapKind`). For a
+    shard, `after` is the last sequence number applied before the gap (None:
+    from the shard's start). For a stream switch, `shard_id` is None and
+    writes between `window_start_ms` and `window_end_ms` (service time)
+    reached no stream. `policy` is what the follower did: "stop" or "continue".
+    """
+
+    table: str
+    stream_arn: str
+    shard_id: str | None
+    kind: str
+    after: str | None
+    found_at_ms: int
+    policy: str
+    window_start_ms: int | None = None
+    window_end_ms: int | None = None
+
+    @property
+    def doc_id(self) -> str:
+        return gap_doc_id(self.table, self.stream_arn, self.shard_id, self.kind, self.after)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "job": "gap",
+            "table": self.table,
+            "stream_arn": self.stream_arn,
+            "shard_id": self.shard_id,
+            "kind": self.kind,
+            "after": self.after,
+            "found_at_ms": self.found_at_ms,
+            "policy": self.policy,
+            "window_start_ms": self.window_start_ms,
+            "window_end_ms": self.window_end_ms,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> GapRecord:
+        def optional_int(name: str) -> int | None:
+            value = body.get(name)
+            return None if value is None else int(value)
+
+        return cls(
+            table=body["table"],
+            stream_arn=body["stream_arn"],
+            shard_id=body.get("shard_id"),
+            kind=body["kind"],
+            after=body.get("after"),
+            found_at_ms=int(body["found_at_ms"]),
+            policy=str(body.get("policy") or ""),
+            window_start_ms=optional_int("window_start_ms"),
+            window_end_ms=optional_int("window_end_ms"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """Since when (service clock, epoch ms) an index needs every stream record of its table.
+
+    Changes before `since_ms` reached the index through a backfill that began
+    after them (or were never asked for: a follower started on an empty index
+    without a backfill). Only ever moved earlier, so it stays conservative.
+    """
+
+    table: str
+    index: str
+    since_ms: int
+    stamp: Stamp
+
+    @property
+    def doc_id(self) -> str:
+        return coverage_doc_id(self.table, self.index)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "job": "coverage",
+            "table": self.table,
+            "index": self.index,
+            "since_ms": self.since_ms,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], stamp: Stamp) -> Coverage:
+        return cls(body["table"], body["index"], int(body["since_ms"]), stamp)
 
 
 def _digest(*parts: str) -> str:
@@ -260,11 +408,19 @@ def range_doc_id(table: str, run_id: str, number: int) -> str:
     return f"backfill-{_digest(table, run_id)}-{number}"
 
 
-_transient = backoff.on_exception(
-    backoff.expo, ConnectionError, max_time=30, max_value=2, logger=log
-)
-# Items of a state bulk request that come back 429/5xx are sent again, for at most this long.
-_ITEM_RETRY_S = 30.0
+def stream_doc_id(table: str, stream_arn: str) -> str:
+    return f"follow-stream-{_digest(table, stream_arn)}"
+
+
+def gap_doc_id(
+    table: str, stream_arn: str, shard_id: str | None, kind: str, after: str | None
+) -> str:
+    # The same gap found again (each restart under on_gap = "stop") is the same document.
+    return f"gap-{_digest(table, stream_arn, shard_id or '', kind, after or '')}"
+
+
+def coverage_doc_id(table: str, index: str) -> str:
+    return f"coverage-{_digest(table, index)}"
 
 
 class StateStore:
@@ -273,6 +429,7 @@ class StateStore:
     `lease_seconds` is how long a lease lasts after each acquire/renew/write;
     owners renew every `renew_interval_s` (a third of it). `clock` returns
     epoch ms and is injectable so tests can expire leases without waiting.
+    Every request goes through `sync.bulk` and its retries, under `policy`.
     """
 
     def __init__(
@@ -282,6 +439,7 @@ class StateStore:
         *,
         lease_seconds: float = 30.0,
         clock: Callable[[], int] = wall_clock_ms,
+        policy: RetryPolicy | None = None,
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
@@ -289,6 +447,9 @@ class StateStore:
         self.index = index
         self.lease_ms = int(lease_seconds * 1000)
         self._clock = clock
+        self._policy = policy or RetryPolicy()
+        self._bulk = Bulk(client, index, self._policy)
+        self._reader = Reader(client, index, self._policy)
         self._ensured = False
 
     @property
@@ -300,148 +461,80 @@ class StateStore:
 
     # ---- the index ---------------------------------------------------------
 
-    @_transient
     def ensure(self) -> None:
         """Create the state index if it does not exist (idempotent, race-safe)."""
         if self._ensured:
             return
-        if not self._client.indices.exists(index=self.index):
+        indices = self._client.indices
+        doing = f"creating the state index {self.index}"
+        if not call(self._policy, doing, functools.partial(indices.exists, index=self.index)):
+            body = {
+                "settings": {"number_of_shards": 1, "auto_expand_replicas": "0-1"},
+                "mappings": _MAPPING,
+            }
+            request = functools.partial(indices.create, index=self.index, body=body)
             try:
-                self._client.indices.create(
-                    index=self.index,
-                    body={
-                        "settings": {"number_of_shards": 1, "auto_expand_replicas": "0-1"},
-                        "mappings": _MAPPING,
-                    },
-                )
-            except RequestError as exc:
-                if "already_exists" not in str(exc.error):
+                call(self._policy, doing, request)
+            except OpenSearchRefused as exc:
+                if exc.error_type != "resource_already_exists_exception":
                     raise
         self._ensured = True
 
     # ---- raw documents -----------------------------------------------------
 
-    @_transient
-    def _get(self, doc_id: str) -> tuple[dict[str, Any], Stamp] | None:
-        try:
-            hit = self._client.get(index=self.index, id=doc_id)
-        except NotFoundError:
-            return None
-        return hit["_source"], Stamp(hit["_seq_no"], hit["_primary_term"])
-
-    @_transient
-    def _mget(self, doc_ids: list[str]) -> dict[str, tuple[dict[str, Any], Stamp]]:
-        if not doc_ids:
+    def _read(self, doc_ids: Iterable[str]) -> dict[str, Document]:
+        """The stored documents among `doc_ids`, read in real time."""
+        wanted = dict.fromkeys(doc_ids)
+        if not wanted:
             return {}
         self.ensure()
-        found: dict[str, tuple[dict[str, Any], Stamp]] = {}
-        for start in range(0, len(doc_ids), 1000):
-            chunk = doc_ids[start : start + 1000]
-            reply = self._client.mget(index=self.index, body={"ids": chunk})
-            for doc in reply["docs"]:
-                if doc.get("found"):
-                    found[doc["_id"]] = (
-                        doc["_source"],
-                        Stamp(doc["_seq_no"], doc["_primary_term"]),
-                    )
-        return found
+        return self._reader.get(wanted)
 
-    def _create(self, doc_id: str, source: dict[str, Any]) -> Stamp | None:
+    def _create(self, doc_id: str, body: dict[str, Any]) -> Stamp | None:
         """Create a document; None when it exists already (someone else was first)."""
-        self.ensure()
-        try:
-            reply = self._index(doc_id, source, op_type="create")
-        except ConflictError:
-            # Same as in `_replace`: a retried create that landed the first time.
-            current = self._get(doc_id)
-            if current is not None and current[0] == source:
-                return current[1]
-            return None
-        return Stamp(reply["_seq_no"], reply["_primary_term"])
+        (stamp,) = self._write_many([Action(doc_id, body, create=True)])
+        return stamp
 
-    def _replace(self, doc_id: str, source: dict[str, Any], stamp: Stamp) -> Stamp:
+    def _replace(self, doc_id: str, body: dict[str, Any], stamp: Stamp) -> Stamp:
         """Overwrite a document only if it is still as we last saw it; else `LeaseLost`."""
-        try:
-            reply = self._index(
-                doc_id, source, if_seq_no=stamp.seq_no, if_primary_term=stamp.primary_term
-            )
-        except ConflictError:
-            # A retried write that did land the first time also comes back 409:
-            # if the stored document is exactly ours, the write succeeded.
-            current = self._get(doc_id)
-            if current is not None and current[0] == source:
-                return current[1]
-            raise LeaseLost(f"state document {doc_id} was changed by another worker") from None
-        return Stamp(reply["_seq_no"], reply["_primary_term"])
+        (written,) = self._write_many([Action(doc_id, body, expect=stamp)])
+        if written is None:
+            raise LeaseLost(f"state document {doc_id} was changed by another worker")
+        return written
 
-    @_transient
-    def _index(self, doc_id: str, source: dict[str, Any], **params: Any) -> dict[str, Any]:
-        reply: dict[str, Any] = self._client.index(
-            index=self.index, id=doc_id, body=source, **params
-        )
-        return reply
+    def _write_many(self, actions: list[Action]) -> list[Stamp | None]:
+        """Several documents in one bulk request, each conditional on its own stamp (or create).
 
-    @_transient
-    def _bulk(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        reply = self._client.bulk(index=self.index, body=lines)
-        return [next(iter(item.values())) for item in reply["items"]]
-
-    def _write_many(
-        self, op: str, items: list[tuple[str, dict[str, Any], Stamp | None]]
-    ) -> list[Stamp | None]:
-        """Several documents in one bulk request, each conditional on its own stamp.
-
-        `op` is "index" (conditional overwrite, `stamp` required) or "create".
-        The answer holds, per item, its new stamp or None where the condition
-        failed (someone else changed or created the document). Like `_replace`,
-        a 409 on a document that already holds exactly our source (a retried
-        request that landed) counts as written.
+        The answer holds, per action, its new stamp, or None where the condition
+        failed (someone else changed or created the document). A retried request
+        that did land the first time also comes back 409: if the stored
+        document holds exactly our body, the write counts as done.
         """
-        if not items:
+        if not actions:
             return []
         self.ensure()
-        if len({doc_id for doc_id, _, _ in items}) != len(items):
+        if len({action.doc_id for action in actions}) != len(actions):
             raise ValueError("one document twice in one state bulk request")
-        results: list[Stamp | None] = [None] * len(items)
-        conflicts: list[int] = []
-        todo = list(range(len(items)))
-        deadline = time.monotonic() + _ITEM_RETRY_S
-        delay = 0.05
-        while todo:
-            lines: list[dict[str, Any]] = []
-            for i in todo:
-                doc_id, source, stamp = items[i]
-                action: dict[str, Any] = {"_id": doc_id}
-                if stamp is not None:
-                    action["if_seq_no"] = stamp.seq_no
-                    action["if_primary_term"] = stamp.primary_term
-                lines += [{op: action}, source]
-            again: list[int] = []
-            for i, item in zip(todo, self._bulk(lines), strict=True):
-                status = int(item.get("status", 500))
-                if 200 <= status < 300:
-                    results[i] = Stamp(item["_seq_no"], item["_primary_term"])
-                elif status == 409:
-                    conflicts.append(i)
-                elif status == 429 or status >= 500:
-                    again.append(i)
-                else:
-                    raise Ks2osError(f"state index refused {items[i][0]}: {item.get('error')}")
-            if again and time.monotonic() + delay > deadline:
-                raise OpenSearchUnavailable(
-                    f"state index kept refusing {len(again)} item(s) for {_ITEM_RETRY_S:.0f} s"
+        results = self._bulk.send(actions)
+        stale = [
+            a.doc_id for a, r in zip(actions, results, strict=True) if r.verdict is Verdict.STALE
+        ]
+        current = self._read(doc_id for doc_id in stale if doc_id is not None)
+        stamps: list[Stamp | None] = []
+        for action, result in zip(actions, results, strict=True):
+            if result.verdict is Verdict.APPLIED:
+                stamps.append(result.stamp)
+            elif result.verdict is Verdict.STALE:
+                found = current.get(action.doc_id or "")
+                stamps.append(
+                    found.stamp if found is not None and found.body == action.body else None
                 )
-            if again:
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            todo = again
-        if conflicts:
-            current = self._mget([items[i][0] for i in conflicts])
-            for i in conflicts:
-                found = current.get(items[i][0])
-                if found is not None and found[0] == items[i][1]:
-                    results[i] = found[1]
-        return results
+            else:
+                raise TerminalError(
+                    f"state index {self.index} refused {action.doc_id}: {result.reason}",
+                    hint="check the state index's mapping, or set state.index to a new name",
+                )
+        return stamps
 
     def _lease(self, worker: str) -> Lease:
         return Lease(owner=worker, expires_at_ms=self.now_ms() + self.lease_ms)
@@ -453,11 +546,8 @@ class StateStore:
     ) -> dict[str, ShardState]:
         """The stored state of the given shards; shards never touched are absent."""
         ids = {shard_doc_id(table, stream_arn, s): s for s in shard_ids}
-        docs = self._mget(list(ids))
-        return {ids[i]: ShardState.from_source(src, stamp) for i, (src, stamp) in docs.items()}
-
-    def get_shard(self, table: str, stream_arn: str, shard_id: str) -> ShardState | None:
-        return self.get_shards(table, stream_arn, [shard_id]).get(shard_id)
+        docs = self._read(ids)
+        return {ids[i]: ShardState.from_body(doc.body, doc.stamp) for i, doc in docs.items()}
 
     def acquire_shard(
         self,
@@ -467,14 +557,16 @@ class StateStore:
         worker: str,
         *,
         start_version: int = 0,
+        start_sequence: str | None = None,
     ) -> ShardState | None:
         """Take the shard's lease if it is free, ours or expired; None if someone holds it.
 
         A shard seen for the first time gets a checkpoint at its start, with
-        `start_version` (the lineage floor) as the version to continue from.
-        Finished shards are never leased.
+        `start_version` (the lineage floor) as the version to continue from and
+        `start_sequence` (its listed `startingSequenceNumber`) kept. Finished
+        shards are never leased.
         """
-        current = self.get_shard(table, stream_arn, shard_id)
+        current = self.get_shards(table, stream_arn, [shard_id]).get(shard_id)
         if current is None:
             fresh = ShardState(
                 table,
@@ -487,8 +579,9 @@ class StateStore:
                 0,
                 self._lease(worker),
                 Stamp(-1, -1),
+                start_sequence,
             )
-            stamp = self._create(fresh.doc_id, fresh.source())
+            stamp = self._create(fresh.doc_id, fresh.body())
             return None if stamp is None else replace(fresh, stamp=stamp)
         if current.finished or not current.lease.free_for(worker, self.now_ms()):
             return None
@@ -505,7 +598,7 @@ class StateStore:
             return None  # another worker was faster
 
     def _update_shard(self, state: ShardState, new: ShardState) -> ShardState:
-        return replace(new, stamp=self._replace(new.doc_id, new.source(), state.stamp))
+        return replace(new, stamp=self._replace(new.doc_id, new.body(), state.stamp))
 
     def renew_shard(self, state: ShardState) -> ShardState:
         """Extend our lease; `LeaseLost` if another worker took the shard."""
@@ -524,13 +617,14 @@ class StateStore:
         )
         return self._update_shard(state, new)
 
-    def restart_shard(self, state: ShardState, version: int) -> ShardState:
-        """After a gap: read the shard again from its trim horizon, counting the gap."""
+    def restart_shard(self, state: ShardState, version: int, *, gap: bool = True) -> ShardState:
+        """Read the shard again from its trim horizon: after a gap (counted), or after
+        losing records the index did not need (`gap=False`)."""
         new = replace(
             state,
             sequence_number=None,
             version=version,
-            gaps=state.gaps + 1,
+            gaps=state.gaps + 1 if gap else state.gaps,
             lease=self._lease(_owner(state.lease)),
         )
         return self._update_shard(state, new)
@@ -553,39 +647,91 @@ class StateStore:
         """Give the lease up (clean stop) so another worker can take it at once."""
         return self._update_shard(state, replace(state, lease=FREE))
 
-    @_transient
-    def list_shards(self, table: str, stream_arn: str | None = None) -> list[ShardState]:
-        """Every shard state of a table (optionally one stream). Uses search: refreshes first."""
+    def _list(self, job: str, table: str) -> list[Document]:
+        """Every document of one kind for a table. Uses search: refreshes first."""
         self.ensure()
-        self._client.indices.refresh(index=self.index)
-        filters: list[dict[str, Any]] = [
-            {"term": {"job": "follow"}},
-            {"term": {"table": table}},
-        ]
-        if stream_arn is not None:
-            filters.append({"term": {"stream_arn": stream_arn}})
-        return [ShardState.from_source(src, stamp) for src, stamp in self._search(filters)]
+        self._reader.refresh()
+        query = {"bool": {"filter": [{"term": {"job": job}}, {"term": {"table": table}}]}}
+        return [doc for page in self._reader.scan(query) for doc in page]
 
-    def _search(self, filters: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Stamp]]:
-        reply = self._client.search(
-            index=self.index,
-            body={
-                "query": {"bool": {"filter": filters}},
-                "seq_no_primary_term": True,
-                "size": 10_000,
-            },
-        )
+    def list_shards(self, table: str, stream_arn: str | None = None) -> list[ShardState]:
+        """Every shard state of a table (optionally of one stream). Uses search."""
+        states = [ShardState.from_body(doc.body, doc.stamp) for doc in self._list("follow", table)]
+        return [s for s in states if stream_arn is None or s.stream_arn == stream_arn]
+
+    # ---- streams of a table, gaps, coverage ---------------------------------------
+
+    def get_streams(self, table: str, stream_arns: Iterable[str]) -> dict[str, StreamState]:
+        """The stored state of the given streams; streams no follower began are absent."""
+        ids = {stream_doc_id(table, arn): arn for arn in stream_arns}
+        docs = self._read(ids)
+        return {ids[i]: StreamState.from_body(doc.body, doc.stamp) for i, doc in docs.items()}
+
+    def begin_stream(self, table: str, stream_arn: str, label: str) -> StreamState:
+        """The stream's document, created unfinished by the first follower that reaches it."""
+        while True:
+            current = self.get_streams(table, [stream_arn]).get(stream_arn)
+            if current is not None:
+                return current
+            fresh = StreamState(table, stream_arn, label, False, None, Stamp(-1, -1))
+            stamp = self._create(fresh.doc_id, fresh.body())
+            if stamp is not None:
+                return replace(fresh, stamp=stamp)
+            # Another follower created it between our read and our write: read theirs.
+
+    def finish_stream(self, state: StreamState, final_version: int) -> StreamState:
+        """Every shard of the stream is read to its end: keep its final version for good."""
+        new = replace(state, finished=True, final_version=final_version)
+        try:
+            return replace(new, stamp=self._replace(new.doc_id, new.body(), state.stamp))
+        except LeaseLost:
+            # Another follower finished it first, from the same shard documents.
+            current = self.get_streams(state.table, [state.stream_arn]).get(state.stream_arn)
+            if current is not None and current.finished:
+                return current
+            raise
+
+    def list_stream_states(self, table: str) -> list[StreamState]:
+        """Every stream of a table that a follower began. Uses search: refreshes first."""
         return [
-            (hit["_source"], Stamp(hit["_seq_no"], hit["_primary_term"]))
-            for hit in reply["hits"]["hits"]
+            StreamState.from_body(doc.body, doc.stamp) for doc in self._list("follow-stream", table)
         ]
+
+    def record_gap(self, gap: GapRecord) -> bool:
+        """Store a gap; False when the same gap was recorded before (its first finding stays)."""
+        return self._create(gap.doc_id, gap.body()) is not None
+
+    def list_gaps(self, table: str) -> list[GapRecord]:
+        """Every gap recorded for a table, oldest finding first. Uses search: refreshes first."""
+        gaps = [GapRecord.from_body(doc.body) for doc in self._list("gap", table)]
+        return sorted(gaps, key=lambda g: (g.found_at_ms, g.doc_id))
+
+    def get_coverage(self, table: str, index: str) -> Coverage | None:
+        found = self._read([coverage_doc_id(table, index)]).get(coverage_doc_id(table, index))
+        return None if found is None else Coverage.from_body(found.body, found.stamp)
+
+    def cover_from(self, table: str, index: str, since_ms: int) -> Coverage:
+        """Record that `index` needs every stream record from `since_ms` on; the earliest wins."""
+        while True:
+            current = self.get_coverage(table, index)
+            if current is not None and current.since_ms <= since_ms:
+                return current
+            new = Coverage(table, index, since_ms, Stamp(-1, -1))
+            if current is None:
+                stamp = self._create(new.doc_id, new.body())
+                if stamp is not None:
+                    return replace(new, stamp=stamp)
+                continue  # another job recorded one first: compare with theirs
+            try:
+                return replace(new, stamp=self._replace(new.doc_id, new.body(), current.stamp))
+            except LeaseLost:
+                continue  # moved by another job meanwhile: compare again
 
     # ---- workers present ------------------------------------------------------
 
     def heartbeat(self, role: str, table: str, worker: str) -> None:
         """Say `worker` is alive (for one lease period); fair shares count live workers."""
-        self.ensure()
-        source = {
+        body = {
             "job": "worker",
             "role": role,
             "table": table,
@@ -593,32 +739,36 @@ class StateStore:
             "expires_at_ms": self.now_ms() + self.lease_ms,
         }
         # Our own document: nobody else writes it, so no condition is needed.
-        self._index(worker_doc_id(role, table, worker), source)
+        self._write_many([Action(worker_doc_id(role, table, worker), body)])
 
     def leave(self, role: str, table: str, worker: str) -> None:
         """A clean stop: stop counting `worker` at once."""
-        with contextlib.suppress(NotFoundError):
-            self._client.delete(index=self.index, id=worker_doc_id(role, table, worker))
+        doc_id = worker_doc_id(role, table, worker)
+        request = functools.partial(self._client.delete, index=self.index, id=doc_id)
+        try:
+            call(self._policy, f"removing {worker} from {self.index}", request)
+        except OpenSearchRefused as exc:
+            if exc.status != 404:
+                raise
 
-    @_transient
     def live_workers(self, role: str, table: str) -> set[str]:
         """Workers of `role` on `table` whose heartbeat has not expired."""
         self.ensure()
-        self._client.indices.refresh(index=self.index)
-        hits = self._search([{"term": {"job": "worker"}}, {"term": {"table": table}}])
+        self._reader.refresh()
+        query = {"bool": {"filter": [{"term": {"job": "worker"}}, {"term": {"table": table}}]}}
         now = self.now_ms()
-        return {
-            src["owner"]
-            for src, _ in hits
-            if src.get("role") == role and int(src.get("expires_at_ms") or 0) >= now
+        live = {
+            doc.body["owner"]
+            for doc in self._reader.search(query, size=_MAX_WORKERS)
+            if doc.body.get("role") == role and int(doc.body.get("expires_at_ms") or 0) >= now
         }
+        return live
 
     # ---- backfill runs and ranges ----------------------------------------------
 
     def get_run(self, table: str) -> BackfillRun | None:
-        self.ensure()
-        found = self._get(run_doc_id(table))
-        return None if found is None else BackfillRun.from_source(*found)
+        found = self._read([run_doc_id(table)]).get(run_doc_id(table))
+        return None if found is None else BackfillRun.from_body(found.body, found.stamp)
 
     def start_run(
         self,
@@ -640,47 +790,33 @@ class StateStore:
             RangeState(table, run_id, number, start, end, False, None, 0, FREE, Stamp(-1, -1))
             for number, (start, end) in enumerate(ranges)
         ]
-        self._write_many("create", [(s.doc_id, s.source(), None) for s in states])
+        self._write_many([Action(s.doc_id, s.body(), create=True) for s in states])
         if replacing is None:
-            stamp = self._create(run_doc_id(table), run.source())
+            stamp = self._create(run_doc_id(table), run.body())
             if stamp is None:
                 raise LeaseLost(f"another worker started a backfill run of {table} first")
         else:
-            stamp = self._replace(run_doc_id(table), run.source(), replacing.stamp)
+            stamp = self._replace(run_doc_id(table), run.body(), replacing.stamp)
         return replace(run, stamp=stamp)
 
     def finish_run(self, run: BackfillRun) -> BackfillRun:
         new = replace(run, finished=True)
-        return replace(new, stamp=self._replace(run_doc_id(run.table), new.source(), run.stamp))
+        return replace(new, stamp=self._replace(run_doc_id(run.table), new.body(), run.stamp))
 
     def list_ranges(self, run: BackfillRun) -> list[RangeState]:
         ids = [range_doc_id(run.table, run.run_id, n) for n in range(run.range_count)]
-        docs = self._mget(ids)
-        return [RangeState.from_source(*docs[i]) for i in ids if i in docs]
-
-    def acquire_range(self, state: RangeState, worker: str) -> RangeState | None:
-        """Lease a range (as seen in `list_ranges`) if it is free or expired and not done."""
-        leased = self.acquire_ranges([state], worker, limit=1)
-        return leased[0] if leased else None
-
-    def acquire_ranges(
-        self, states: Iterable[RangeState], worker: str, *, limit: int
-    ) -> list[RangeState]:
-        """Lease up to `limit` of these ranges (as seen in `list_ranges`) in one request.
-
-        Ranges done, or leased by someone else and not expired, are skipped;
-        each lease is conditional on the range as seen, so a stale view only
-        means fewer leases. Returns the ranges leased, in the order given.
-        """
-        leases = self.range_leases(states, worker, limit)
-        return [s for s in self.update_ranges(leases) if s is not None]
+        docs = self._read(ids)
+        return [RangeState.from_body(docs[i].body, docs[i].stamp) for i in ids if i in docs]
 
     def range_leases(
         self, states: Iterable[RangeState], worker: str, limit: int
     ) -> list[tuple[RangeState, RangeState]]:
         """(as seen, leased by `worker`) for up to `limit` ranges that `worker` may take.
 
-        Pass them to `update_ranges` (maybe with other updates, in one request).
+        Ranges done, or leased by someone else and not expired, are skipped.
+        Pass the pairs to `update_ranges` (maybe with other updates, in one
+        request): each lease is conditional on the range as seen, so a stale
+        view only means fewer leases.
         """
         now = self.now_ms()
         pairs: list[tuple[RangeState, RangeState]] = []
@@ -707,17 +843,14 @@ class StateStore:
         """
         pairs = list(updates)
         stamps = self._write_many(
-            "index", [(new.doc_id, new.source(), old.stamp) for old, new in pairs]
+            [Action(new.doc_id, new.body(), expect=old.stamp) for old, new in pairs]
         )
         return [
             None if stamp is None else replace(new, stamp=stamp)
             for (_, new), stamp in zip(pairs, stamps, strict=True)
         ]
 
-    def _update_range(self, state: RangeState, new: RangeState) -> RangeState:
-        return replace(new, stamp=self._replace(new.doc_id, new.source(), state.stamp))
-
-    # New states of a leased range, to write with `update_ranges` (or the methods below).
+    # New states of a leased range, to write with `update_ranges`.
 
     def renewed(self, state: RangeState) -> RangeState:
         """The lease extended; `LeaseLost` if the range is not leased."""
@@ -737,19 +870,6 @@ class StateStore:
     @staticmethod
     def released(state: RangeState) -> RangeState:
         return replace(state, lease=FREE)
-
-    def renew_range(self, state: RangeState) -> RangeState:
-        return self._update_range(state, self.renewed(state))
-
-    def progress_range(self, state: RangeState, last_token: int, rows: int) -> RangeState:
-        """Record that every row up to `last_token` is written; renews the lease."""
-        return self._update_range(state, self.progressed(state, last_token, rows))
-
-    def finish_range(self, state: RangeState, rows: int) -> RangeState:
-        return self._update_range(state, self.finished(state, rows))
-
-    def release_range(self, state: RangeState) -> RangeState:
-        return self._update_range(state, self.released(state))
 
 
 def _owner(lease: Lease) -> str:

@@ -19,12 +19,19 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from opensearchpy import OpenSearch
 
 from sync.config import Config, load_config
 
 # Soak tests run briefly under `make test` and at full length under `make soak`.
 SOAK_FULL = os.environ.get("KS2OS_TEST_SOAK") == "full"
+
+# Hypothesis times each example against a 200 ms deadline by default; on a loaded 2-core
+# machine a correct example can take longer, so the deadline would fail a test for speed,
+# which no test here asserts. Examples stay bounded by each test's own max_examples.
+hypothesis_settings.register_profile("ks2os", deadline=None)
+hypothesis_settings.load_profile("ks2os")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,6 +103,9 @@ def _connected_cluster(port: int) -> Iterator[Any]:
         port=port,
         protocol_version=4,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        # Generous: the emulator runs in this process, and a loaded machine slows both.
+        connect_timeout=30,
+        control_connection_timeout=30,
     )
     try:
         yield cluster
@@ -227,3 +237,29 @@ def _toml(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)
+
+
+# The partitioners a Keyspaces account may have (system.local.partitioner).
+PARTITIONERS = {
+    "murmur3": "org.apache.cassandra.dht.Murmur3Partitioner",
+    "random": "org.apache.cassandra.dht.RandomPartitioner",
+    "default": "com.amazonaws.cassandra.DefaultPartitioner",
+}
+
+
+@pytest.fixture(params=list(PARTITIONERS.values()), ids=list(PARTITIONERS))
+def partitioner(request: pytest.FixtureRequest, cql: Any) -> Iterator[str]:
+    """The account's partitioner for one test, set as on Keyspaces; Murmur3 again after.
+
+    `UPDATE system.local` applies to the whole emulator at once (see keyspaces_local's
+    README), so clients the test connects see it; the shared emulator gets its default back.
+    """
+    name = str(request.param)
+    cql.execute("UPDATE system.local SET partitioner = %s WHERE key = 'local'", (name,))
+    try:
+        yield name
+    finally:
+        cql.execute(
+            "UPDATE system.local SET partitioner = %s WHERE key = 'local'",
+            (PARTITIONERS["murmur3"],),
+        )

@@ -4,10 +4,14 @@ It shares no code with ks2os or keyspaces_local: tests drive the same
 operations through cassandra-driver and through this model, then compare
 what the table (and the index) holds with what the model says is visible.
 
-Semantics modelled (Cassandra 3.x):
+Semantics modelled (Cassandra 4.0, `Cells.resolveRegular`):
 - every regular or static cell, and every element of a non-frozen set, is a
   cell with a write timestamp; the highest timestamp wins; at equal
-  timestamps a deletion wins over a value, and of two values the larger wins;
+  timestamps a deletion or an expiring (TTL) value wins over a plain value
+  (CASSANDRA-14592), a deletion over an expiring value, the later expiry
+  over the earlier, and of two values the larger wins (the row marker alike);
+- assigning a whole set (to null too) clears its older elements at T-1, so an
+  element added at T survives; `DELETE s` clears at T;
 - INSERT writes a row marker, UPDATE does not: a row exists while its marker
   or any regular cell is live;
 - a row deletion shadows every cell of the row written at or before it;
@@ -38,9 +42,17 @@ class _Cell:
             return True
         if self.ts < other.ts:
             return False
+        if self._dying() != other._dying():
+            return self._dying()
         if self.value is _DELETED or other.value is _DELETED:
             return self.value is _DELETED and other.value is not _DELETED
+        if self.expires_at != other.expires_at:
+            return (self.expires_at or 0) > (other.expires_at or 0)
         return bool(_order(self.value) > _order(other.value))
+
+    def _dying(self) -> bool:
+        """A tombstone, or a value with a TTL (it becomes one)."""
+        return self.value is _DELETED or self.expires_at is not None
 
     def live(self, now: float) -> bool:
         return self.value is not _DELETED and (self.expires_at is None or now < self.expires_at)
@@ -130,7 +142,13 @@ class LwwTable:
             self._put(row.sets.setdefault(column, {}), element, _Cell(ts, _DELETED))
 
     def delete_columns(self, key: Key, columns: Iterable[str], ts: int) -> None:
-        self._write(key, {c: None for c in columns}, ts, None)
+        row = self._rows.setdefault(key, _Row())
+        for column in columns:
+            if column in self.sets:
+                # DELETE of a whole collection clears at T itself (an assignment: T-1).
+                row.set_cleared_ts[column] = max(ts, row.set_cleared_ts.get(column, ts))
+            else:
+                self._write(key, {column: None}, ts, None)
 
     def delete_row(self, key: Key, ts: int) -> None:
         row = self._rows.setdefault(key, _Row())

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.lww_model import LwwTable
+
+pytestmark = pytest.mark.unit
 
 
 def table() -> LwwTable:
@@ -72,3 +76,41 @@ def test_ttl_expires_cells_and_marker() -> None:
     t.update((1, 2), {"b": "short"}, ts=11, ttl=5, now=100)
     assert set(t.visible(now=104)) == {(1, 1), (1, 2)}
     assert t.visible(now=105) == {(1, 2): {"p": 1, "c": 2, "a": "y"}}
+
+
+def test_on_a_timestamp_tie_a_ttl_value_beats_a_plain_one_whichever_comes_first() -> None:
+    """Cassandra 4.0 (CASSANDRA-14592): an expiring cell wins a tie with a plain live cell,
+    whatever the values, so the result does not depend on when it is reconciled."""
+    t = table()
+    t.insert((1, 1), {"a": "zzz"}, ts=10)
+    t.update((1, 1), {"a": "aaa"}, ts=10, ttl=5, now=100)
+    t.update((1, 2), {"a": "aaa"}, ts=10, ttl=5, now=100)
+    t.insert((1, 2), {"a": "zzz"}, ts=10)
+    assert t.visible(now=104)[(1, 1)]["a"] == "aaa" and t.visible(now=104)[(1, 2)]["a"] == "aaa"
+    # Both INSERTs' markers tie too: the expiring one wins, so (1, 2) leaves at expiry.
+    t.insert((1, 3), {}, ts=10)
+    t.insert((1, 3), {}, ts=10, ttl=5, now=100)
+    assert (1, 3) in t.visible(now=104) and (1, 3) not in t.visible(now=105)
+
+
+def test_on_a_timestamp_tie_a_deletion_beats_a_ttl_value_and_the_later_expiry_wins() -> None:
+    t = table()
+    t.insert((1, 1), {"a": "x"}, ts=10, ttl=5, now=100)
+    t.delete_columns((1, 1), ["a"], ts=10)
+    t.insert((1, 2), {"a": "zzz"}, ts=10, ttl=5, now=100)
+    t.update((1, 2), {"a": "aaa"}, ts=10, ttl=50, now=100)
+    assert "a" not in t.visible(now=101)[(1, 1)]
+    assert t.visible(now=101)[(1, 2)]["a"] == "aaa"
+
+
+def test_assigning_null_to_a_set_spares_an_element_added_at_the_same_timestamp() -> None:
+    """`SET tags = null` deletes at T-1 (Cassandra's setComplexDeletionTimeForOverwrite);
+    `DELETE tags` deletes at T."""
+    t = table()
+    t.update((1, 1), {"tags": None}, ts=10)
+    t.set_add((1, 1), "tags", ["kept"], ts=10)
+    t.insert((1, 2), {"a": "row"}, ts=5)
+    t.set_add((1, 2), "tags", ["gone"], ts=10)
+    t.delete_columns((1, 2), ["tags"], ts=10)
+    assert t.visible()[(1, 1)]["tags"] == {"kept"}
+    assert "tags" not in t.visible()[(1, 2)]

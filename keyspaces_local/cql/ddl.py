@@ -192,7 +192,7 @@ def _create_table(state: EngineState, stmt: p.CreateTable, keyspace: str | None)
         schema.options.latest_stream_arn = state.sink.enable_stream(schema)
     ks.tables[name] = schema
     ks.table_ids[name] = uuid.uuid4()
-    state.data[(ks.name, name)] = TableData(schema)
+    state.data[(ks.name, name)] = TableData(schema, state.partitioner)
     return SchemaChange("CREATED", "TABLE", ks.name, name)
 
 

@@ -12,6 +12,11 @@ and the unsupported statements (TRUNCATE, indexes, views, UDFs...).
 All time comes from the shared `Clock`; one lock serialises every statement,
 so commit order is the order changes reach the sink.
 
+The account's partitioner decides token() (`partitioners`); `UPDATE system.local
+SET partitioner = ...` changes it at once for every table. A statement prepared
+before the change is answered `Unprepared`, so the driver prepares it again and
+learns the new type of token() (bigint or varint).
+
 This module is the facade: it parses, caches prepared statements, takes the
 lock and dispatches. The work is done by
 
@@ -47,6 +52,7 @@ from keyspaces_local.cql.api import (
     Unprepared,
 )
 from keyspaces_local.cql.state import Ctx, EngineState
+from keyspaces_local.partitioners import MURMUR3, by_name
 
 
 @dataclass
@@ -54,6 +60,7 @@ class _PreparedEntry:
     cql: str
     statement: p.Statement
     keyspace: str | None
+    partitioner: str  # its metadata's token() type is this partitioner's
 
 
 class CqlEngine:
@@ -68,11 +75,13 @@ class CqlEngine:
         ttl_record_delay_s: float = 5.0,
         empty_page_rate: float = 0.0,
         page_bytes: int = 1_048_576,
+        partitioner: str = MURMUR3,
     ) -> None:
         self.ttl_record_delay_s = ttl_record_delay_s
         self.empty_page_rate = empty_page_rate
         self.page_bytes = page_bytes
-        self._state = EngineState(clock, sink, st.NodeInfo(host=host, host_id=uuid.uuid4()))
+        node = st.NodeInfo(host=host, host_id=uuid.uuid4(), partitioner=by_name(partitioner))
+        self._state = EngineState(clock, sink, node)
         self._prepared: dict[bytes, _PreparedEntry] = {}
         self._lock = threading.RLock()
         self._random = random.Random()
@@ -106,15 +115,21 @@ class CqlEngine:
             statement_id = hashlib.md5(f"{keyspace or ''}\x00{cql}".encode()).digest()
             binds, pk_indexes = metadata.bind_specs(self._state, statement, keyspace)
             result = metadata.result_columns(self._state, statement, keyspace)
-            self._prepared[statement_id] = _PreparedEntry(cql, statement, keyspace)
+            partitioner = self._state.partitioner.name
+            self._prepared[statement_id] = _PreparedEntry(cql, statement, keyspace, partitioner)
             return Prepared(statement_id, binds, pk_indexes, result)
 
     def execute(self, statement_id: bytes, options: QueryOptions, keyspace: str | None) -> Result:
         with self._lock:
-            entry = self._prepared.get(statement_id)
-            if entry is None:
-                raise Unprepared("Prepared statement not found", statement_id)
+            entry = self._entry(statement_id)
             return self._run(entry.statement, entry.cql, options, entry.keyspace or keyspace)
+
+    def _entry(self, statement_id: bytes) -> _PreparedEntry:
+        """A prepared statement still valid: prepared under today's partitioner."""
+        entry = self._prepared.get(statement_id)
+        if entry is None or entry.partitioner != self._state.partitioner.name:
+            raise Unprepared("Prepared statement not found", statement_id)
+        return entry
 
     def batch(
         self,
@@ -123,16 +138,14 @@ class CqlEngine:
         options: QueryOptions,
         keyspace: str | None,
     ) -> Result:
-        resolved: list[tuple[p.Statement, list[bytes | None], str | None]] = []
-        for source, values in statements:
-            if isinstance(source, bytes):
-                entry = self._prepared.get(source)
-                if entry is None:
-                    raise Unprepared("Prepared statement not found", source)
-                resolved.append((entry.statement, values, entry.keyspace or keyspace))
-            else:
-                resolved.append((p.parse(source), values, keyspace))
         with self._lock:
+            resolved: list[tuple[p.Statement, list[bytes | None], str | None]] = []
+            for source, values in statements:
+                if isinstance(source, bytes):
+                    entry = self._entry(source)
+                    resolved.append((entry.statement, values, entry.keyspace or keyspace))
+                else:
+                    resolved.append((p.parse(source), values, keyspace))
             return writes.run_batch(self._state, resolved, options)
 
     # ================================================================ TTL records

@@ -64,6 +64,9 @@ class ExpiryQueue:
             if not td.schema.options.cdc_enabled or old is None:
                 continue
             new = td.image(part, row, now_s)
+            expired = None
+            if ck is None:  # statics: the columns that expired are what the change touched
+                expired = frozenset(old.static_cells) - frozenset(new.static_cells if new else ())
             sink.record(
                 RowChange(
                     table=td.schema,
@@ -74,6 +77,7 @@ class ExpiryQueue:
                     new_image=new,
                     origin="TTL",
                     committed_at_us=now_us,
+                    touched=expired,
                 )
             )
             emitted += 1

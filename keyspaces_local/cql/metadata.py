@@ -89,7 +89,7 @@ def _statement_binds(
     def relations(where: list[Any]) -> None:
         for rel in where:
             if isinstance(rel, p.TokenRelation):
-                term(rel.term, "partition key token", LONG)
+                term(rel.term, "partition key token", state.partitioner.token_type)
             elif isinstance(rel, p.InRelation):
                 c = col(rel.column)
                 if rel.bind is not None:

@@ -1,10 +1,12 @@
 """The paging state a SELECT hands out: where a page stopped, tied to its statement.
 
-Layout: the magic `KSL1`, a 4-byte fingerprint of the CQL text (a state is
-refused for any other statement), then 0 (start from the beginning: what an
-empty first page returns) or 1 and the `Position` - partition index, token,
-rows returned so far, the partition key and the clustering key (length -1:
-after the whole partition).
+Layout: the magic `KSL2`, a 4-byte fingerprint of the CQL text and the
+partitioner (a state is refused for any other statement, and after the
+account's partitioner changed, as partitions are in another order), then 0
+(start from the beginning: what an empty first page returns) or 1 and the
+`Position` - partition index, token (17 bytes, signed: RandomPartitioner's
+reach 2**127), rows returned so far, the partition key and the clustering key
+(length -1: after the whole partition).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 
 from keyspaces_local.cql.api import ProtocolError
 
-PAGING_MAGIC = b"KSL1"
+PAGING_MAGIC = b"KSL2"
+_TOKEN_BYTES = 17
 
 
 @dataclass
@@ -29,18 +32,21 @@ class Position:
     rows_so_far: int
 
 
-def _fingerprint(cql: str) -> int:
-    return int.from_bytes(hashlib.blake2b(cql.encode(), digest_size=4).digest(), "big")
+def _fingerprint(cql: str, partitioner: str) -> int:
+    text = f"{partitioner}\x00{cql}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "big")
 
 
-def encode_paging(pos: Position | None, cql: str) -> bytes:
-    head = PAGING_MAGIC + struct.pack(">I", _fingerprint(cql))
+def encode_paging(pos: Position | None, cql: str, partitioner: str) -> bytes:
+    head = PAGING_MAGIC + struct.pack(">I", _fingerprint(cql, partitioner))
     if pos is None:
         return head + b"\x00"
     parts = [
         head,
         b"\x01",
-        struct.pack(">IqIH", pos.part_index, pos.token, pos.rows_so_far, len(pos.pk)),
+        struct.pack(">I", pos.part_index),
+        pos.token.to_bytes(_TOKEN_BYTES, "big", signed=True),
+        struct.pack(">IH", pos.rows_so_far, len(pos.pk)),
     ]
     parts += [struct.pack(">I", len(v)) + v for v in pos.pk]
     if pos.ck is None:
@@ -51,14 +57,18 @@ def encode_paging(pos: Position | None, cql: str) -> bytes:
     return b"".join(parts)
 
 
-def decode_paging(state: bytes, cql: str) -> Position | None:
+def decode_paging(state: bytes, cql: str, partitioner: str) -> Position | None:
     try:
-        if state[:4] != PAGING_MAGIC or struct.unpack_from(">I", state, 4)[0] != _fingerprint(cql):
+        fingerprint = _fingerprint(cql, partitioner)
+        if state[:4] != PAGING_MAGIC or struct.unpack_from(">I", state, 4)[0] != fingerprint:
             raise ProtocolError("Invalid paging state for this statement")
         if state[8] == 0:
             return None
-        index, token, so_far, npk = struct.unpack_from(">IqIH", state, 9)
-        offset = 9 + struct.calcsize(">IqIH")
+        (index,) = struct.unpack_from(">I", state, 9)
+        token = int.from_bytes(state[13 : 13 + _TOKEN_BYTES], "big", signed=True)
+        offset = 13 + _TOKEN_BYTES
+        so_far, npk = struct.unpack_from(">IH", state, offset)
+        offset += struct.calcsize(">IH")
         pk = []
         for _ in range(npk):
             (n,) = struct.unpack_from(">I", state, offset)

@@ -53,12 +53,17 @@ def select(
     limit = to_int(stmt.limit, INT32, ctx, "[limit]") if stmt.limit is not None else None
     if limit is not None and limit <= 0:
         raise Invalid("LIMIT must be strictly positive")
-    after = decode_paging(ctx.options.paging_state, cql) if ctx.options.paging_state else None
+    partitioner = state.partitioner.name
+    after = (
+        decode_paging(ctx.options.paging_state, cql, partitioner)
+        if ctx.options.paging_state
+        else None
+    )
     specs = [
         ColumnSpec(td.schema.keyspace, td.schema.name, g.spec_name, g.cql_type) for g in getters
     ]
     if empty_page_rate > 0 and ctx.options.page_size and rng.random() < empty_page_rate:
-        paging_state = ctx.options.paging_state or encode_paging(None, cql)
+        paging_state = ctx.options.paging_state or encode_paging(None, cql, partitioner)
         return Rows(specs, [], paging_state)
     page_size = (
         ctx.options.page_size if ctx.options.page_size and ctx.options.page_size > 0 else None
@@ -76,7 +81,7 @@ def select(
             page_size is not None and size >= page_bytes
         ):
             assert last is not None
-            return Rows(specs, out, encode_paging(last, cql))
+            return Rows(specs, out, encode_paging(last, cql, partitioner))
         values = [g.fetch(part, row, now_s) for g in getters]
         out.append(values)
         size += sum(len(v) for v in values if v is not None)

@@ -93,10 +93,12 @@ def _selector_getter(td: TableData, expr: Any, ctx: Ctx) -> Getter:
         if cols != [c.name for c in td.pk_cols]:
             raise Invalid("token() must be applied to all partition key columns in order")
 
-        def fetch(part: Partition, row: Row | None, now_s: int) -> bytes | None:
-            return struct.pack(">q", part.token)
+        partitioner = td.partitioner
 
-        return Getter(f"system.token({', '.join(cols)})", LONG, fetch)
+        def fetch(part: Partition, row: Row | None, now_s: int) -> bytes | None:
+            return partitioner.serialise(part.token)
+
+        return Getter(f"system.token({', '.join(cols)})", partitioner.token_type, fetch)
     return constant_getter(expr, ctx)
 
 

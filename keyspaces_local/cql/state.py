@@ -2,8 +2,9 @@
 
 `EngineState` is handed to the statement modules (`ddl`, `writes`, `reads`,
 `metadata`), which keep no state of their own; besides the shared objects it
-has the name lookups every statement does and the server's write-time
-sequence. `Ctx` is one statement's execution context.
+has the name lookups every statement does, the server's write-time
+sequence and the account's partitioner. `Ctx` is one statement's execution
+context.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from keyspaces_local.cql import parser as p
 from keyspaces_local.cql import system_tables as st
 from keyspaces_local.cql.api import Invalid, QueryOptions
 from keyspaces_local.cql.expiry import ExpiryQueue
+from keyspaces_local.partitioners import Partitioner
 from keyspaces_local.schema import Column, TableSchema
 from keyspaces_local.storage import TableData
 
@@ -51,6 +53,17 @@ class EngineState:
         self.data: dict[tuple[str, str], TableData] = {}
         self.expiries = ExpiryQueue()
         self._last_ts = 0
+
+    @property
+    def partitioner(self) -> Partitioner:
+        """The account's partitioner (system.local shows it)."""
+        return self.node.partitioner
+
+    def set_partitioner(self, partitioner: Partitioner) -> None:
+        """The account's partitioner, for every table at once (Keyspaces: on reconnect)."""
+        self.node.partitioner = partitioner
+        for td in self.data.values():
+            td.retoken(partitioner)
 
     def server_ts(self) -> int:
         """Server write time: the clock, made strictly increasing so two writes always order."""

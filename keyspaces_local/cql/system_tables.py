@@ -17,10 +17,10 @@ from typing import Any
 from cassandra import cqltypes
 
 from keyspaces_local import types
+from keyspaces_local.partitioners import MURMUR3, PARTITIONERS, Partitioner
 from keyspaces_local.schema import ColumnKind, TableSchema
 
 SYSTEM_KEYSPACES = ("system", "system_schema", "system_schema_mcs", "system_multiregion_info")
-PARTITIONER = "org.apache.cassandra.dht.Murmur3Partitioner"
 DATA_CENTER = "us-east-1"
 RACK = "us-east-1a"
 
@@ -277,6 +277,8 @@ class NodeInfo:
     host: str
     host_id: uuid.UUID
     token: int = 0
+    # The account's partitioner (`UPDATE system.local SET partitioner = ...` changes it).
+    partitioner: Partitioner = field(default_factory=lambda: PARTITIONERS[MURMUR3])
 
 
 def build(keyspace: str, table: str, catalog: Catalog, node: NodeInfo) -> VirtualTable:
@@ -300,7 +302,7 @@ def _local(catalog: Catalog, node: NodeInfo) -> list[dict[str, Any]]:
             "host_id": node.host_id,
             "listen_address": ip,
             "native_protocol_version": "4",
-            "partitioner": PARTITIONER,
+            "partitioner": node.partitioner.name,
             "rack": RACK,
             "release_version": "3.11.2",
             "rpc_address": ip,

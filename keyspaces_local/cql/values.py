@@ -108,7 +108,29 @@ def _collection(term: Any, t: Any, ctx: Ctx) -> Any:
         if len(term.items) > len(t.subtypes):
             raise Invalid("Too many values in tuple literal")
         return tuple(to_python(x, sub, ctx) for x, sub in zip(term.items, t.subtypes, strict=False))
-    raise Invalid(f"Invalid collection literal for type {types.to_cql(t)}")
+    raise Invalid(_mismatch(term, t))
+
+
+_LITERAL_KINDS = {
+    p.ListLit: "list",
+    p.SetLit: "set",
+    p.MapLit: "map",
+    p.TupleLit: "tuple",
+    p.UdtLit: "user type",
+}
+
+
+def _mismatch(term: Any, t: Any) -> str:
+    """Cassandra's refusal of a literal of the wrong kind, with a hint for a known trap."""
+    message = f"Invalid {_LITERAL_KINDS[type(term)]} literal for type {types.to_cql(t)}"
+    if isinstance(term, p.ListLit) and issubclass(t, cqltypes.TupleType):
+        # Cassandra refuses it too; the driver is what wrote a list.
+        message += (
+            " (cassandra-driver writes a Python tuple parameter of a simple statement as a "
+            "list literal: use a prepared statement, or a tuple literal via "
+            "session.encoder.mapping[tuple] = session.encoder.cql_encode_tuple)"
+        )
+    return message
 
 
 def call_function(term: p.FuncCall, t: Any, ctx: Ctx) -> Any:

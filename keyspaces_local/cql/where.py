@@ -18,7 +18,7 @@ from keyspaces_local import types
 from keyspaces_local.cql import parser as p
 from keyspaces_local.cql.api import Invalid
 from keyspaces_local.cql.state import Ctx, column
-from keyspaces_local.cql.values import LONG, to_bytes, to_int
+from keyspaces_local.cql.values import to_bytes, to_int
 from keyspaces_local.schema import Column, ColumnKind
 from keyspaces_local.storage import Bound, TableData
 
@@ -49,9 +49,7 @@ def analyse_where(td: TableData, relations: list[Any], ctx: Ctx, *, for_select: 
                 raise Invalid(
                     "The token function must be applied to all partition key components in order"
                 )
-            token = to_int(rel.term, LONG, ctx, "partition key token")
-            if token is None:
-                raise Invalid("Invalid null value for partition key token")
+            token = _token(td, rel.term, ctx)
             if rel.op in (">", ">="):
                 token_lo = (token, rel.op == ">=")
             elif rel.op in ("<", "<="):
@@ -146,6 +144,19 @@ def analyse_where(td: TableData, relations: list[Any], ctx: Ctx, *, for_select: 
             "as preceding column is not restricted"
         )
     return where
+
+
+def _token(td: TableData, term: Any, ctx: Ctx) -> int:
+    """A token() bound: a bigint or varint as the partitioner says; read as varint, which
+    takes a bigint's 8 bytes too (a driver re-sending values bound before a partitioner
+    change), then checked against the partitioner's range."""
+    token = to_int(term, cqltypes.IntegerType, ctx, "partition key token")
+    if token is None:
+        raise Invalid("Invalid null value for partition key token")
+    try:
+        return td.partitioner.check(token)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
 
 
 def in_values(rel: p.InRelation, col: Column, ctx: Ctx) -> list[bytes]:

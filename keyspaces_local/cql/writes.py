@@ -34,6 +34,7 @@ from keyspaces_local.cql.selectors import column_getter
 from keyspaces_local.cql.state import Ctx, EngineState, column, keyspace_of
 from keyspaces_local.cql.values import BOOL, INT32, LONG, to_bytes, to_int
 from keyspaces_local.cql.where import Where, analyse_where, bounds, single_partition
+from keyspaces_local.partitioners import by_name
 from keyspaces_local.schema import Column, ColumnKind, TableSchema
 from keyspaces_local.storage import ListIndexError, Partition, Row, RowWrite, TableData
 
@@ -129,6 +130,8 @@ def _expiry(schema: TableSchema, using_ttl: Any, ctx: Ctx) -> int | None:
 def _write(state: EngineState, statement: p.Insert | p.Update | p.Delete, ctx: Ctx) -> Result:
     ks = keyspace_of(statement.table, ctx.keyspace)
     if st.is_system(ks):
+        if isinstance(statement, p.Update) and _is_partitioner_update(statement, ks):
+            return _set_partitioner(state, statement, ctx)
         raise Invalid(f"{ks} keyspace is not user-modifiable")
     td = state.table(statement.table, ctx.keyspace)
     if isinstance(statement, p.Insert):
@@ -136,6 +139,34 @@ def _write(state: EngineState, statement: p.Insert | p.Update | p.Delete, ctx: C
     if isinstance(statement, p.Update):
         return _update(state, td, statement, ctx)
     return _delete(state, td, statement, ctx)
+
+
+def _is_partitioner_update(statement: p.Update, ks: str) -> bool:
+    """`UPDATE system.local SET partitioner = ... WHERE key = ...`: the one system write."""
+    return (
+        (ks, statement.table.name) == ("system", "local")
+        and [a.column for a in statement.assignments] == ["partitioner"]
+        and statement.assignments[0].kind == "set"
+        and not (statement.if_exists or statement.conditions or statement.ttl)
+        and statement.timestamp is None
+    )
+
+
+def _set_partitioner(state: EngineState, statement: p.Update, ctx: Ctx) -> Result:
+    """Keyspaces' way to choose the account's partitioner; here it applies at once."""
+    (where,) = statement.where if len(statement.where) == 1 else (None,)
+    if not (
+        isinstance(where, p.Relation)
+        and (where.column, where.op) == ("key", "=")
+        and to_bytes(where.term, cqltypes.UTF8Type, ctx) == b"local"
+    ):
+        raise Invalid("The partitioner is set with UPDATE system.local ... WHERE key = 'local'")
+    name = to_bytes(statement.assignments[0].value, cqltypes.UTF8Type, ctx)
+    try:
+        state.set_partitioner(by_name(name.decode() if name is not None else ""))
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return Void()
 
 
 def _key_values(cols: list[Column], given: dict[str, bytes | None], what: str) -> tuple[bytes, ...]:
@@ -413,8 +444,10 @@ def _delete_columns(
         w = static_w if col.kind is ColumnKind.STATIC else row_w
         if col.kind is not ColumnKind.STATIC and ck is None:
             raise Invalid("Some clustering keys are missing")
-        if key is None:
-            _assign_whole(w, col, None)
+        if key is None and types.is_multicell(col.cql_type):
+            w.coll_delete.append(name)  # at the statement's timestamp, not ts - 1 as `= null`
+        elif key is None:
+            w.cells[name] = None
         elif issubclass(col.cql_type, cqltypes.MapType):
             k = to_bytes(key, col.cql_type.subtypes[0], ctx)
             w.coll_remove.setdefault(name, []).append(k or b"")
@@ -488,6 +521,7 @@ def _commit(state: EngineState, td: TableData, writes: list[RowWrite]) -> None:
                     old_image=old,
                     new_image=td.image(part, row, now_s),
                     committed_at_us=state.clock.now_us(),
+                    touched=_touched(w) if w.ck is None else None,
                 )
             )
         if w.exp is not None:
@@ -500,12 +534,28 @@ def _is_conditional(stmt: Any) -> bool:
     return bool(stmt.if_exists or stmt.conditions)
 
 
+def _touched(w: RowWrite) -> frozenset[str]:
+    """The columns a write sets, deletes or changes elements of."""
+    return frozenset(
+        [
+            *w.cells,
+            *w.coll_set,
+            *w.coll_delete,
+            *w.coll_add,
+            *w.coll_prepend,
+            *w.coll_remove,
+            *w.list_index,
+        ]
+    )
+
+
 def _has_changes(w: RowWrite) -> bool:
     return bool(
         w.marker
         or w.delete_row
         or w.cells
         or w.coll_set
+        or w.coll_delete
         or w.coll_add
         or w.coll_prepend
         or w.coll_remove

@@ -182,6 +182,9 @@ class ControlOperations:
     def sweep(self, body: JsonBody) -> JsonBody:
         return {"ttlRecords": self.control.sweep_expired()}
 
+    def static_record_shape(self, body: JsonBody) -> JsonBody:
+        return {"shape": self.control.set_static_record_shape(_required(body, "shape"))}
+
     def streams(self, body: JsonBody) -> JsonBody:
         return {"streams": self.control.streams()}
 
@@ -195,6 +198,7 @@ class ControlOperations:
             "advance_clock": self.advance_clock,
             "faults": self.faults,
             "sweep": self.sweep,
+            "static_record_shape": self.static_record_shape,
             "streams": self.streams,
             "health": self.health,
         }

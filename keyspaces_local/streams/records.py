@@ -260,15 +260,35 @@ def _cells(table: TableSchema, cells: Mapping[str, Cell]) -> JsonDict:
     return out
 
 
-def _image(table: TableSchema, image: RowImage, static_only: bool) -> JsonDict:
+STATIC_SHAPES = ("all", "touched")
+
+
+def _image(
+    table: TableSchema, image: RowImage, static_only: bool, touched: frozenset[str] | None
+) -> JsonDict:
+    """One image; `touched` (static-only records of the touched shape) keeps only those statics."""
     out: JsonDict = {}
     if not static_only:
         out["valueCells"] = _cells(table, image.cells)
-    if image.static_cells:
-        out["staticCells"] = _cells(table, image.static_cells)
-    if image.expires_at_s is not None:
-        out["rowMetadata"] = {"expirationTime": str(image.expires_at_s)}
+    statics = image.static_cells
+    expires_at_s = image.expires_at_s
+    if touched is not None:
+        statics = {name: cell for name, cell in statics.items() if name in touched}
+        expires_at_s = _all_expire_at(statics)
+        out["staticCells"] = _cells(table, statics)  # present, if empty: the image exists
+    elif statics:
+        out["staticCells"] = _cells(table, statics)
+    if expires_at_s is not None:
+        out["rowMetadata"] = {"expirationTime": str(expires_at_s)}
     return out
+
+
+def _all_expire_at(cells: Mapping[str, Cell]) -> int | None:
+    """When every one of `cells` has expired, if each has a TTL."""
+    expiries = [cell.expires_at_s for cell in cells.values()]
+    if not expiries or any(e is None for e in expiries):
+        return None
+    return max(e for e in expiries if e is not None)
 
 
 def _keys(table: TableSchema, kind: str, values: tuple[bytes, ...]) -> JsonDict:
@@ -281,10 +301,18 @@ def _keys(table: TableSchema, kind: str, values: tuple[bytes, ...]) -> JsonDict:
     return out
 
 
-def build_record(change: RowChange, view_type: ViewType, created_at_ms: int) -> JsonDict:
-    """The change record, without `sequenceNumber` (the shard assigns it)."""
+def build_record(
+    change: RowChange, view_type: ViewType, created_at_ms: int, *, static_shape: str = "all"
+) -> JsonDict:
+    """The change record, without `sequenceNumber` (the shard assigns it).
+
+    `static_shape` is what a static-only record's images hold: "all" the partition's
+    static columns, or "touched" only those the write touched (the old image their
+    previous values; a static deleted shows in the old image only).
+    """
     table = change.table
     static_only = change.clustering_key is None and bool(table.clustering_key)
+    touched = change.touched if static_only and static_shape == "touched" else None
     record: JsonDict = {
         "eventVersion": EVENT_VERSION,
         "createdAt": created_at_ms / 1000,
@@ -296,7 +324,7 @@ def build_record(change: RowChange, view_type: ViewType, created_at_ms: int) -> 
     wants_new = view_type in (ViewType.NEW_AND_OLD_IMAGES, ViewType.NEW_IMAGE)
     wants_old = view_type in (ViewType.NEW_AND_OLD_IMAGES, ViewType.OLD_IMAGE)
     if wants_new and change.new_image is not None:
-        record["newImage"] = _image(table, change.new_image, static_only)
+        record["newImage"] = _image(table, change.new_image, static_only, touched)
     if wants_old and change.old_image is not None:
-        record["oldImage"] = _image(table, change.old_image, static_only)
+        record["oldImage"] = _image(table, change.old_image, static_only, touched)
     return record

@@ -3,7 +3,7 @@
 `StreamStore` is the `ChangeSink` the CQL engine writes to, and what the
 Streams HTTP API reads from. Each stream splits a 64-bit hash space of
 primary keys into shard ranges: a row is routed by a hash of (partition
-token, clustering key), so rows of one partition may land in different
+key, clustering key), so rows of one partition may land in different
 shards while each primary key maps to exactly one open shard at a time.
 Splitting a shard divides its range among children; merging joins two
 adjacent ranges into one child with both as parents. Records are rendered to
@@ -38,7 +38,7 @@ from keyspaces_local.streams.errors import (
     ValidationError,
 )
 from keyspaces_local.streams.faults import Faults
-from keyspaces_local.streams.records import build_record
+from keyspaces_local.streams.records import STATIC_SHAPES, build_record
 
 HASH_SPACE = 1 << 64
 SEQ_WIDTH = 24  # fixed-width decimal sequence numbers (the model wants 21-48 chars)
@@ -51,6 +51,14 @@ ENABLED, DISABLED = "ENABLED", "DISABLED"
 ITERATOR_TYPES = ("TRIM_HORIZON", "LATEST", "AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER")
 
 
+def check_static_shape(shape: str) -> str:
+    if shape not in STATIC_SHAPES:
+        raise ValidationError(
+            f"static record shape must be one of {', '.join(STATIC_SHAPES)}, got {shape!r}"
+        )
+    return shape
+
+
 def format_seq(seq: int) -> str:
     return f"{seq:0{SEQ_WIDTH}d}"
 
@@ -61,10 +69,14 @@ def parse_seq(text: str) -> int:
     return int(text)
 
 
-def route_hash(token: int, clustering_key: tuple[bytes, ...] | None) -> int:
-    """Where a primary key lives in the shard hash space; the partition alone if static-only."""
-    parts = [token.to_bytes(8, "big", signed=True)]
-    for value in clustering_key or ():
+def route_hash(partition_key: tuple[bytes, ...], clustering_key: tuple[bytes, ...] | None) -> int:
+    """Where a primary key lives in the shard hash space; the partition alone if static-only.
+
+    A hash of the key's own bytes, not of its token: a key keeps its shard (and so its
+    records their order) when the account's partitioner changes its token.
+    """
+    parts: list[bytes] = []
+    for value in (*partition_key, *(clustering_key or ())):
         parts.append(len(value).to_bytes(4, "big"))
         parts.append(value)
     return int.from_bytes(hashlib.blake2b(b"".join(parts), digest_size=8).digest(), "big")
@@ -230,9 +242,11 @@ class StreamStore:
         region: str = "us-east-1",
         account: str = "123456789012",
         faults: Faults | None = None,
+        static_record_shape: str = "all",
     ) -> None:
         if shard_count < 1:
             raise ValueError("shard_count must be at least 1")
+        self.static_record_shape = check_static_shape(static_record_shape)
         self.clock = clock
         self.shard_count = shard_count
         self.retention_ms = int(retention_s * 1000)
@@ -271,8 +285,11 @@ class StreamStore:
         if stream is None:
             return
         created_ms = (change.committed_at_us or self.clock.now_us()) // 1000
-        body = orjson.dumps(build_record(change, stream.view_type, created_ms))
-        key_hash = route_hash(change.token, change.clustering_key)
+        record = build_record(
+            change, stream.view_type, created_ms, static_shape=self.static_record_shape
+        )
+        body = orjson.dumps(record)
+        key_hash = route_hash(change.partition_key, change.clustering_key)
         with self._lock:
             if stream.status != ENABLED:
                 return  # CDC was turned off while this change was being rendered
@@ -284,6 +301,11 @@ class StreamStore:
                 shard.trim(created_ms - self.retention_ms)
 
     # --- control ---------------------------------------------------------------------------
+
+    def set_static_record_shape(self, shape: str) -> str:
+        """What static-only records hold from now on: "all" statics or the "touched" ones."""
+        self.static_record_shape = check_static_shape(shape)
+        return self.static_record_shape
 
     def split_shard(self, stream_arn: str, shard_id: str, parts: int = 2) -> list[str]:
         """Close an open shard and divide its hash range among `parts` children."""

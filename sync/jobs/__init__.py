@@ -6,11 +6,15 @@ checkpointing in the state store only what the writer acknowledged.
 
 `Job` holds what both jobs share: the CQL session, the OpenSearch client,
 the table's facts, the target index, the state store and a writer factory.
+The target is an argument (by default the index behind the alias), so a
+reindex can fill a new index while a follower keeps the live one current.
+The job's stop event ends every retry wait of its writers and state store.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from types import TracebackType
 
 from cassandra.cluster import Session
@@ -20,36 +24,46 @@ from sync.clients import cql_session, opensearch_client
 from sync.config import Config
 from sync.deadletter import DeadLetterStore, FileDeadLetters, IndexDeadLetters
 from sync.documents import DocumentBuilder
-from sync.errors import ConfigError
-from sync.indices import check_mapping_compatible, ensure_index
+from sync.indices import Target, check_mapping_compatible, current_target
 from sync.keyspaces import TableInfo, describe_table
 from sync.mapping import TableMapping
 from sync.mapping_check import check_mapping_against_table
+from sync.retry import RetryPolicy
 from sync.state import StateStore
 from sync.writer import BulkWriter
 
 log = logging.getLogger(__name__)
 
 
-def dead_letter_store(cfg: Config, client: OpenSearch, mapping: TableMapping) -> DeadLetterStore:
+def dead_letter_store(
+    cfg: Config, client: OpenSearch, mapping: TableMapping, policy: RetryPolicy | None = None
+) -> DeadLetterStore:
     if cfg.dead_letter == "index":
-        return IndexDeadLetters.for_alias(client, mapping.alias)
+        return IndexDeadLetters.for_alias(client, mapping.alias, policy)
     return FileDeadLetters(cfg.dead_letter)
 
 
 class Job:
-    """The connections and facts one job run needs; close it (or use `with`) when done."""
+    """The connections and facts one job run needs; close it (or use `with`) when done.
+
+    `target` is where the job writes (default: the alias's current index,
+    created when there is none); `stop` is the job's stop event.
+    """
 
     def __init__(
         self,
         cfg: Config,
         mapping: TableMapping,
         *,
+        target: Target | None = None,
+        stop: threading.Event | None = None,
         session: Session | None = None,
         client: OpenSearch | None = None,
     ) -> None:
         self.cfg = cfg
         self.mapping = mapping
+        self.stop = stop or threading.Event()
+        self.policy = RetryPolicy.for_opensearch(cfg.writer, self.stop)
         self._own_session = session is None
         self._own_client = client is None
         # Building a client connects nothing; the CQL session does, so it comes second.
@@ -63,28 +77,43 @@ class Job:
             self.info: TableInfo = describe_table(self.session, mapping.keyspace, mapping.table)
             # Before any write: a mapping the table defeats would dead-letter every row.
             check_mapping_against_table(mapping, self.info.key)
-            self.index = ensure_index(self.client, mapping)
+            # First of what needs the table's layout: a filter, computed field or hook the
+            # table cannot take is a mistake in the file, refused before any index is made.
+            self.builder = DocumentBuilder(mapping, self.info.key)
+            self.target = target or current_target(self.client, mapping)
             # Refuse before writing: documents shaped for another mapping would all be
             # dead-lettered or, worse, indexed with the wrong field types.
-            check_mapping_compatible(self.client, self.index, mapping)
-            self.builder = DocumentBuilder(mapping, self.info.key)
-            self.dead_letters = dead_letter_store(cfg, self.client, mapping)
+            check_mapping_compatible(self.client, self.target.index, mapping)
+            self.dead_letters = dead_letter_store(cfg, self.client, mapping, self.policy)
             self.store = StateStore(
-                self.client, cfg.state.index, lease_seconds=cfg.state.lease_seconds
+                self.client,
+                cfg.state.index,
+                lease_seconds=cfg.state.lease_seconds,
+                policy=self.policy,
             )
             self.store.ensure()
         except BaseException:
             self.close()
             raise
-        if not self.index:
-            raise ConfigError(f"no index behind alias {mapping.alias}")
+
+    @property
+    def index(self) -> str:
+        """The index this job writes."""
+        return self.target.index
 
     @property
     def worker_id(self) -> str:
         return self.cfg.state.worker_id
 
     def new_writer(self) -> BulkWriter:
-        return BulkWriter(self.client, self.index, self.builder, self.dead_letters, self.cfg.writer)
+        return BulkWriter(
+            self.client,
+            self.target.index,
+            self.builder,
+            self.dead_letters,
+            self.cfg.writer,
+            stop=self.stop,
+        )
 
     def close(self) -> None:
         self._close_client()

@@ -14,6 +14,12 @@ new leases) go together in one conditional bulk request to the state index.
 A range is marked done only after the writer acknowledged all its rows, and
 the recorded token of a range never runs ahead of what was acknowledged.
 
+Before it reads anything, a backfill records in the state store since when
+the index needs the stream (`StateStore.cover_from`, per table and target
+index): its start on the service clock, less the snapshot margin. Every
+change before that is in what the scan reads; a follower started later
+checks that the stream still holds every change after it.
+
 A run survives the process: started again, the job resumes the table's
 unfinished run from the last token each range recorded (`restart=True` plans
 a new run). Several processes, on several machines, may run the same
@@ -37,16 +43,23 @@ from typing import TextIO
 from sync.config import Config
 from sync.errors import ConfigError
 from sync.jobs import Job
-from sync.keyspaces import no_cdc_message
+from sync.keyspaces import no_cdc_message, service_now_ms
 from sync.mapping import TableMapping
 from sync.model import Change
-from sync.sources.cql import SnapshotScanner, TokenRange, split_ring
+from sync.sources.cql import (
+    MURMUR3_RING,
+    Ring,
+    SnapshotScanner,
+    TokenRange,
+    covers,
+    ring_for,
+    split_ring,
+)
 from sync.state import BackfillRun, LeaseLost, RangeState, StateStore
 from sync.writer import WriteReport
 
 log = logging.getLogger(__name__)
 
-RING = 2**64 - 1
 # How long an idle worker waits before looking again for a range another
 # worker holds (it may crash, and its lease then expires).
 _RECHECK_S = 1.0
@@ -74,8 +87,8 @@ class BackfillSummary:
 class Progress:
     """Rows/s and ETA from the share of the ring done (ranges done + the current ranges).
 
-    `ranges` maps range number -> its token range; `update` records how far a
-    range got. Thread-safe.
+    `ranges` maps range number -> its token range (together: the whole ring, whichever
+    partitioner's); `update` records how far a range got. Thread-safe.
     """
 
     ranges: dict[int, TokenRange]
@@ -97,7 +110,8 @@ class Progress:
 
     def _fraction(self) -> float:
         done = sum(self.ranges[n].width * f for n, f in self._reached.items() if n in self.ranges)
-        return done / RING
+        ring = sum(r.width for r in self.ranges.values())
+        return done / ring if ring else 0.0
 
     def estimate(self, now: float) -> tuple[float, float, float | None]:
         """(fraction of the ring done, rows/s since start, seconds left or None)."""
@@ -160,13 +174,21 @@ def state_key(job: Job) -> str:
     return f"{job.info.qualified_name}->{job.index}"
 
 
-def plan_run(store: StateStore, key: str, range_count: int, restart: bool) -> BackfillRun:
-    """The run to work on: the unfinished current one, or a new one."""
+def plan_run(
+    store: StateStore, key: str, range_count: int, restart: bool, ring: Ring = MURMUR3_RING
+) -> BackfillRun:
+    """The run to work on: the unfinished current one, or a new one over `ring`."""
     current = store.get_run(key)
     if current is not None and not current.finished and not restart:
-        log.info("resuming backfill run %s (%d ranges)", current.run_id, current.range_count)
-        return current
-    ranges = [(r.start, r.end) for r in split_ring(range_count)]
+        if _run_covers(store, current, ring):
+            log.info("resuming backfill run %s (%d ranges)", current.run_id, current.range_count)
+            return current
+        # Planned under another partitioner: its ranges miss most of this ring.
+        log.warning(
+            "backfill run %s was split for another partitioner's token ring; starting over",
+            current.run_id,
+        )
+    ranges = [(r.start, r.end) for r in split_ring(range_count, ring)]
     run_id = uuid.uuid4().hex[:12]
     try:
         run = store.start_run(key, run_id, ranges, replacing=current)
@@ -178,6 +200,11 @@ def plan_run(store: StateStore, key: str, range_count: int, restart: bool) -> Ba
         return winner
     log.info("started backfill run %s with %d ranges", run.run_id, run.range_count)
     return run
+
+
+def _run_covers(store: StateStore, run: BackfillRun, ring: Ring) -> bool:
+    stored = sorted(store.list_ranges(run), key=lambda r: r.number)
+    return covers(ring, [TokenRange(r.range_start, r.range_end) for r in stored])
 
 
 class _Backfill:
@@ -462,12 +489,15 @@ def run_backfill(
     """
     stop = stop or threading.Event()
     own_job = job is None
-    job = job or Job(cfg, mapping)
+    job = job or Job(cfg, mapping, stop=stop)
     started = time.monotonic()
     try:
         _check_cdc(job, require_cdc)
         log.info(job.info.version_rule())
-        run = plan_run(job.store, state_key(job), cfg.backfill.ranges, restart)
+        ring = ring_for(job.info.partitioner)
+        log.info("token ring of %s: (%d, %d]", job.info.partitioner, ring.minimum, ring.maximum)
+        _record_coverage(job)
+        run = plan_run(job.store, state_key(job), cfg.backfill.ranges, restart, ring)
         backfill = _Backfill(job, run, stop)
         backfill.progress.start(started)
         reporter = _Reporter(backfill.progress, backfill.all_done)
@@ -530,6 +560,17 @@ def _check_cdc(job: Job, require_cdc: bool) -> None:
         "will not be followed",
         table,
     )
+
+
+def _record_coverage(job: Job) -> None:
+    """The index needs the stream from this backfill's start on (the earliest start wins).
+
+    Service clock, not this host's; less the snapshot margin, like the
+    snapshot versions, so a write in flight when the scan began still counts
+    as one the follower must find in the stream.
+    """
+    began = service_now_ms(job.session) - job.cfg.backfill.snapshot_margin_ms
+    job.store.cover_from(job.info.qualified_name, job.index, began)
 
 
 def _finish(store: StateStore, run: BackfillRun) -> None:

@@ -1,25 +1,46 @@
-"""`follow`: read the table's CDC stream for ever and apply its changes to the index.
+"""`follow`: read the table's CDC streams for ever and apply their changes to the index.
 
 Flow::
 
     coordinator (every few seconds, or at once when a shard ends):
-        GetStream -> shard graph -> readable shards (every parent finished)
+        the table's streams (ListStreams, oldest first, and any the state store
+        knows): one lineage, read one stream after another
+        -> the first stream not finished: GetStream -> shard graph (+ orphans)
+        -> gaps ruled on -> readable shards (every parent finished)
         -> lease up to a fair share (live followers share the stream)
         -> one reader thread per leased shard
+        -> a DISABLED stream with every shard finished is finished for good;
+           the next stream's shards start above its final version
     reader thread, per shard:
         GetRecords -> versions (sync/version.py) -> batch (count/bytes/time)
-        -> BulkWriter.write -> checkpoint (sequence number + version), conditional
-           on the lease -> ... -> at the shard's end: final version, lease freed
+        -> BulkWriter.write (+ raw bad records to the dead-letter store)
+        -> checkpoint (sequence number + version), conditional on the lease
+        -> ... -> at the shard's end: final version, lease freed
 
 A checkpoint covers only what `write` returned for, so a crash replays at
 most one batch, with the same versions. A follower that lost a lease cannot
 checkpoint (409 -> `LeaseLost`) and drops the shard. A dead follower's
 shards are taken over when their leases expire. On `stop`, every reader
 flushes, checkpoints and releases its lease, and `run_follow` returns.
+
+**Nothing lost silently.** The index needs every record created since its
+coverage began (`StateStore.cover_from`: the earliest backfill or follower
+start). Whatever the stream no longer holds of that is a gap, recorded in the
+state store and handled by `follow.on_gap` ("stop": a one-line error;
+"continue": go on from what the stream still holds, flag the index for a
+rebuild): records after a checkpoint that were trimmed; the first records of
+a shard read from its start (proved present with `AT_SEQUENCE_NUMBER` of its
+`startingSequenceNumber`, when the coverage reaches back past the retention
+period); a shard not read to its end that the stream no longer holds, or a
+never-read parent it no longer lists; and the window between two streams,
+when CDC was off. A DISABLED stream is read to its end, then its successor;
+with no successor the follower stops with a one-line error saying CDC is
+off. A record that cannot become a change goes raw to the dead-letter store.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -28,14 +49,17 @@ from typing import Any
 
 from sync.clients import streams_client
 from sync.config import Config, FollowConfig
+from sync.deadletter import DeadLetter
 from sync.errors import ConfigError
 from sync.jobs import Job
-from sync.keyspaces import no_cdc_message
+from sync.keyspaces import describe_table, no_cdc_message, service_now_ms
 from sync.mapping import TableMapping
 from sync.metrics import Metrics, MetricsServer
 from sync.model import Change
 from sync.sources.cql import read_consistency
 from sync.sources.streams import (
+    BadRecord,
+    GapKind,
     ReadResult,
     RowLookup,
     Shard,
@@ -43,14 +67,22 @@ from sync.sources.streams import (
     ShardReader,
     StreamDescription,
     StreamGap,
+    StreamGone,
+    check_streams,
     describe_stream,
     fair_share,
-    find_stream_arn,
+    label_ms,
+    label_of,
+    list_table_streams,
+    missing_parents,
+    orphans,
     readable_shards,
-    require_readable,
     start_version,
+    switch_may_lose_needed,
+    trim_may_lose_needed,
 )
-from sync.state import LeaseLost, ShardState, StateStore
+from sync.state import GapRecord, LeaseLost, ShardState, StateStore, StreamState
+from sync.version import TIE_BITS
 from sync.writer import BulkWriter
 
 log = logging.getLogger(__name__)
@@ -58,6 +90,10 @@ log = logging.getLogger(__name__)
 ROLE = "follow"
 RELIST_S = 3.0  # how often the shard graph is read again when nothing ends
 SHUTDOWN_S = 30.0  # how long a stop waits for readers to flush and release
+REBUILD_HINT = (
+    "the index lacks changes: rebuild it with `ks2os reindex`, or set "
+    'follow.on_gap = "continue" to follow what the stream still holds meanwhile'
+)
 MAX_SHARD_THREADS = 64
 CHECKPOINT_S = 1.0  # a shard's checkpoint is written at most this often while reading
 # A rough in-memory size of a change, to bound a batch in bytes without
@@ -86,6 +122,7 @@ class Batch:
     """Changes read but not yet written, and the checkpoint they lead to."""
 
     changes: list[Change] = field(default_factory=list)
+    bad: list[BadRecord] = field(default_factory=list)  # for the dead-letter store
     approx_bytes: int = 0
     first_at: float | None = None  # monotonic time the oldest unwritten record was read
     last_sequence: str | None = None
@@ -98,6 +135,7 @@ class Batch:
         if self.first_at is None:
             self.first_at = now
         self.changes.extend(result.changes)
+        self.bad.extend(result.bad)
         self.approx_bytes += sum(_approx_size(c) for c in result.changes)
         self.last_sequence = result.last_sequence
         self.last_version = result.last_version
@@ -112,7 +150,7 @@ class Batch:
             return False
         assert self.first_at is not None
         return (
-            len(self.changes) >= settings.max_batch_records
+            len(self.changes) + len(self.bad) >= settings.max_batch_records
             or self.approx_bytes >= settings.max_batch_bytes
             or (now - self.first_at) * 1000 >= settings.flush_interval_ms
         )
@@ -181,9 +219,10 @@ class ShardWorker(threading.Thread):
         while not self.halt.is_set():
             result = self.reader.read()
             now = time.monotonic()
-            if result.gap:
+            if result.gap is not None:
                 batch = self._flush(batch, checkpoint=True)
-                self._gap()
+                if self._gap(result.gap):
+                    return
                 continue
             metrics.add(self.shard_id, records_read=result.records)
             batch.add(result, now)
@@ -215,8 +254,9 @@ class ShardWorker(threading.Thread):
     def _flush(self, batch: Batch, *, checkpoint: bool = False) -> Batch:
         """Write the batch; checkpoint it now if asked, else at most every CHECKPOINT_S.
 
-        Only what `write` returned for is ever checkpointed. Checkpointing less
-        often than every batch costs a crash at most CHECKPOINT_S of replay
+        Only what `write` returned for is ever checkpointed, and bad records are
+        in the dead-letter store before a checkpoint passes them. Checkpointing
+        less often than every batch costs a crash at most CHECKPOINT_S of replay
         (same versions, so harmless) and saves a state write per batch.
         """
         if batch.pending:
@@ -229,6 +269,8 @@ class ShardWorker(threading.Thread):
                     stale=report.stale,
                     dead_lettered=report.dead_lettered,
                 )
+            if batch.bad:
+                self.follower.dead_letter(self.shard_id, batch.bad)
             self._written = (batch.last_sequence, batch.last_version)
             self.follower.metrics.applied_up_to(self.shard_id, batch.last_created_at_ms)
             batch = Batch()
@@ -244,53 +286,95 @@ class ShardWorker(threading.Thread):
         self.state = self.follower.store.finish_shard(self.state, final)
         log.info("shard %s ended (final version %d)", self.shard_id, final)
 
-    def _gap(self) -> None:
-        self.follower.metrics.add(self.shard_id, gaps=1)
-        where = self.state.sequence_number or "its start"
-        message = (
-            f"shard {self.shard_id}: records after {where} were trimmed from the stream "
-            "before they were read; the index is missing changes"
-        )
-        log.error(message, extra={"shard": self.shard_id})
-        if self.follower.settings.on_gap == "stop":
-            raise StreamGap(message, hint="run `ks2os reindex` to rebuild the index from the table")
-        self.follower.reindex_needed = True
+    def _gap(self, kind: GapKind) -> bool:
+        """Records of this shard are gone from the stream; True when the shard is done.
+
+        The follower rules whether the index needed them (and under
+        `on_gap = "stop"` raises). Then a shard the stream no longer holds is
+        finished (nothing more can be read from it); any other is read again
+        from what the stream still holds, with versions still rising.
+        """
+        needed = self.follower.shard_gap(self.state, kind)
+        if kind is GapKind.SHARD_GONE:
+            self._finish()
+            return True
         self.reader.restart_at_trim_horizon()
-        self.state = self.follower.store.restart_shard(self.state, self.reader.previous)
-        log.error("continuing shard %s from its trim horizon; a reindex is needed", self.shard_id)
+        self.state = self.follower.store.restart_shard(self.state, self.reader.previous, gap=needed)
+        log.info("reading shard %s again from its trim horizon", self.shard_id)
+        return False
+
+
+# ---- the lineage of a table's streams ---------------------------------------------------------
+
+
+@dataclass
+class _Stream:
+    """One stream of the table, as this follower knows it."""
+
+    arn: str
+    label: str
+    state: StreamState | None = None  # None: no follower began it yet
+    orphans: dict[str, Shard] = field(default_factory=dict)  # unlisted, unfinished shards
+    searched: bool = False  # its shard documents were searched for orphans (once per run)
+    ruled: set[str] = field(default_factory=set)  # missing parents already ruled on
+    draining_logged: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.state is not None and self.state.finished
+
+
+def _version_ms(version: int) -> int:
+    """The `createdAt` (epoch ms) a stream version stands for: versions are `ms << TIE_BITS`."""
+    return version >> TIE_BITS
+
+
+def _iso(epoch_ms: int | None) -> str:
+    if epoch_ms is None:
+        return "an unknown time"
+    moment = dt.datetime.fromtimestamp(epoch_ms / 1000, tz=dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ---- the follower ------------------------------------------------------------------------------
 
 
 class Follower:
-    """Leases shards of one stream and runs a reader per leased shard; see the module docstring."""
+    """Leases shards of the table's streams and runs a reader per leased shard.
+
+    See the module docstring. The streams of the table are read as one
+    lineage, oldest first: a stream's shards become readable once every shard
+    of the stream before it is finished, and start above its final version.
+    """
 
     def __init__(
         self,
         job: Job,
         streams: Any,
-        stream_arn: str,
         *,
         metrics: Metrics | None = None,
         max_shards: int = MAX_SHARD_THREADS,
     ) -> None:
         self.job = job
         self.streams = streams
-        self.stream_arn = stream_arn
         self.settings = job.cfg.follow
         self.store: StateStore = job.store
         self.table = job.info.qualified_name
         self.worker_id = job.worker_id
         self.metrics = metrics or Metrics()
         self.max_shards = max_shards
-        self.workers: dict[str, ShardWorker] = {}
+        self.workers: dict[tuple[str, str], ShardWorker] = {}  # (stream ARN, shard id)
+        self.lineage: dict[str, _Stream] = {}  # by stream ARN
         self.shards_finished = 0
         self.reindex_needed = False
         self._wake = threading.Event()
         self._abandoned = False
         self._lookup: RowLookup | None = None
         self._writer: BulkWriter | None = None
+        self._stop: threading.Event | None = None  # `run`'s: ends Streams retries at once
+        self._lock = threading.Lock()
+        self._gaps_seen: set[str] = set()
+        self._trim_check: bool | None = None  # this plan's answer of `trim_matters`
         self.healthy = True
 
     def new_writer(self) -> BulkWriter:
@@ -305,7 +389,9 @@ class Follower:
     def run(self, stop: threading.Event) -> None:
         """Follow until `stop` is set; raises the first reader's terminal error."""
         relist = min(RELIST_S, self.store.renew_interval_s)
+        self._stop = stop
         try:
+            self._begin()
             while not stop.is_set() and not self._abandoned:
                 self._reap()
                 self._plan()
@@ -326,14 +412,128 @@ class Follower:
             worker.halt.set()
         self.wake()
 
-    def _active(self) -> list[str]:
+    # ---- what the index needs -------------------------------------------------------
+
+    def _begin(self) -> None:
+        """Coverage of the index, and every stream of the table: listed or in the state store."""
+        begun = self.store.list_shards(self.table)
+        coverage = self.store.get_coverage(self.table, self.job.index)
+        if coverage is None:
+            # No record of since when the index needs the stream. With no
+            # checkpoints it needs what comes from now on; with checkpoints of an
+            # earlier follower, since an unknown time: every trimmed record counts.
+            since = 0 if begun else service_now_ms(self.job.session)
+            coverage = self.store.cover_from(self.table, self.job.index, since)
+        log.info("the index needs every change since %s", _iso(coverage.since_ms))
+        for stream in self.store.list_stream_states(self.table):
+            self._known(stream.stream_arn, stream.label).state = stream
+        for shard in begun:
+            self._known(shard.stream_arn, label_of(shard.stream_arn))
+        self._discover()
+        if not self.lineage:
+            raise ConfigError(no_cdc_message(self.job.info.keyspace, self.job.info.name))
+
+    def _known(self, arn: str, label: str) -> _Stream:
+        return self.lineage.setdefault(arn, _Stream(arn, label))
+
+    def _discover(self) -> bool:
+        """ListStreams: True when it shows a stream this follower did not know."""
+        before = len(self.lineage)
+        for summary in list_table_streams(self.streams, self.job.info, self._stop):
+            self._known(summary.stream_arn, summary.label)
+        return len(self.lineage) > before
+
+    def trim_matters(self) -> bool:
+        """Could the stream have trimmed records the index needs? (Coverage vs service clock.)"""
+        coverage = self.store.get_coverage(self.table, self.job.index)
+        since = 0 if coverage is None else coverage.since_ms
+        return trim_may_lose_needed(since, service_now_ms(self.job.session))
+
+    def _trim_matters_now(self) -> bool:
+        """`trim_matters`, asked at most once per plan."""
+        if self._trim_check is None:
+            self._trim_check = self.trim_matters()
+        return self._trim_check
+
+    # ---- gaps and dead letters ----------------------------------------------------------
+
+    def met_gap(self, gap: GapRecord, message: str) -> None:
+        """A gap the index needed: record it for good, count it, apply `on_gap`."""
+        with self._lock:
+            first = gap.doc_id not in self._gaps_seen
+            self._gaps_seen.add(gap.doc_id)
+        self.store.record_gap(gap)
+        if first:
+            self.metrics.add(gap.shard_id or label_of(gap.stream_arn), gaps=1)
+            log.error(message)
+        if self.settings.on_gap == "stop":
+            raise StreamGap(message, hint=REBUILD_HINT)
+        self.reindex_needed = True
+        if first:
+            log.error("continuing after the gap (on_gap = continue); the index needs a rebuild")
+
+    def _gap_record(
+        self,
+        stream_arn: str,
+        shard_id: str | None,
+        kind: GapKind,
+        after: str | None = None,
+        window: tuple[int | None, int | None] = (None, None),
+    ) -> GapRecord:
+        return GapRecord(
+            table=self.table,
+            stream_arn=stream_arn,
+            shard_id=shard_id,
+            kind=kind.value,
+            after=after,
+            found_at_ms=self.store.now_ms(),
+            policy=self.settings.on_gap,
+            window_start_ms=window[0],
+            window_end_ms=window[1],
+        )
+
+    def shard_gap(self, state: ShardState, kind: GapKind) -> bool:
+        """Records of a shard the stream lost: a gap if the index needed them (True then)."""
+        if not self.trim_matters():
+            log.info(
+                "shard %s: records the stream no longer holds are older than the index needs",
+                state.shard_id,
+            )
+            return False
+        where = f"after {state.sequence_number}" if state.sequence_number else "from its start"
+        what = {
+            GapKind.TRIMMED: "were trimmed from the stream before they were read",
+            GapKind.START_TRIMMED: "were trimmed from the stream before they were read",
+            GapKind.SHARD_GONE: "are gone: the stream no longer holds the shard",
+        }.get(kind, "are gone")
+        gap = self._gap_record(state.stream_arn, state.shard_id, kind, state.sequence_number)
+        self.met_gap(gap, f"shard {state.shard_id}: records {where} {what}; the index lacks them")
+        return True
+
+    def dead_letter(self, shard_id: str, bad: list[BadRecord]) -> None:
+        """Raw records that could not become changes: stored with the reason, and counted."""
+        self.job.dead_letters.put(
+            [DeadLetter.for_record(b.record, b.position, b.reason) for b in bad]
+        )
+        self.metrics.add(shard_id, dead_lettered=len(bad))
+        for b in bad:
+            log.warning(
+                "record %s of shard %s dead-lettered: %s",
+                b.position.sequence_number,
+                shard_id,
+                b.reason,
+            )
+
+    # ---- planning ---------------------------------------------------------------------------
+
+    def _active(self) -> list[tuple[str, str]]:
         return [k for k, w in self.workers.items() if not w.halt.is_set()]
 
     def _reap(self) -> None:
-        for shard_id, worker in list(self.workers.items()):
+        for key, worker in list(self.workers.items()):
             if worker.is_alive():
                 continue
-            del self.workers[shard_id]
+            del self.workers[key]
             if worker.error is not None:
                 self.healthy = False
                 raise worker.error
@@ -341,68 +541,212 @@ class Follower:
                 self.shards_finished += 1
 
     def _plan(self) -> None:
+        """Read the first stream of the lineage not finished; past the last, see if CDC is off."""
         self.store.heartbeat(ROLE, self.table, self.worker_id)
-        stream = describe_stream(self.streams, self.stream_arn)
-        require_readable(stream, self.job.info)
-        progress, states = self._progress(stream)
-        ready = readable_shards(stream.shards, progress)
+        self._trim_check = None
+        floor, previous = 0, None
+        for stream in sorted(self.lineage.values(), key=lambda s: (s.label, s.arn)):
+            if not stream.finished and not self._plan_stream(stream, previous, floor):
+                return
+            assert stream.state is not None
+            floor = max(floor, stream.state.final_version or 0)
+            previous = stream
+        self._past_the_last_stream()
+
+    def _plan_stream(self, entry: _Stream, previous: _Stream | None, floor: int) -> bool:
+        """Lease readable shards of one stream; True once the whole stream is finished."""
+        try:
+            stream = describe_stream(self.streams, entry.arn, self._stop)
+        except StreamGone:
+            return self._stream_gone(entry, floor)
+        if entry.state is None:
+            # The first follower to reach a stream rules on the switch into it.
+            entry.state = self.store.get_streams(self.table, [entry.arn]).get(entry.arn)
+        if entry.state is None:
+            if previous is not None:
+                self._rule_on_switch(previous, entry, stream)
+            entry.state = self.store.begin_stream(self.table, entry.arn, entry.label)
+        graph, progress, states = self._graph(entry, stream)
+        self._rule_on_missing_parents(entry, graph, progress)
+        if stream.status == "DISABLED":
+            if all(_done(progress, s) for s in graph):
+                finals = [p.final_version for p in progress.values() if p.final_version]
+                entry.state = self.store.finish_stream(entry.state, max([floor, *finals]))
+                log.info("stream %s is read to its end", entry.label)
+                return True
+            if not entry.draining_logged:
+                entry.draining_logged = True
+                log.warning("the CDC stream %s is DISABLED: reading it to its end", entry.label)
+        self._lease(entry, stream, graph, progress, states, floor)
+        return False
+
+    def _graph(
+        self, entry: _Stream, stream: StreamDescription
+    ) -> tuple[dict[str, Shard], dict[str, ShardProgress], dict[str, ShardState]]:
+        """The listed shards plus orphans, and the state of every one of them and their parents."""
+        graph = dict(stream.shards)
+        if not entry.searched:
+            stored = self.store.list_shards(self.table, entry.arn)
+            entry.orphans.update(orphans(graph, {s.shard_id: _progress(s) for s in stored}))
+            entry.searched = True
+        for shard_id, shard in entry.orphans.items():
+            graph.setdefault(shard_id, shard)
+        ids = set(graph) | {p for s in graph.values() for p in s.parents}
+        states = self.store.get_shards(self.table, entry.arn, ids)
+        progress = {k: _progress(s) for k, s in states.items()}
+        found = orphans(graph, progress)  # unlisted parents still unfinished
+        entry.orphans.update(found)
+        graph.update(found)
+        return graph, progress, states
+
+    def _rule_on_missing_parents(
+        self, entry: _Stream, graph: dict[str, Shard], progress: dict[str, ShardProgress]
+    ) -> None:
+        """Parents gone from the stream before any follower read them: a gap if needed."""
+        missing = [p for p in missing_parents(graph, progress) if p not in entry.ruled]
+        if missing and self._trim_matters_now():
+            for parent in missing:
+                self.met_gap(
+                    self._gap_record(entry.arn, parent, GapKind.SHARD_GONE),
+                    f"shard {parent} of stream {entry.label}: the stream no longer holds it "
+                    "and it was never read; the index lacks its records",
+                )
+        entry.ruled.update(missing)
+
+    def _rule_on_switch(self, previous: _Stream, entry: _Stream, stream: StreamDescription) -> None:
+        """Between two streams CDC was off: writes then reached no stream. A gap if needed."""
+        end = stream.created_ms if stream.created_ms is not None else label_ms(entry.label)
+        coverage = self.store.get_coverage(self.table, self.job.index)
+        since = 0 if coverage is None else coverage.since_ms
+        if end is not None and not switch_may_lose_needed(since, end):
+            return
+        final = previous.state.final_version if previous.state is not None else None
+        start = _version_ms(final) if final else label_ms(previous.label)
+        self.met_gap(
+            self._gap_record(entry.arn, None, GapKind.STREAM_SWITCH, window=(start, end)),
+            f"CDC of {self.table} was off between stream {previous.label} and stream "
+            f"{entry.label}: writes from {_iso(start)} to {_iso(end)} reached no stream",
+        )
+
+    def _stream_gone(self, entry: _Stream, floor: int) -> bool:
+        """The stream no longer exists: what of it was not read to its end is a gap if needed."""
+        stored = self.store.list_shards(self.table, entry.arn)
+        unfinished = [s for s in stored if not s.finished]
+        if self._trim_matters_now():
+            gaps = [
+                self._gap_record(entry.arn, s.shard_id, GapKind.SHARD_GONE, s.sequence_number)
+                for s in unfinished
+            ] or [self._gap_record(entry.arn, None, GapKind.SHARD_GONE)]
+            for gap in gaps:
+                where = f"shard {gap.shard_id}" if gap.shard_id else "its shards"
+                self.met_gap(
+                    gap,
+                    f"stream {entry.label} no longer exists and {where} was not read to "
+                    "its end; the index lacks those records",
+                )
+        finals = [s.final_version for s in stored if s.final_version]
+        for state in unfinished:
+            leased = self.store.acquire_shard(self.table, entry.arn, state.shard_id, self.worker_id)
+            if leased is None:
+                return False  # another follower holds it: it will find the stream gone too
+            self.store.finish_shard(leased, leased.version)
+            finals.append(leased.version)
+        begun = entry.state or self.store.begin_stream(self.table, entry.arn, entry.label)
+        entry.state = self.store.finish_stream(begun, max([floor, *finals]))
+        log.warning("stream %s no longer exists; going on with the next one", entry.label)
+        return True
+
+    def _past_the_last_stream(self) -> None:
+        """Every stream is read to its end: go on with a newer one, or say CDC is off."""
+        if self._discover():
+            self.wake()  # plan the new stream at once
+            return
+        info = describe_table(self.job.session, self.job.info.keyspace, self.job.info.name)
+        if info.cdc_enabled:
+            log.info("CDC of %s is on again; waiting for its new stream", self.table)
+            return
+        raise ConfigError(
+            f"CDC is off for {self.table}: every change up to the moment it was disabled "
+            "is applied to the index",
+            hint=no_cdc_message(info.keyspace, info.name).split(": ", 1)[1]
+            + ", then start the follower again",
+        )
+
+    def _lease(
+        self,
+        entry: _Stream,
+        stream: StreamDescription,
+        graph: dict[str, Shard],
+        progress: dict[str, ShardProgress],
+        states: dict[str, ShardState],
+        floor: int,
+    ) -> None:
+        ready = readable_shards(graph, progress)
         live = self.store.live_workers(ROLE, self.table) | {self.worker_id}
         share = min(fair_share(len(ready), len(live)), self.max_shards)
         self._shed(len(self._active()) - share)
         for shard_id in ready:
             if len(self._active()) >= share:
                 break
-            if shard_id in self.workers:
+            if (entry.arn, shard_id) in self.workers:
                 continue
             state = states.get(shard_id)
             if state is not None and not state.lease.free_for(self.worker_id, self.store.now_ms()):
                 continue
-            self._start(stream, stream.shards[shard_id], progress)
-
-    def _progress(
-        self, stream: StreamDescription
-    ) -> tuple[dict[str, ShardProgress], dict[str, ShardState]]:
-        ids = set(stream.shards) | {p for s in stream.shards.values() for p in s.parents}
-        states = self.store.get_shards(self.table, self.stream_arn, ids)
-        progress = {k: ShardProgress(s.finished, s.final_version) for k, s in states.items()}
-        return progress, states
+            self._start(entry, stream.view_type, graph[shard_id], progress, floor)
 
     def _shed(self, excess: int) -> None:
         """Give back shards above our fair share, so a follower that just joined gets some."""
         if excess <= 0:
             return
-        for shard_id in sorted(self._active())[-excess:]:
-            log.info("releasing shard %s to another follower", shard_id)
-            self.workers[shard_id].halt.set()
+        for key in sorted(self._active())[-excess:]:
+            log.info("releasing shard %s to another follower", key[1])
+            self.workers[key].halt.set()
 
     def _start(
-        self, stream: StreamDescription, shard: Shard, progress: dict[str, ShardProgress]
+        self,
+        entry: _Stream,
+        view_type: str,
+        shard: Shard,
+        progress: dict[str, ShardProgress],
+        floor: int,
     ) -> None:
         state = self.store.acquire_shard(
             self.table,
-            self.stream_arn,
+            entry.arn,
             shard.shard_id,
             self.worker_id,
-            start_version=start_version(shard, progress),
+            start_version=start_version(shard, progress, floor),
+            start_sequence=shard.starting_sequence_number,
         )
         if state is None:
             return
+        # From its start, a shard must prove nothing of it was trimmed, unless
+        # whatever was trimmed is older than the index needs. (A shard restarted
+        # after a gap proves it again: a gap already recorded is not recorded twice.)
+        verify = state.sequence_number is None and self._trim_matters_now()
         reader = ShardReader(
             self.streams,
             self.job.info,
-            self.stream_arn,
+            entry.arn,
             shard.shard_id,
-            view_type=stream.view_type,
+            view_type=view_type,
             after=state.sequence_number,
             previous=state.version,
             limit=self.settings.get_records_limit,
             skip_replication=self.settings.skip_replication,
-            lookup=self._row_lookup(stream.view_type),
+            lookup=self._row_lookup(view_type),
+            stop=self._stop,
+            start_sequence=shard.starting_sequence_number or state.start_sequence,
+            verify_start=verify,
         )
         worker = ShardWorker(self, state, reader)
-        self.workers[shard.shard_id] = worker
+        self.workers[(entry.arn, shard.shard_id)] = worker
         log.info(
-            "reading shard %s from %s", shard.shard_id, state.sequence_number or "its trim horizon"
+            "reading shard %s of stream %s from %s",
+            shard.shard_id,
+            entry.label,
+            state.sequence_number or ("its start" if verify else "its trim horizon"),
         )
         worker.start()
 
@@ -445,6 +789,15 @@ class Follower:
         )
 
 
+def _progress(state: ShardState) -> ShardProgress:
+    return ShardProgress(state.finished, state.final_version, state.start_sequence)
+
+
+def _done(progress: dict[str, ShardProgress], shard_id: str) -> bool:
+    state = progress.get(shard_id)
+    return state is not None and state.finished
+
+
 def run_follow(
     cfg: Config,
     mapping: TableMapping,
@@ -456,16 +809,16 @@ def run_follow(
     """Follow the mapping's table until `stop` is set; see the module docstring."""
     stop = stop or threading.Event()
     own_job = job is None
-    job = job or Job(cfg, mapping)
+    job = job or Job(cfg, mapping, stop=stop)
     started = time.monotonic()
     server: MetricsServer | None = None
     try:
         log.info(job.info.version_rule())
         streams = streams_client(cfg)
-        if not job.info.cdc_enabled:
-            raise ConfigError(no_cdc_message(job.info.keyspace, job.info.name))
-        stream_arn = find_stream_arn(streams, job.info)
-        follower = Follower(job, streams, stream_arn, metrics=metrics)
+        # A wrong endpoint or permission: now, in one line. (CDC may be off: a DISABLED
+        # stream is still read to its end; the follower says so once it is.)
+        check_streams(streams, job.info, stop)
+        follower = Follower(job, streams, metrics=metrics)
         if cfg.follow.metrics_port:
             server = MetricsServer(
                 follower.metrics, cfg.follow.metrics_port, lambda: follower.healthy

@@ -1,9 +1,12 @@
 """The snapshot scan: read a table over CQL as token ranges, page by page, as `Change`s.
 
-The Murmur3 ring (-2**63 .. 2**63-1) is split into ranges (start exclusive,
-end inclusive); each range is read with one prepared statement restricted on
-`token(<partition key>)`, page by page with the driver's paging state. Before
-each page the service clock is read over CQL, and every row of the page gets
+The account's partitioner (`system.local.partitioner`) decides the token ring:
+Murmur3Partitioner's bigint tokens (-2**63 .. 2**63-1), or RandomPartitioner's
+and Keyspaces' DefaultPartitioner's varint tokens (0 .. 2**127, ring minimum -1).
+The ring is split into ranges (start exclusive, end inclusive); each range is
+read with one prepared statement restricted on `token(<partition key>)`, page
+by page with the driver's paging state. Before each page the service clock is
+read over CQL, and every row of the page gets
 `snapshot_version(read_at, margin)`: lower than any stream record the read
 could have missed, so the follower always wins over a snapshot row it did not
 see (sync/version.py). Write times are never selected.
@@ -26,15 +29,62 @@ from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
 from sync.errors import ConfigError
-from sync.keyspaces import TableInfo, qualified, quote, service_now_ms
+from sync.keyspaces import (
+    KEYSPACES_DEFAULT_PARTITIONER,
+    MURMUR3_PARTITIONER,
+    RANDOM_PARTITIONER,
+    TableInfo,
+    cql_errors,
+    qualified,
+    quote,
+    service_now_ms,
+)
 from sync.model import Change, ScanPosition
 from sync.sources.rows import decode_row, ttl_alias
 from sync.version import snapshot_version
 
 log = logging.getLogger(__name__)
 
-MIN_TOKEN = -(2**63)
+MIN_TOKEN = -(2**63)  # the Murmur3 ring
 MAX_TOKEN = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """A partitioner's token ring: every partition's token t has minimum < t <= maximum."""
+
+    minimum: int  # the exclusive start of the ring's first range
+    maximum: int
+
+    @property
+    def width(self) -> int:
+        return self.maximum - self.minimum
+
+
+MURMUR3_RING = Ring(MIN_TOKEN, MAX_TOKEN)
+# RandomPartitioner: |MD5 as a signed 128-bit integer|, 0 .. 2**127; its minimum token is -1.
+RANDOM_RING = Ring(-1, 2**127)
+RINGS = {
+    MURMUR3_PARTITIONER: MURMUR3_RING,
+    RANDOM_PARTITIONER: RANDOM_RING,
+    KEYSPACES_DEFAULT_PARTITIONER: RANDOM_RING,  # the same token() results as Random
+}
+# Any range of any ring lies within these (a stored range does not say its ring).
+_LOWEST = min(ring.minimum for ring in RINGS.values())
+_HIGHEST = max(ring.maximum for ring in RINGS.values())
+
+
+def ring_for(partitioner: str) -> Ring:
+    """The token ring of the account's partitioner, or a ConfigError naming it."""
+    ring = RINGS.get(partitioner)
+    if ring is None:
+        raise ConfigError(
+            f"partitioner {partitioner} (system.local) has no known token ring; ks2os scans "
+            f"{', '.join(RINGS)}: choose one with UPDATE system.local SET partitioner = "
+            "'<name>' WHERE key = 'local'"
+        )
+    return ring
+
 
 READ_CONSISTENCY = {
     "LOCAL_QUORUM": ConsistencyLevel.LOCAL_QUORUM,
@@ -48,13 +98,13 @@ TOKEN_COLUMN = "ks2os_token"
 
 @dataclass(frozen=True, slots=True)
 class TokenRange:
-    """Tokens t with start < t <= end; the first range of the ring also holds MIN_TOKEN."""
+    """Tokens t with start < t <= end; the first range of a ring also holds its minimum."""
 
     start: int
     end: int
 
     def __post_init__(self) -> None:
-        if not MIN_TOKEN <= self.start < self.end <= MAX_TOKEN:
+        if not _LOWEST <= self.start < self.end <= _HIGHEST:
             raise ValueError(f"not a token range: ({self.start}, {self.end}]")
 
     @property
@@ -77,13 +127,17 @@ class TokenRange:
         return TokenRange(min(last_token - 1, self.end - 1), self.end)
 
 
-def split_ring(count: int) -> list[TokenRange]:
+def split_ring(count: int, ring: Ring = MURMUR3_RING) -> list[TokenRange]:
     """The whole ring as `count` contiguous ranges of (nearly) equal width."""
     if count < 1:
         raise ValueError("at least one range")
-    span = MAX_TOKEN - MIN_TOKEN
-    bounds = [MIN_TOKEN + span * i // count for i in range(count)] + [MAX_TOKEN]
+    bounds = [ring.minimum + ring.width * i // count for i in range(count)] + [ring.maximum]
     return [TokenRange(bounds[i], bounds[i + 1]) for i in range(count)]
+
+
+def covers(ring: Ring, ranges: list[TokenRange]) -> bool:
+    """Whether contiguous `ranges`, in order, are exactly the whole `ring`."""
+    return bool(ranges) and (ranges[0].start, ranges[-1].end) == (ring.minimum, ring.maximum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +176,7 @@ class SnapshotScanner:
         self.page_size = page_size
         self.margin_ms = margin_ms
         self._consistency = read_consistency(consistency)
+        self.ring = ring_for(info.partitioner)
         # TTL() only for regular columns: key columns have none, statics are per partition.
         self.ttl_columns: tuple[str, ...] = (
             tuple(c for c in info.regular if ttl_capable(info.key.cql_type(c)))
@@ -134,7 +189,7 @@ class SnapshotScanner:
         table = qualified(info.keyspace, info.name)
         where = f"FROM {table} WHERE {token} {{op}} ? AND {token} <= ?"
         self._after: PreparedStatement = self._prepare(f"SELECT {select} {where.format(op='>')}")
-        # Only the first range must include MIN_TOKEN itself.
+        # Only a ring's first range must include the ring's minimum itself.
         self._from: PreparedStatement = self._prepare(f"SELECT {select} {where.format(op='>=')}")
 
     def _select_list(self) -> str:
@@ -145,19 +200,21 @@ class SnapshotScanner:
         return ", ".join(parts)
 
     def _prepare(self, cql: str) -> PreparedStatement:
-        statement: PreparedStatement = self._session.prepare(cql)
+        with cql_errors(f"preparing the scan of {self.info.qualified_name}"):
+            statement: PreparedStatement = self._session.prepare(cql)
         statement.consistency_level = self._consistency
         statement.fetch_size = self.page_size
         return statement
 
     def scan(self, token_range: TokenRange) -> Iterator[ScanPage]:
         """Read the range page by page; each page is decoded before the next is fetched."""
-        statement = self._from if token_range.start == MIN_TOKEN else self._after
+        statement = self._from if token_range.start == self.ring.minimum else self._after
         params = (token_range.start, token_range.end)
         paging_state: bytes | None = None
         while True:
             read_at_ms = service_now_ms(self._session)
-            result = self._session.execute(statement, params, paging_state=paging_state)
+            with cql_errors(f"scanning {self.info.qualified_name}"):
+                result = self._session.execute(statement, params, paging_state=paging_state)
             rows = result.current_rows
             yield self._decode_page(rows, token_range, read_at_ms)
             paging_state = result.paging_state

@@ -1,21 +1,34 @@
-"""The CDC source: a table's stream, its shard graph, and a reader per shard.
+"""The CDC source: a table's streams, their shard graphs, and a reader per shard.
 
-- **Stream**: the table's `latest_stream_arn` (from `system_schema_mcs`), or
-  the newest one ListStreams gives; GetStream (paginated) lists the shards and
-  their parents. A DISABLED stream is a `ConfigError` saying how to enable.
+- **Streams**: every stream of the table that ListStreams gives, oldest first
+  (a label is the stream's creation time). Re-enabling CDC makes a new stream
+  and leaves the old one DISABLED, readable for 24 h; the follower reads a
+  table's streams as one lineage (sync/jobs/follow.py). GetStream (paginated)
+  lists a stream's shards and their parents.
 - **Lineage**: a shard is readable when every one of its parents is finished
   (read until GetRecords returned no `nextShardIterator`); a merge child has
   several parents. A parent listed without `endingSequenceNumber` may still
   be open although its children exist, so closing is decided by the reader,
-  never by the listing. Parents no longer listed (trimmed) count as finished.
+  never by the listing. A shard the listing no longer shows but the state
+  store holds unfinished is an *orphan*: it is read from its checkpoint like
+  any other, and what the stream lost of it is a gap (`missing_parents`,
+  `orphans`).
 - **Versions** (sync/version.py): each record gets
   `next_stream_version(createdAt, previous)` in shard order; a shard starts
   from its checkpoint's version, or from `lineage_floor` of its parents'
-  final versions. So a restart or a takeover recomputes the same versions.
-- **Reader**: iterators from the checkpoint (`AFTER_SEQUENCE_NUMBER`, else
-  `TRIM_HORIZON`), GetRecords with `maxResults`, a new iterator on
-  `ExpiredIterator`, backoff on throttling and server errors, and
-  `TrimmedDataAccess` reported as a gap (the caller's `on_gap` policy).
+  final versions and its stream's floor (above every version of the
+  table's previous stream). So a restart or a takeover recomputes the same
+  versions.
+- **Reader**: iterators from the checkpoint (`AFTER_SEQUENCE_NUMBER`); from
+  the shard's start with `AT_SEQUENCE_NUMBER` of its `startingSequenceNumber`
+  when the index may need its first records (TrimmedDataAccess then says they
+  are gone), else `TRIM_HORIZON`; GetRecords with `maxResults`, a new iterator
+  on `ExpiredIterator`, backoff on throttling and server errors. Records lost
+  to the stream (`TrimmedDataAccess`, `ResourceNotFoundException` for a shard
+  not read to its end) come back as a `GapKind` for the caller's `on_gap`
+  policy. A record that cannot become a change (undecodable, or its row
+  lookup fails for good) comes back raw as a `BadRecord` for the dead-letter
+  store; lookups that fail transiently are retried.
 
 This module never talks to OpenSearch.
 """
@@ -23,21 +36,31 @@ This module never talks to OpenSearch.
 from __future__ import annotations
 
 import datetime as dt
+import enum
+import functools
 import logging
 import math
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import backoff
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
-from sync.errors import ConfigError, TerminalError, TransientError
-from sync.keyspaces import TableInfo, no_cdc_message, qualified, quote
+from sync.errors import (
+    ConfigError,
+    DecodeError,
+    Ks2osError,
+    StreamsRefused,
+    TerminalError,
+    TransientError,
+)
+from sync.keyspaces import TableInfo, cql_errors, qualified, quote
 from sync.model import Change, Op, StreamPosition
+from sync.retry import RetryPolicy
 from sync.sources.getrecords import raw_get_records
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
 from sync.version import lineage_floor, next_stream_version
@@ -51,7 +74,43 @@ _RETRYABLE_CODES = frozenset(
 
 
 class StreamGap(TerminalError):
-    """The stream no longer holds records the index has not seen (TrimmedDataAccess)."""
+    """The index needs changes that no stream holds any more (see `GapKind`)."""
+
+
+class GapKind(enum.StrEnum):
+    """How changes the index needed were found missing from the stream."""
+
+    TRIMMED = "trimmed"  # records after a shard's checkpoint were trimmed before being read
+    START_TRIMMED = "start-trimmed"  # a shard read from its start had lost its first records
+    SHARD_GONE = "shard-gone"  # the stream no longer holds a shard not read to its end
+    STREAM_SWITCH = "stream-switch"  # CDC was off between two streams: writes reached none
+
+
+class StreamGone(Ks2osError):
+    """GetStream: the stream no longer exists (DISABLED longer than the retention period)."""
+
+
+# Keyspaces keeps stream records 24 hours, and the period cannot be changed.
+RETENTION_MS = 24 * 3600 * 1000
+# Service clocks read through different doors (CQL `now()`, `createdAt`, the
+# stream's trim point, GetStream's creation times) may disagree by a little;
+# every comparison between them gives this much away, in the safe direction.
+CLOCK_MARGIN_MS = 5 * 60 * 1000
+
+
+def trim_may_lose_needed(since_ms: int, now_ms: int) -> bool:
+    """Could records the index needs (created at or after `since_ms`) have been trimmed by now?
+
+    The stream trims only records older than its retention period, so when
+    `since_ms` is later than `now - retention` (with the clock margin) every
+    trimmed record is older than anything the index needs: losing it is no gap.
+    """
+    return since_ms <= now_ms - RETENTION_MS + CLOCK_MARGIN_MS
+
+
+def switch_may_lose_needed(since_ms: int, window_end_ms: int) -> bool:
+    """Could writes made before `window_end_ms` (a new stream's creation) be needed by the index?"""
+    return since_ms < window_end_ms + CLOCK_MARGIN_MS
 
 
 # ---- the shard graph (pure) ---------------------------------------------------
@@ -68,6 +127,7 @@ class Shard:
     parents: tuple[str, ...] = ()
     starting_sequence_number: str | None = None
     ending_sequence_number: str | None = None  # None: open, as far as the listing knows
+    listed: bool = True  # False: an orphan, known from the state store only
 
 
 @dataclass(frozen=True)
@@ -76,14 +136,24 @@ class StreamDescription:
     status: str  # ENABLING | ENABLED | DISABLING | DISABLED
     view_type: str  # NEW_AND_OLD_IMAGES | NEW_IMAGE | OLD_IMAGE | KEYS_ONLY
     shards: Mapping[str, Shard]
+    created_ms: int | None = None  # creationRequestDateTime (service clock)
 
 
 @dataclass(frozen=True)
+class StreamSummary:
+    """One stream of a table, as ListStreams names it."""
+
+    stream_arn: str
+    label: str  # the creation time, `YYYY-MM-DDTHH:MM:SS.mmm`: orders a table's streams
+
+
+@dataclass(frozen=True, slots=True)
 class ShardProgress:
     """What the state store says about one shard, as lineage planning needs it."""
 
     finished: bool
     final_version: int | None = None
+    start_sequence: str | None = None  # its startingSequenceNumber when it was first acquired
 
 
 def readable_shards(
@@ -91,9 +161,10 @@ def readable_shards(
 ) -> list[str]:
     """Shards that may be read now: not finished, and every parent finished.
 
-    A parent missing from the listing was trimmed away (its records are gone),
-    so it cannot hold anything back; a parent still listed holds its children
-    back until its reader saw its end, whatever `endingSequenceNumber` says.
+    A parent missing from `shards` and from `progress` is gone from the stream
+    and was never read: the caller has ruled on it (`missing_parents`) before
+    asking. A parent in `shards` (listed, or an orphan) holds its children back
+    until its reader saw its end, whatever `endingSequenceNumber` says.
     """
     ready = []
     for shard_id, shard in shards.items():
@@ -109,14 +180,53 @@ def _finished(shard_id: str, progress: Mapping[str, ShardProgress]) -> bool:
     return state is not None and state.finished
 
 
-def start_version(shard: Shard, progress: Mapping[str, ShardProgress]) -> int:
-    """The `previous` version a shard starts from: after every parent's last record."""
+def orphans(shards: Mapping[str, Shard], progress: Mapping[str, ShardProgress]) -> dict[str, Shard]:
+    """Shards the state store holds unfinished that the listing no longer shows.
+
+    Their records after the checkpoint were never read: they are read like any
+    other shard (the stream may still hold them), and their children wait.
+    """
+    return {
+        shard_id: Shard(shard_id, starting_sequence_number=state.start_sequence, listed=False)
+        for shard_id, state in progress.items()
+        if shard_id not in shards and not state.finished
+    }
+
+
+def missing_parents(
+    shards: Mapping[str, Shard], progress: Mapping[str, ShardProgress]
+) -> list[str]:
+    """Parents of shards not begun yet that are neither listed nor known to the state store.
+
+    Such a parent was never read and the stream no longer holds it: whether
+    its records were needed is a question of time (`trim_may_lose_needed`).
+    A shard already begun is not asked about: its parents were settled when it
+    began, so pruned state of old parents can never count as a gap.
+    """
+    missing = {
+        parent
+        for shard_id, shard in shards.items()
+        if shard_id not in progress
+        for parent in shard.parents
+        if parent not in shards and parent not in progress
+    }
+    return sorted(missing)
+
+
+def start_version(
+    shard: Shard, progress: Mapping[str, ShardProgress], stream_floor: int = 0
+) -> int:
+    """The `previous` version a shard starts from: after every parent's last record.
+
+    `stream_floor` is the final version of the table's previous stream, so the
+    shards of a new stream start above every record of the old one.
+    """
     finals = [
         state.final_version
         for p in shard.parents
         if (state := progress.get(p)) is not None and state.final_version is not None
     ]
-    return lineage_floor(finals)
+    return max(lineage_floor(finals), stream_floor)
 
 
 def fair_share(units: int, workers: int) -> int:
@@ -126,6 +236,21 @@ def fair_share(units: int, workers: int) -> int:
 
 def children_of(shards: Mapping[str, Shard], shard_id: str) -> list[str]:
     return sorted(s.shard_id for s in shards.values() if shard_id in s.parents)
+
+
+def label_ms(label: str) -> int | None:
+    """A stream label (its creation time, UTC without zone) as epoch ms; None if not one."""
+    try:
+        moment = dt.datetime.fromisoformat(label)
+    except ValueError:
+        return None
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    return (aware - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def label_of(stream_arn: str) -> str:
+    """The label at the end of a stream ARN (`.../stream/<label>`)."""
+    return stream_arn.rsplit("/stream/", 1)[-1]
 
 
 # ---- stream discovery -------------------------------------------------------------
@@ -146,54 +271,127 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, ClientError) and _error_code(exc) in _RETRYABLE_CODES
 
 
-def _on_retry(details: Any) -> None:
-    log.warning(
-        "streams API busy, retrying in %.2f s: %s", details["wait"], details.get("exception")
-    )
+def _on_retry(operation: str, seconds: float, exc: Any) -> None:
+    log.warning("Keyspaces Streams %s failed, retrying in %.2f s: %s", operation, seconds, exc)
 
 
-# One retry policy for every Streams call: throttling and server faults only.
-_streams_backoff = backoff.on_exception(
-    backoff.expo,
-    (ClientError, BotoConnectionError),
-    giveup=lambda exc: not _retryable(exc),
-    max_time=300,
-    max_value=5,
-    factor=0.1,
-    on_backoff=_on_retry,
+# One retry policy for every Streams call: throttling, server faults, lost connections.
+STREAMS_RETRY = RetryPolicy(initial_s=0.1, longest_s=5.0, budget_s=300.0)
+# What a refusal of the credentials looks like, whichever AWS front end says it.
+_CREDENTIALS_REFUSED = frozenset(
+    {"UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException"}
 )
 
 
-@_streams_backoff
-def _call(operation: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
-    return operation(**kwargs)
+def _call(
+    operation: Callable[..., dict[str, Any]],
+    *,
+    stop: threading.Event | None = None,
+    patient: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """One Streams API call through the retry policy; what is left becomes a ks2os error.
+
+    Throttling, server faults and lost connections (unless not `patient`) are
+    retried until the policy gives up (its budget spent, or `stop` set), then
+    raised as a `TransientError`; a refusal is a `StreamsRefused` carrying the
+    AWS error code, for the reader to decide on (ExpiredIterator, ...).
+    """
+    policy = STREAMS_RETRY.stopping_on(stop)
+    name = getattr(operation, "__name__", "request")  # boto3's: list_streams, get_records...
+
+    def give_up(exc: Exception) -> bool:
+        return not _retryable(exc) or (not patient and isinstance(exc, BotoConnectionError))
+
+    try:
+        return policy.call(
+            lambda: operation(**kwargs),
+            (ClientError, BotoCoreError),
+            functools.partial(_on_retry, name),
+            give_up,
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise _streams_error(exc, name, policy) from exc
 
 
-def find_stream_arn(client: Any, info: TableInfo) -> str:
-    """The table's current stream: `latest_stream_arn`, else the newest ListStreams gives."""
-    if info.latest_stream_arn:
-        return info.latest_stream_arn
-    newest: tuple[str, str] | None = None
+def _streams_error(exc: Exception, operation: str, policy: RetryPolicy) -> Ks2osError:
+    """The ks2os error for what boto3 raised on a Streams call, in one line."""
+    if isinstance(exc, BotoConnectionError):
+        return TransientError(
+            f"cannot reach Keyspaces Streams ({operation}): {exc}",
+            hint="check keyspaces.streams_endpoint and the network to it",
+        )
+    if isinstance(exc, NoCredentialsError):
+        return ConfigError(
+            f"no AWS credentials for Keyspaces Streams ({operation})",
+            hint="configure the standard AWS credential chain (env, profile or role)",
+        )
+    if not isinstance(exc, ClientError):
+        return TerminalError(f"Keyspaces Streams {operation}: {exc}")
+    code, detail = _error_code(exc), _validation_code(exc)
+    message = exc.response.get("Error", {}).get("Message", "")
+    said = f"{code}: {message}" if message else code
+    if code in _RETRYABLE_CODES:
+        return TransientError(
+            f"Keyspaces Streams {operation}: {said} ({policy.why_given_up()})",
+            hint="Keyspaces is throttling or failing; try again later",
+        )
+    if code in _CREDENTIALS_REFUSED:
+        return ConfigError(
+            f"Keyspaces Streams refused the AWS credentials ({operation}): {said}",
+            hint="check the AWS credentials (standard chain) and keyspaces.region",
+        )
+    hint = ""
+    if code == "AccessDeniedException":
+        hint = "grant cassandra:Select on the table and the Streams read actions on its stream"
+    return StreamsRefused(
+        f"Keyspaces Streams refused {operation}: {said}", hint=hint, code=code, detail=detail
+    )
+
+
+def check_streams(client: Any, info: TableInfo, stop: threading.Event | None = None) -> None:
+    """A cheap ListStreams for the table, so a wrong endpoint or permission shows at start.
+
+    A lost connection is not retried here: a wrong `keyspaces.streams_endpoint`
+    is reported at once.
+    """
+    _call(
+        client.list_streams,
+        stop=stop,
+        patient=False,
+        keyspaceName=info.keyspace,
+        tableName=info.name,
+        maxResults=1,
+    )
+
+
+def list_table_streams(
+    client: Any, info: TableInfo, stop: threading.Event | None = None
+) -> list[StreamSummary]:
+    """Every stream ListStreams gives for the table, oldest first (by label: creation time)."""
+    found: dict[str, StreamSummary] = {}
     token: str | None = None
     while True:
         kwargs: dict[str, Any] = {"keyspaceName": info.keyspace, "tableName": info.name}
         if token:
             kwargs["nextToken"] = token
-        page = _call(client.list_streams, **kwargs)
+        page = _call(client.list_streams, stop=stop, **kwargs)
         for stream in page.get("streams", []):
-            label = stream.get("streamLabel", "")
-            if newest is None or label > newest[0]:
-                newest = (label, stream["streamArn"])
+            arn = stream["streamArn"]
+            found[arn] = StreamSummary(arn, stream.get("streamLabel") or label_of(arn))
         token = page.get("nextToken")
         if not token:
             break
-    if newest is None:
-        raise ConfigError(no_cdc_message(info.keyspace, info.name))
-    return newest[1]
+    return sorted(found.values(), key=lambda s: (s.label, s.stream_arn))
 
 
-def describe_stream(client: Any, stream_arn: str) -> StreamDescription:
-    """GetStream, every page: the stream's status, view type and whole shard graph."""
+def describe_stream(
+    client: Any, stream_arn: str, stop: threading.Event | None = None
+) -> StreamDescription:
+    """GetStream, every page: the stream's status, view type and whole shard graph.
+
+    `StreamGone` when the stream no longer exists (disabled past the retention period).
+    """
     shards: dict[str, Shard] = {}
     token: str | None = None
     first: dict[str, Any] | None = None
@@ -201,7 +399,12 @@ def describe_stream(client: Any, stream_arn: str) -> StreamDescription:
         kwargs: dict[str, Any] = {"streamArn": stream_arn, "maxResults": 100}
         if token:
             kwargs["nextToken"] = token
-        page = _call(client.get_stream, **kwargs)
+        try:
+            page = _call(client.get_stream, stop=stop, **kwargs)
+        except StreamsRefused as exc:
+            if exc.code == "ResourceNotFoundException":
+                raise StreamGone(f"stream {stream_arn} no longer exists") from exc
+            raise
         first = first or page
         for raw in page.get("shards", []):
             seq = raw.get("sequenceNumberRange") or {}
@@ -214,16 +417,14 @@ def describe_stream(client: Any, stream_arn: str) -> StreamDescription:
         token = page.get("nextToken")
         if not token:
             break
-    return StreamDescription(stream_arn, first["streamStatus"], first["streamViewType"], shards)
-
-
-def require_readable(stream: StreamDescription, info: TableInfo) -> None:
-    """A DISABLED stream holds nothing new: say how to enable CDC again."""
-    if stream.status == "DISABLED":
-        raise ConfigError(
-            f"the CDC stream of {info.qualified_name} is DISABLED: "
-            + no_cdc_message(info.keyspace, info.name).split(": ", 1)[1]
-        )
+    created = first.get("creationRequestDateTime")
+    return StreamDescription(
+        stream_arn,
+        first["streamStatus"],
+        first["streamViewType"],
+        shards,
+        None if created is None else _epoch_ms(created),
+    )
 
 
 # ---- row lookups for streams without new images --------------------------------------
@@ -241,19 +442,21 @@ class RowLookup:
         part_where = " AND ".join(f"{quote(c)} = ?" for c in key.partition_key)
         columns = ", ".join(quote(c) for c in info.columns)
         statics = ", ".join(quote(c) for c in key.partition_key + key.static)
-        self._row: PreparedStatement = session.prepare(
-            f"SELECT {columns} FROM {table} WHERE {row_where}"
-        )
-        self._static: PreparedStatement = session.prepare(
-            f"SELECT {statics} FROM {table} WHERE {part_where} LIMIT 1"
-        )
+        with cql_errors(f"preparing the row lookups of {info.qualified_name}"):
+            self._row: PreparedStatement = session.prepare(
+                f"SELECT {columns} FROM {table} WHERE {row_where}"
+            )
+            self._static: PreparedStatement = session.prepare(
+                f"SELECT {statics} FROM {table} WHERE {part_where} LIMIT 1"
+            )
         for statement in (self._row, self._static):
             statement.consistency_level = consistency
 
     def change(self, key: tuple[Any, ...], static_only: bool, base: Change) -> Change:
         """What the row (or the partition's statics) is now, as a change at `base`'s version."""
         statement = self._static if static_only else self._row
-        row = self._session.execute(statement, key).one()
+        with cql_errors(f"looking up a row of {self._info.qualified_name}"):
+            row = self._session.execute(statement, key).one()
         image = None if row is None else {k: v for k, v in row._asdict().items() if v is not None}
         if static_only and image is not None and not set(image) & set(self._info.key.static):
             image = None
@@ -265,13 +468,32 @@ class RowLookup:
 # ---- reading one shard ----------------------------------------------------------------
 
 
+# Row lookups that fail transiently (`cql_errors` turns timeouts, no host, overload into a
+# TransientError) may well succeed a moment later: retried this long, stoppable.
+LOOKUP_RETRY = RetryPolicy(initial_s=0.05, longest_s=5.0, budget_s=300.0)
+
+
+def _on_lookup_retry(seconds: float, failure: Any) -> None:
+    log.warning("row lookup failed, retrying in %.2f s: %s", seconds, failure)
+
+
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    """A record that could not become a change: kept raw, with why, for the dead-letter store."""
+
+    record: Mapping[str, Any]
+    position: StreamPosition
+    reason: str
+
+
 @dataclass
 class ReadResult:
     """One GetRecords' worth of a shard, decoded.
 
     `last_sequence`/`last_version` are those of the last record read (None if
     none); `closed` says the shard has ended; `at_tip` that nothing more is
-    there now (poll slower); `gap` that records were trimmed before being read.
+    there now (poll slower); `gap` how records were found missing (None: they
+    were not); `bad` the records that could not become changes.
     """
 
     changes: list[Change] = field(default_factory=list)
@@ -281,14 +503,19 @@ class ReadResult:
     last_created_at_ms: int | None = None
     closed: bool = False
     at_tip: bool = False
-    gap: bool = False
+    gap: GapKind | None = None
+    bad: list[BadRecord] = field(default_factory=list)
 
 
 class ShardReader:
     """Reads one shard in order and gives every record its version.
 
-    `after` is the checkpoint's sequence number (None: from the trim horizon)
+    `after` is the checkpoint's sequence number (None: from the shard's start)
     and `previous` that record's version (or the shard's lineage floor).
+    Without a checkpoint, `verify_start` asks for proof that nothing of the
+    shard was trimmed: the first iterator is `AT_SEQUENCE_NUMBER` of
+    `start_sequence` (the listing's `startingSequenceNumber`), and a trimmed
+    start is reported as `GapKind.START_TRIMMED`; otherwise it is `TRIM_HORIZON`.
     `lookup` re-reads rows for streams that carry no new image.
     """
 
@@ -305,6 +532,9 @@ class ShardReader:
         limit: int = 1000,
         skip_replication: bool = False,
         lookup: RowLookup | None = None,
+        stop: threading.Event | None = None,
+        start_sequence: str | None = None,
+        verify_start: bool = False,
     ) -> None:
         if not 1 <= limit <= 1000:
             raise ValueError("GetRecords limit must be 1..1000")
@@ -318,6 +548,9 @@ class ShardReader:
         self._limit = limit
         self._skip_replication = skip_replication
         self._lookup = lookup
+        self._stop = stop  # ends the retries of a Streams call at once when set
+        self._start_sequence = start_sequence
+        self._verify_start = verify_start and after is None
         self._iterator: str | None = None
         self.closed = False
 
@@ -325,6 +558,9 @@ class ShardReader:
         """One GetRecords call (getting an iterator first when needed)."""
         if self.closed:
             return ReadResult(closed=True)
+        if self._verify_start and self.position is None and self._start_sequence is None:
+            # No starting sequence number to ask for: nothing proves the start is there.
+            return ReadResult(gap=GapKind.START_TRIMMED)
         try:
             if self._iterator is None:
                 self._iterator = self._new_iterator()
@@ -332,9 +568,13 @@ class ShardReader:
                     return self._close()
             # The body parsed by orjson, not by botocore's shape parser (its cost was the
             # follower's ceiling); botocore still signs, sends and parses errors.
-            get_records = raw_get_records(self._client)
-            reply = _call(get_records, shardIterator=self._iterator, maxResults=self._limit)
-        except ClientError as exc:
+            reply = _call(
+                raw_get_records(self._client),
+                stop=self._stop,
+                shardIterator=self._iterator,
+                maxResults=self._limit,
+            )
+        except StreamsRefused as exc:
             return self._on_error(exc)
         result = self.decode(reply.get("changeRecords") or [])
         self._iterator = reply.get("nextShardIterator")
@@ -350,6 +590,7 @@ class ShardReader:
         """After a gap: read whatever the shard still holds. Versions keep rising."""
         self.position = None
         self._iterator = None
+        self._verify_start = False
 
     def _close(self) -> ReadResult:
         self.closed = True
@@ -357,56 +598,68 @@ class ShardReader:
 
     def _new_iterator(self) -> str | None:
         kwargs: dict[str, Any] = {"streamArn": self.stream_arn, "shardId": self.shard_id}
-        if self.position is None:
-            kwargs["shardIteratorType"] = "TRIM_HORIZON"
-        else:
+        if self.position is not None:
             kwargs["shardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
             kwargs["sequenceNumber"] = self.position
-        reply = _call(self._client.get_shard_iterator, **kwargs)
+        elif self._verify_start:
+            kwargs["shardIteratorType"] = "AT_SEQUENCE_NUMBER"
+            kwargs["sequenceNumber"] = self._start_sequence
+        else:
+            kwargs["shardIteratorType"] = "TRIM_HORIZON"
+        reply = _call(self._client.get_shard_iterator, stop=self._stop, **kwargs)
         iterator: str | None = reply.get("shardIterator")
         return iterator
 
-    def _on_error(self, exc: ClientError) -> ReadResult:
-        code, detail = _error_code(exc), _validation_code(exc)
+    def _on_error(self, exc: StreamsRefused) -> ReadResult:
+        code, detail = exc.code, exc.detail
         if code == "ValidationException" and detail == "ExpiredIterator":
             log.info("shard iterator expired; renewing", extra={"shard": self.shard_id})
             self._iterator = None
             return ReadResult()
         if code == "ValidationException" and detail == "TrimmedDataAccess":
             self._iterator = None
-            return ReadResult(gap=True)
+            if self.position is not None:
+                return ReadResult(gap=GapKind.TRIMMED)
+            if self._verify_start:
+                return ReadResult(gap=GapKind.START_TRIMMED)
+            # From the trim horizon, which moved on meanwhile: what went was not needed.
+            return ReadResult()
         if code == "ResourceNotFoundException":
-            # The shard is gone (past retention): nothing more can be read from it.
-            log.warning(
-                "shard no longer exists; treating it as ended", extra={"shard": self.shard_id}
-            )
-            return self._close()
-        if _retryable(exc):
-            raise TransientError(f"Keyspaces Streams kept failing: {exc}") from exc
-        raise TerminalError(f"Keyspaces Streams refused a request: {exc}") from exc
+            # Not the end of the shard: its unread records are gone with it.
+            self._iterator = None
+            return ReadResult(gap=GapKind.SHARD_GONE)
+        raise exc
 
     def decode(self, records: list[dict[str, Any]]) -> ReadResult:
         """Version and decode records read from this shard, in order (what `read` does)."""
         result = ReadResult(records=len(records))
         for record in records:
-            created_at_ms = _epoch_ms(record.get("createdAt"))
+            sequence = record["sequenceNumber"]
+            self.position = sequence
+            origin = str(record.get("origin") or "USER")
+            try:
+                created_at_ms = _epoch_ms(record.get("createdAt"))
+            except DecodeError as bad:
+                # Still a place in the version chain, so a replay gives the same versions.
+                self.previous += 1
+                result.last_sequence, result.last_version = sequence, self.previous
+                position = StreamPosition(self.stream_arn, self.shard_id, sequence, 0, origin)
+                result.bad.append(BadRecord(record, position, str(bad)))
+                continue
             # Every record gets a version, skipped ones too: versions depend on
             # the stream alone, never on this worker's settings.
             self.previous = next_stream_version(created_at_ms, self.previous)
-            sequence = record["sequenceNumber"]
-            self.position = sequence
             result.last_sequence, result.last_version = sequence, self.previous
             result.last_created_at_ms = created_at_ms
             if self._skip_replication and is_replicated(record):
                 continue
             position = StreamPosition(
-                self.stream_arn,
-                self.shard_id,
-                sequence,
-                created_at_ms,
-                str(record.get("origin") or "USER"),
+                self.stream_arn, self.shard_id, sequence, created_at_ms, origin
             )
-            result.changes.append(self._change(record, position, self.previous))
+            try:
+                result.changes.append(self._change(record, position, self.previous))
+            except DecodeError as bad:
+                result.bad.append(BadRecord(record, position, str(bad)))
         return result
 
     def _change(self, record: Mapping[str, Any], position: StreamPosition, version: int) -> Change:
@@ -414,9 +667,24 @@ class ShardReader:
             return decode_record(record, self._info.key, position, version, self._view_type)
         except ImageUnavailable as missing:
             if self._lookup is None:
-                raise
+                raise TerminalError(str(missing), hint=missing.hint) from missing
             base = Change(Op.DELETE, missing.key, None, version, position)
-            return self._lookup.change(missing.key, missing.static_only, base)
+            return self._looked_up(self._lookup, missing, base)
+
+    def _looked_up(self, lookup: RowLookup, missing: ImageUnavailable, base: Change) -> Change:
+        """The row as it is now; transient failures retried, lasting ones a `DecodeError`."""
+        policy = LOOKUP_RETRY.stopping_on(self._stop)
+        try:
+            return policy.call(
+                lambda: lookup.change(missing.key, missing.static_only, base),
+                retry_on=TransientError,
+                on_wait=_on_lookup_retry,
+            )
+        except (TransientError, ConfigError):
+            raise  # Keyspaces unreachable or refusing ks2os: the follower stops, nothing lost
+        except Ks2osError as exc:  # retrying cannot mend it: the record is dead-lettered
+            cause = type(exc.__cause__ or exc).__name__
+            raise DecodeError(f"row lookup failed for key {missing.key!r}: {cause}: {exc}") from exc
 
 
 def _epoch_ms(value: Any) -> int:
@@ -426,7 +694,7 @@ def _epoch_ms(value: Any) -> int:
         return (aware - _EPOCH) // dt.timedelta(milliseconds=1)
     if isinstance(value, int | float):
         return round(value * 1000)
-    raise TerminalError(f"change record without a usable createdAt: {value!r}")
+    raise DecodeError(f"change record without a usable createdAt: {value!r}")
 
 
 def iter_ready(

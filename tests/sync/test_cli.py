@@ -1,10 +1,22 @@
-"""The ks2os command as a user meets it: a real process, its exit code and its stderr."""
+"""The ks2os command as a user meets it: a real process, its exit code and its stderr.
+
+Every failure a user can meet ends in one `ks2os:` line with the documented
+exit code (2: configuration, 1: the run cannot go on) and no traceback:
+OpenSearch or Keyspaces or the Streams endpoint unreachable, a mapping
+OpenSearch refuses, a metrics port in use, a wrong password; and a follower
+told to stop while it waits out a Streams backoff stops.
+"""
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +25,7 @@ import pytest
 
 import sync
 from sync.mapping import load_mapping
+from tests.sync.faults import HttpProxy
 
 
 def ks2os(
@@ -292,3 +305,220 @@ def test_backfill_of_a_table_without_cdc_is_refused_unless_no_cdc(
     assert any("later changes will not be followed" in w["msg"] for w in warnings)
     opensearch.indices.refresh(index=alias)
     assert opensearch.count(index=alias)["count"] == 1
+
+
+# ---- every failure a user meets: one line, the documented exit code, no traceback -------------
+
+
+def failure(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The one `ks2os:` line of a failed run (log lines may come before it)."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert 'File "' not in result.stderr, result.stderr  # no traceback lines at all
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ks2os:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def free_port() -> int:
+    """A port nothing listens on (it was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def cdc_table(cql: Any, keyspace: str, tmp_path: Path, field_type: str = "integer") -> Path:
+    """A table with CDC on, and its mapping file (field `n` of `field_type`)."""
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."t" (id int PRIMARY KEY, n int) WITH cdc = true '
+        "AND CUSTOM_PROPERTIES = {'cdc_specification': {'view_type': 'NEW_AND_OLD_IMAGES'}}"
+    )
+    mapping = tmp_path / "t.toml"
+    mapping.write_text(
+        f'[source]\nkeyspace = "{keyspace}"\ntable = "t"\n[index]\nalias = "{keyspace}-t"\n'
+        f'[index.mappings.properties]\nn = {{ type = "{field_type}" }}\n'
+    )
+    return mapping
+
+
+def test_an_unreachable_opensearch_is_one_line_and_exit_1(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path
+) -> None:
+    mapping = cdc_table(cql, keyspace, tmp_path)
+    port = free_port()
+    make_config(str(mapping), opensearch={"hosts": [f"http://127.0.0.1:{port}"]})
+    result = ks2os("--config", "ks2os.toml", "backfill", cwd=tmp_path, env=_aws_env())
+    line = failure(result, 1)
+    assert "cannot reach OpenSearch" in line and f"127.0.0.1', port={port}" in line
+    assert "opensearch.hosts" in line
+
+
+def test_a_mapping_opensearch_refuses_is_one_line_naming_the_file_and_exit_2(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path, opensearch: Any
+) -> None:
+    mapping = cdc_table(cql, keyspace, tmp_path, field_type="intger")
+    make_config(str(mapping))
+    result = ks2os("--config", "ks2os.toml", "backfill", cwd=tmp_path, env=_aws_env())
+    line = failure(result, 2)
+    assert "intger" in line and str(mapping) in line
+    assert not opensearch.indices.exists(index=f"{keyspace}-t_v1")
+
+
+def test_a_metrics_port_in_use_is_one_line_naming_the_setting_and_exit_2(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path
+) -> None:
+    mapping = cdc_table(cql, keyspace, tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        make_config(str(mapping), follow={"metrics_port": port})
+        result = ks2os("--config", "ks2os.toml", "follow", cwd=tmp_path, env=_aws_env())
+    line = failure(result, 2)
+    assert f"port {port}" in line and "follow.metrics_port" in line
+
+
+def test_an_unreachable_keyspaces_is_one_line_without_driver_tracebacks(
+    make_config: Any, tmp_path: Path
+) -> None:
+    mapping = tmp_path / "t.toml"
+    mapping.write_text('[source]\nkeyspace = "ks"\ntable = "t"\n[index]\nalias = "ks-t"\n')
+    port = free_port()
+    make_config(str(mapping), keyspaces={"port": port, "request_timeout_s": 5})
+    result = ks2os("--config", "ks2os.toml", "backfill", cwd=tmp_path, env=_aws_env())
+    line = failure(result, 1)
+    assert f"cannot reach Keyspaces at 127.0.0.1:{port}" in line
+    assert "keyspaces.contact_points" in line
+
+
+def test_an_unreachable_streams_endpoint_is_one_line_at_start_and_exit_1(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path
+) -> None:
+    mapping = cdc_table(cql, keyspace, tmp_path)
+    port = free_port()
+    make_config(str(mapping), keyspaces={"streams_endpoint": f"http://127.0.0.1:{port}"})
+    result = ks2os("--config", "ks2os.toml", "follow", cwd=tmp_path, env=_aws_env())
+    line = failure(result, 1)
+    assert "cannot reach Keyspaces Streams" in line and f"127.0.0.1:{port}" in line
+    assert "keyspaces.streams_endpoint" in line
+
+
+@pytest.fixture(scope="module")
+def guarded_emulator() -> Iterator[Any]:
+    """A keyspaces_local that asks for a password (PasswordAuthenticator)."""
+    from keyspaces_local.server import Emulator
+
+    emulator = Emulator.start(credentials={"ks2os": "the-right-one"})
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+def test_a_wrong_password_says_the_credentials_were_refused_and_exit_2(
+    guarded_emulator: Any, make_config: Any, tmp_path: Path
+) -> None:
+    mapping = tmp_path / "t.toml"
+    mapping.write_text('[source]\nkeyspace = "ks"\ntable = "t"\n[index]\nalias = "ks-t"\n')
+    # The file names the user and (for make_config's own check of the file) a password;
+    # the environment's password, the wrong one, overrides it as a user's would.
+    make_config(
+        str(mapping),
+        keyspaces={
+            "port": guarded_emulator.cql_port,
+            "auth": "password",
+            "username": "ks2os",
+            "password": "from-the-file",
+        },
+    )
+    env = {**_aws_env(), "KS2OS_KEYSPACES_PASSWORD": "w0ng-pa55"}
+    result = ks2os("--config", "ks2os.toml", "backfill", cwd=tmp_path, env=env)
+    line = failure(result, 2)
+    assert "Keyspaces refused the credentials" in line and "cannot reach" not in line
+    assert "KS2OS_KEYSPACES_PASSWORD" in line
+    assert "w0ng-pa55" not in result.stderr + result.stdout
+    assert "from-the-file" not in result.stderr + result.stdout
+
+
+def test_sigterm_while_the_streams_endpoint_is_unreachable_ends_the_follower(
+    cql: Any, keyspace: str, emulator: Any, make_config: Any, tmp_path: Path, opensearch: Any
+) -> None:
+    mapping = cdc_table(cql, keyspace, tmp_path)
+    proxy = HttpProxy(emulator.streams_url)
+    try:
+        make_config(str(mapping), keyspaces={"streams_endpoint": proxy.url})
+        with subprocess.Popen(
+            [sys.executable, "-m", "sync", "--config", "ks2os.toml", "follow"],
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", **_aws_env()},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as follower:
+            stderr = _Lines(follower.stderr)
+            try:
+                # Following: it holds shards (their state documents exist).
+                _until(lambda: _shard_states(opensearch) > 0, follower)
+                proxy.cut()
+                # The coordinator in its backoff now (its readers too), for up to 5 minutes.
+                _until(lambda: stderr.has("get_stream failed, retrying"), follower)
+                follower.send_signal(signal.SIGTERM)
+                # Before the fix it retried for 5 minutes: a generous deadline still tells.
+                follower.wait(timeout=60)
+            finally:
+                if follower.poll() is None:
+                    follower.kill()
+                    follower.wait()
+                stderr.done()
+    finally:
+        proxy.cut()
+    result = subprocess.CompletedProcess(follower.args, follower.returncode, "", stderr.text())
+    assert result.returncode in (0, 1), result.stderr
+    if result.returncode == 1:
+        assert "Keyspaces Streams" in failure(result, 1)
+    assert "Traceback" not in result.stderr
+
+
+class _Lines:
+    """A child's stream, read line by line in a thread, so a test can wait on a line."""
+
+    def __init__(self, stream: Any) -> None:
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._lock:
+                self._lines.append(line)
+
+    def has(self, text: str) -> bool:
+        with self._lock:
+            return any(text in line for line in self._lines)
+
+    def done(self) -> None:
+        self._thread.join(timeout=30)
+
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self._lines)
+
+
+def _shard_states(opensearch: Any) -> int:
+    if not opensearch.indices.exists(index=".ks2os-state"):
+        return 0
+    opensearch.indices.refresh(index=".ks2os-state")
+    body = {"query": {"term": {"job": "follow"}}}
+    return int(opensearch.count(index=".ks2os-state", body=body)["count"])
+
+
+def _until(condition: Any, process: subprocess.Popen[str], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"ks2os exited early with {process.returncode}")
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")

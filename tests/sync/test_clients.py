@@ -1,14 +1,18 @@
-"""Clients built from the configuration reach the real servers they name."""
+"""Clients built from the configuration reach the real servers they name, and the
+cassandra-driver's exceptions are converted at their boundary (sync/keyspaces.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from cassandra import AuthenticationFailed, OperationTimedOut, ReadTimeout, Unauthorized
+from cassandra.cluster import NoHostAvailable
 
 from sync.clients import cql_session, opensearch_client
 from sync.config import Config, OpenSearchConfig, load_config
-from sync.errors import ConfigError, TransientError
+from sync.errors import ConfigError, TerminalError, TransientError
+from sync.keyspaces import cql_error
 
 
 def test_opensearch_client_from_config_writes_and_reads(osmem_clone: Any, tmp_path: Any) -> None:
@@ -22,6 +26,7 @@ def test_opensearch_client_from_config_writes_and_reads(osmem_clone: Any, tmp_pa
     assert [h["_id"] for h in hits["hits"]["hits"]] == ["p2"]
 
 
+@pytest.mark.unit
 def test_basic_auth_without_password_is_a_config_error() -> None:
     # load_config refuses this already (tests/sync/test_config.py); the client checks again
     # for a Config built in code.
@@ -43,3 +48,20 @@ def test_unreachable_keyspaces_is_one_clear_error() -> None:
     )
     with pytest.raises(TransientError, match=r"cannot reach Keyspaces at 127\.0\.0\.1:1"):
         cql_session(cfg)
+
+
+@pytest.mark.unit
+def test_driver_exceptions_become_errors_of_the_tree() -> None:
+    refused = AuthenticationFailed("Provided username u and/or password are incorrect")
+    wrong = cql_error(NoHostAvailable("Unable to connect", {"h:9142": refused}), "connecting")
+    assert isinstance(wrong, ConfigError)
+    assert str(wrong).startswith("Keyspaces refused the credentials")
+    down = cql_error(
+        NoHostAvailable("Unable", {"h:9142": OSError("refused")}), "connecting", "h:9142"
+    )
+    assert isinstance(down, TransientError) and "cannot reach Keyspaces at h:9142" in str(down)
+    slow = cql_error(ReadTimeout("timed out"), "scanning ks.t")
+    assert isinstance(slow, TransientError) and str(slow).startswith("scanning ks.t:")
+    assert isinstance(cql_error(OperationTimedOut("no answer"), "scanning ks.t"), TransientError)
+    denied = cql_error(Unauthorized("no SELECT"), "scanning ks.t")
+    assert isinstance(denied, TerminalError) and "grant" in denied.hint

@@ -9,6 +9,8 @@ import pytest
 from sync.config import Config, ConfigSource, config_source, describe, load_config
 from sync.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "ks2os.toml"

@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from sync.config import Config, env_name
 from sync.config_doc import render
+
+pytestmark = pytest.mark.unit
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 

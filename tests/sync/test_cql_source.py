@@ -16,13 +16,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sync.errors import ConfigError
+from sync.keyspaces import (
+    KEYSPACES_DEFAULT_PARTITIONER,
+    MURMUR3_PARTITIONER,
+    RANDOM_PARTITIONER,
+)
 from sync.model import Op
 from sync.sources.cql import (
     MAX_TOKEN,
     MIN_TOKEN,
+    MURMUR3_RING,
+    RANDOM_RING,
+    Ring,
     SnapshotScanner,
     TokenRange,
     read_consistency,
+    ring_for,
     split_ring,
     ttl_capable,
 )
@@ -62,6 +71,46 @@ def test_nothing_resumed_means_the_whole_range() -> None:
     assert whole.resume_from(None) == whole
     assert whole.fraction_done(None) == 0.0
     assert whole.fraction_done(10) == 1.0
+
+
+def test_the_ring_is_the_partitioners_and_an_unknown_partitioner_is_refused() -> None:
+    assert ring_for(MURMUR3_PARTITIONER) == MURMUR3_RING == Ring(-(2**63), 2**63 - 1)
+    # RandomPartitioner: tokens 0 .. 2**127, minimum token -1; Keyspaces' Default the same.
+    assert ring_for(RANDOM_PARTITIONER) == RANDOM_RING == Ring(-1, 2**127)
+    assert ring_for(KEYSPACES_DEFAULT_PARTITIONER) == RANDOM_RING
+    with pytest.raises(ConfigError) as refused:
+        ring_for("org.apache.cassandra.dht.ByteOrderedPartitioner")
+    message = str(refused.value)
+    assert "ByteOrderedPartitioner" in message and "UPDATE system.local" in message
+    assert "\n" not in message
+
+
+RINGS = pytest.mark.parametrize("ring", [MURMUR3_RING, RANDOM_RING], ids=["murmur3", "random"])
+
+
+@RINGS
+@given(count=st.integers(min_value=1, max_value=5000))
+def test_each_ring_is_split_into_ranges_covering_it_exactly_once(ring: Ring, count: int) -> None:
+    ranges = split_ring(count, ring)
+    assert (ranges[0].start, ranges[-1].end) == (ring.minimum, ring.maximum)
+    for before, after in itertools.pairwise(ranges):
+        assert before.end == after.start
+    widths = [r.width for r in ranges]
+    assert max(widths) - min(widths) <= 1 and sum(widths) == ring.width
+
+
+@RINGS
+@given(data=st.data())
+def test_on_each_ring_a_resumed_range_keeps_its_last_token_and_progress_stays_in_bounds(
+    ring: Ring, data: st.DataObject
+) -> None:
+    whole = data.draw(st.sampled_from(split_ring(data.draw(st.integers(1, 64)), ring)))
+    last = data.draw(st.integers(min_value=whole.start, max_value=whole.end))
+    rest = whole.resume_from(last)
+    assert whole.start <= rest.start and rest.end == whole.end
+    assert rest.start < last or (rest is whole and last <= whole.start + 1)
+    assert 0.0 <= whole.fraction_done(last) <= 1.0
+    assert whole.fraction_done(whole.end) == 1.0
 
 
 def test_only_the_read_consistencies_keyspaces_accepts() -> None:
@@ -278,3 +327,31 @@ def test_empty_pages_with_a_paging_state_do_not_end_the_scan() -> None:
     finally:
         cluster.shutdown()
         emulator.stop()
+
+
+def test_a_scan_over_the_accounts_ring_returns_every_row_once(
+    cql: Any, keyspace: str, table: str, partitioner: str
+) -> None:
+    """On a Random or Default ring, splitting the Murmur3 ring would read a 2**-64 share."""
+    model = _write_rows(cql, keyspace, 150)
+    scanner = _scanner(cql, keyspace, table, page_size=11)
+    assert scanner.ring == ring_for(partitioner)
+    seen: list[tuple[int, int]] = []
+    for token_range in split_ring(5, scanner.ring):
+        for page in scanner.scan(token_range):
+            assert page.last_token is None or token_range.start < page.last_token
+            assert page.last_token is None or page.last_token <= token_range.end
+            seen += [c.key for c in page.changes]
+    assert sorted(seen) == sorted(model)
+
+
+def test_a_scanner_refuses_a_partitioner_without_a_known_ring(
+    cql: Any, keyspace: str, table: str
+) -> None:
+    from dataclasses import replace
+
+    from sync.keyspaces import describe_table
+
+    info = replace(describe_table(cql, keyspace, table), partitioner="com.example.Partitioner")
+    with pytest.raises(ConfigError, match=r"com\.example\.Partitioner"):
+        SnapshotScanner(cql, info)

@@ -16,14 +16,18 @@ from cassandra.util import Date, Duration, OrderedMap, SortedSet, Time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sync.documents import DocumentBuilder, bulk_lines, iso_duration, text_form
-from sync.errors import ConfigError, TerminalError
+from sync.bulk import bulk_lines
+from sync.documents import DocumentBuilder, iso_duration, text_form
+from sync.errors import ConfigError, DocumentError, TerminalError
 from sync.mapping import TableMapping, mapping_from_dict
 from sync.model import Change, Op, ScanPosition, StreamPosition
 from sync.schema import TableKey
 from sync.sources.records import decode_record
 from sync.sources.rows import decode_row
 from sync.values import decode_cell
+from tests.sync import every_type
+
+pytestmark = pytest.mark.unit
 
 TABLE = TableKey(
     "demo",
@@ -144,7 +148,7 @@ def test_expiry_and_source_go_into_the_metadata() -> None:
 def test_a_delete_is_a_tombstone_at_the_changes_version() -> None:
     change = Change(Op.DELETE, ("s", Date(1), SKU), None, 99, STREAM)
     action = builder().action_for(change)
-    assert action.op == "index" and action.version == 99
+    assert not action.create and action.version == 99
     assert orjson.loads(action.body) == {
         "_ks2os": {"version": 99, "source": "stream", "deleted": True}
     }
@@ -287,6 +291,113 @@ def test_the_document_timestamp_form_is_iso_timestamp(value: dt.datetime) -> Non
     assert _iso_timestamp(value.replace(microsecond=0)) == iso_timestamp(
         value.replace(microsecond=0)
     )
+
+
+# ---- shaping: filter, computed fields, hook -------------------------------------------
+
+
+def _shaped_builder(table: TableKey = every_type.TABLE, **document: Any) -> DocumentBuilder:
+    return DocumentBuilder(mapping(**document), table)
+
+
+def test_computed_fields_and_a_hook_give_the_documented_body_for_every_cql_type() -> None:
+    b = _shaped_builder(computed=every_type.COMPUTED, hook=every_type.HOOK)
+    row = every_type.driver_row()
+    action = b.action_for(Change(Op.UPSERT, (1,), row, 9, SCAN))
+    doc = orjson.loads(action.body)
+    assert doc.pop("_ks2os") == {"version": 9, "source": "scan", "deleted": False}
+    expected = every_type.expected_body()
+    assert set(doc) == set(expected)
+    for name, value in expected.items():
+        assert doc[name] == value, name
+
+
+def test_a_row_the_filter_leaves_out_is_a_tombstone_at_the_changes_version() -> None:
+    b = builder(filter={"column": "n", "gte": 10})
+    kept = b.action_for(upsert({"n": 10}))
+    left_out = b.action_for(upsert({"n": 9}))
+    no_value = b.action_for(upsert({}))
+    assert orjson.loads(kept.body)["n"] == 10
+    for action in (left_out, no_value):
+        assert orjson.loads(action.body) == {
+            "_ks2os": {"version": 7, "source": "stream", "deleted": True}
+        }
+        assert (action.doc_id, action.version) == (kept.doc_id, kept.version)
+
+
+def test_a_row_the_hook_leaves_out_is_a_tombstone_and_its_body_replaces_the_document() -> None:
+    b = builder(hook="tests.sync.shaping_hooks:only_even_b", include=["n"])
+    odd = orjson.loads(b.action_for(upsert({"b": 3, "n": 1})).body)
+    even = orjson.loads(b.action_for(upsert({"b": 4, "n": 1})).body)
+    assert odd == {"_ks2os": {"version": 7, "source": "stream", "deleted": True}}
+    assert even == {
+        "shop": "s",
+        "day": "1970-01-02",
+        "sku": str(SKU),
+        "n": 1,
+        "parity": "even",
+        "_ks2os": {"version": 7, "source": "stream", "deleted": False},
+    }
+
+
+def test_computed_fields_of_null_columns_are_left_out_unless_nulls_are_explicit() -> None:
+    computed = {"copy_n": {"copy": "n"}, "joined": {"concat": ["n", "gone"]}}
+    assert "copy_n" not in body(upsert({}), computed=computed)
+    assert "joined" not in body(upsert({}), computed=computed)
+    assert body(upsert({"gone": "x"}), computed=computed)["joined"] == "x"
+    explicit = body(upsert({}), computed=computed, nulls="explicit")
+    assert explicit["copy_n"] is None and explicit["joined"] is None
+
+
+def test_a_copy_follows_the_columns_encodings() -> None:
+    computed = {"big_again": {"copy": "big"}}
+    raw = builder(computed=computed, big_numbers="number").action_for(upsert({"big": 10**30})).body
+    assert b'"big_again":' + str(10**30).encode() in raw
+    assert body(upsert({"big": 10**30}), computed=computed)["big_again"] == str(10**30)
+
+
+def test_a_hook_may_not_write_the_metadata_field() -> None:
+    with pytest.raises(DocumentError, match="returned the field _ks2os"):
+        builder(hook="tests.sync.shaping_hooks:returns_metadata").action_for(upsert({}))
+
+
+STATIC_TABLE = TableKey(
+    "demo", "st", ("p",), ("c",), ("s",), {"p": "int", "c": "int", "s": "text", "a": "text"}
+)
+
+
+def test_on_a_static_table_the_hook_sees_the_row_without_statics_from_scan_and_stream() -> None:
+    b = DocumentBuilder(
+        mapping(hook=every_type.HOOK, computed={"a_copy": {"copy": "a"}}), STATIC_TABLE
+    )
+    scanned = Change(Op.UPSERT, (1, 2), {"p": 1, "c": 2, "s": "x", "a": "y"}, 5, SCAN)
+    streamed = Change(Op.UPSERT, (1, 2), {"p": 1, "c": 2, "a": "y"}, 5, STREAM)
+    for change in (scanned, streamed):
+        written, fields = b.row_document(change)
+        assert written is change
+        assert fields == {
+            "p": 1,
+            "c": 2,
+            "a": "y",
+            "a_copy": "y",
+            "received": {"p": "int", "c": "int", "a": "str"},
+        }
+
+
+def test_on_a_static_table_a_row_left_out_is_written_as_a_delete_of_it() -> None:
+    b = DocumentBuilder(mapping(filter={"column": "a", "eq": "keep"}), STATIC_TABLE)
+    change = Change(Op.UPSERT, (1, 2), {"p": 1, "c": 2, "s": "x", "a": "drop"}, 5, SCAN)
+    written, fields = b.row_document(change)
+    assert (written.op, written.key, written.version, written.source) == (
+        Op.DELETE,
+        (1, 2),
+        5,
+        SCAN,
+    )
+    assert written.image is None and fields == {}
+    kept = Change(Op.UPSERT, (1, 2), {"p": 1, "c": 2, "s": "x", "a": "keep"}, 5, SCAN)
+    assert b.row_document(kept) == (kept, {"p": 1, "c": 2, "a": "keep"})
+    assert b.carries_statics(change)  # the statics it read still count for the partition
 
 
 def test_a_driver_map_gives_the_bytes_of_the_same_dict() -> None:

@@ -24,14 +24,15 @@ from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
 from cassandra.util import Duration
 
-from sync.documents import DocumentBuilder, bulk_lines
+from sync.bulk import bulk_lines
+from sync.documents import DocumentBuilder
 from sync.errors import TransientError
 from sync.keyspaces import TableInfo, describe_table
 from sync.mapping import load_mapping
 from sync.model import Change
 from sync.schema import TableKey
 from sync.sources.getrecords import EVENT, created_at, parse_body, raw_get_records
-from sync.sources.streams import ShardReader, find_stream_arn
+from sync.sources.streams import ShardReader, list_table_streams
 from tests.sync.test_values import EMULATED, SCALARS
 
 ARN = "arn:aws:cassandra:us-east-1:111122223333:/keyspace/ks/table/t/stream/2026-01-01T00:00:00.000"
@@ -71,7 +72,7 @@ def bulk_bytes(info: TableInfo, changes: list[Change], tmp_path: Path) -> bytes:
         '[index]\nalias = "getrecords"\n'
     )
     builder = DocumentBuilder(load_mapping(mapping), info.key)
-    return bulk_lines(builder.action_for(change) for change in changes if not change.static_only)
+    return bulk_lines([builder.action_for(c) for c in changes if not c.static_only])
 
 
 def assert_same_both_ways(
@@ -271,6 +272,10 @@ def _write_every_type(cql: Any, info: TableInfo) -> None:
     cql.execute(f'DELETE "a_map", "a_blob" FROM {table} WHERE "id" = 1 AND "seq" = 3')
 
 
+def latest_arn(streams: Any, info: TableInfo) -> str:
+    return list_table_streams(streams, info)[-1].stream_arn
+
+
 def _pages(get_records: Any, streams: Any, arn: str) -> Iterator[dict[str, Any]]:
     for shard in streams.get_stream(streamArn=arn)["shards"]:
         iterator = streams.get_shard_iterator(
@@ -289,7 +294,7 @@ def test_the_emulators_records_of_every_type_give_the_same_changes_and_bytes(
 ) -> None:
     info = every_type_table
     _write_every_type(cql, info)
-    arn = find_stream_arn(streams, info)
+    arn = latest_arn(streams, info)
     ours = list(_pages(raw_get_records(streams), streams, arn))
     theirs = list(_pages(streams.get_records, streams, arn))
     assert len(ours) == len(theirs)
@@ -316,7 +321,7 @@ def test_the_same_client_still_gives_botocores_parse_to_other_callers(
     cql: Any, streams: Any, every_type_table: TableInfo
 ) -> None:
     _write_every_type(cql, every_type_table)
-    arn = find_stream_arn(streams, every_type_table)
+    arn = latest_arn(streams, every_type_table)
     raw = raw_get_records(streams)
     mine = next(p for p in _pages(raw, streams, arn) if p.get("changeRecords"))
     plain = next(p for p in _pages(streams.get_records, streams, arn) if p.get("changeRecords"))
@@ -352,7 +357,7 @@ def test_the_shard_reader_hands_botocore_an_empty_body(
     info = describe_table(cql, keyspace, "t")
     for number in range(20):
         cql.execute(f'INSERT INTO "{keyspace}"."t" ("id", "v") VALUES (%s, %s)', (number, "v"))
-    arn = find_stream_arn(streams, info)
+    arn = latest_arn(streams, info)
     bodies: list[bytes] = []
 
     def after_ours(response_dict: dict[str, Any], **_: Any) -> None:
@@ -373,3 +378,4 @@ def test_the_shard_reader_hands_botocore_an_empty_body(
             changes += result.changes
     assert sorted(c.key for c in changes) == [(n,) for n in range(20)]
     assert bodies and set(bodies) == {b"{}"}
+

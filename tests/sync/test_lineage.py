@@ -3,24 +3,38 @@
 What users rely on: a child shard is never read before every one of its
 parents is read to its end (splits have one parent, merges several), so each
 key's changes are applied in order; a child's versions start above every
-parent's last version; followers split the readable shards fairly.
+parent's last version, and a new stream's above the old stream's; a shard
+the state store holds unfinished is read even when the listing forgot it; a
+loss is called a gap exactly when the index may have needed what was lost;
+followers split the readable shards fairly.
 """
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sync.sources.streams import (
+    CLOCK_MARGIN_MS,
+    RETENTION_MS,
     Shard,
     ShardProgress,
     children_of,
     fair_share,
+    label_ms,
+    label_of,
+    missing_parents,
+    orphans,
     readable_shards,
     sequence_key,
     start_version,
+    switch_may_lose_needed,
+    trim_may_lose_needed,
 )
 from sync.version import next_stream_version
+
+pytestmark = pytest.mark.unit
 
 DONE = ShardProgress(finished=True, final_version=100)
 
@@ -48,9 +62,26 @@ def test_a_merge_child_waits_for_every_parent() -> None:
     assert readable_shards(shards, {"x": DONE, "y": DONE}) == ["xy"]
 
 
-def test_a_trimmed_parent_does_not_hold_its_child_back() -> None:
+def test_a_parent_gone_and_never_read_is_ruled_on_then_holds_nothing_back() -> None:
     shards = graph(Shard("child", ("gone-past-retention",)))
+    assert missing_parents(shards, {}) == ["gone-past-retention"]
     assert readable_shards(shards, {}) == ["child"]
+
+
+def test_a_parent_read_before_is_not_missing_and_a_begun_child_asks_nothing() -> None:
+    shards = graph(Shard("child", ("read-and-gone",)), Shard("begun", ("pruned-long-ago",)))
+    progress = {"read-and-gone": DONE, "begun": ShardProgress(finished=False)}
+    assert missing_parents(shards, progress) == []
+
+
+def test_an_unfinished_shard_the_listing_forgot_is_an_orphan_that_holds_its_children() -> None:
+    listed = graph(Shard("c1", ("p",)), Shard("c2", ("p",)))
+    progress = {"p": ShardProgress(finished=False, start_sequence="0" * 21), "old": DONE}
+    found = orphans(listed, progress)
+    assert list(found) == ["p"] and not found["p"].listed
+    assert found["p"].starting_sequence_number == "0" * 21  # it can still prove its start
+    assert readable_shards({**listed, **found}, progress) == ["p"]
+    assert missing_parents({**listed, **found}, progress) == []
 
 
 def test_finished_shards_are_not_read_again() -> None:
@@ -67,6 +98,42 @@ def test_a_child_starts_after_the_largest_final_version_of_its_parents() -> None
     assert start_version(shards["xy"], progress) == 9_000
     assert start_version(shards["x"], progress) == 0
     assert children_of(shards, "x") == ["xy"]
+
+
+def test_a_new_streams_shards_start_above_the_old_streams_final_version() -> None:
+    shards = graph(Shard("root"), Shard("child", ("root",)))
+    progress = {"root": ShardProgress(True, final_version=500)}
+    assert start_version(shards["root"], progress, stream_floor=7_000) == 7_000
+    assert start_version(shards["child"], progress, stream_floor=7_000) == 7_000
+    assert start_version(shards["child"], progress, stream_floor=100) == 500
+
+
+NOW = 1_800_000_000_000
+
+
+def test_a_trim_matters_only_when_the_index_needs_changes_older_than_the_retention() -> None:
+    edge = NOW - RETENTION_MS + CLOCK_MARGIN_MS
+    assert trim_may_lose_needed(0, NOW)  # needed since an unknown time: always
+    assert trim_may_lose_needed(edge, NOW)
+    assert not trim_may_lose_needed(edge + 1, NOW)
+    assert not trim_may_lose_needed(NOW - 3600_000, NOW)  # backfilled an hour ago
+
+
+def test_a_stream_switch_matters_unless_the_index_began_after_the_new_stream() -> None:
+    created = NOW - 3600_000
+    assert switch_may_lose_needed(created - 1, created)
+    assert switch_may_lose_needed(created + CLOCK_MARGIN_MS - 1, created)
+    assert not switch_may_lose_needed(created + CLOCK_MARGIN_MS, created)
+
+
+def test_stream_labels_are_creation_times_that_order_the_streams() -> None:
+    arn = (
+        "arn:aws:cassandra:us-east-1:123456789012:/keyspace/k/table/t"
+        "/stream/2025-07-01T15:52:57.529"
+    )
+    assert label_of(arn) == "2025-07-01T15:52:57.529"
+    assert label_ms(label_of(arn)) == 1_751_385_177_529
+    assert label_ms("not a time") is None
 
 
 @given(

@@ -10,15 +10,26 @@ import pytest
 
 from sync.errors import ConfigError
 from sync.mapping import (
+    AllOf,
+    AnyOf,
     BigNumbers,
+    ColumnCheck,
+    Concat,
+    Constant,
+    Copy,
+    FormatDate,
+    Not,
     Nulls,
     Routing,
+    Split,
     Timestamps,
     field_for_cql_type,
     load_mapping,
     mapping_from_dict,
     propose_mapping,
 )
+
+pytestmark = pytest.mark.unit
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "mappings" / "example.toml"
 MINIMAL = '[source]\nkeyspace = "demo"\ntable = "t"\n[index]\nalias = "demo-t"\n'
@@ -95,6 +106,95 @@ def test_user_settings_merge_over_the_defaults(tmp_path: Path) -> None:
             "a table",
         ),
         ("[source\n", None, "not valid TOML"),
+        # filters: the form only (types and columns are checked when a job starts)
+        (MINIMAL + "[document]\nfilter = 3\n", "document.filter", "a condition"),
+        (MINIMAL + "[document.filter]\n", "document.filter", "a condition"),
+        (MINIMAL + "[document.filter]\neq = 1\n", "document.filter.column", "a column name"),
+        (MINIMAL + '[document.filter]\ncolumn = "a"\n', "document.filter", "a test beside"),
+        (
+            MINIMAL + '[document.filter]\ncolumn = "a"\nlike = "x%"\n',
+            "document.filter.like",
+            "one of the tests eq, ne, in",
+        ),
+        (
+            MINIMAL + '[document.filter]\ncolumn = "a"\nin = []\n',
+            "document.filter.in",
+            "non-empty list of values",
+        ),
+        (
+            MINIMAL + '[document.filter]\ncolumn = "a"\neq = [1]\n',
+            "document.filter.eq",
+            "one value",
+        ),
+        (
+            MINIMAL + '[document.filter]\ncolumn = "a"\nis_null = "yes"\n',
+            "document.filter.is_null",
+            "true or false",
+        ),
+        (MINIMAL + "[document.filter]\nand = []\n", "document.filter.and", "non-empty list"),
+        (
+            MINIMAL + '[document.filter]\nor = [{ column = "a" }]\n',
+            "document.filter.or[0]",
+            "a test beside column",
+        ),
+        (
+            MINIMAL + '[document.filter]\nnot = { column = "a", eq = 1 }\ncolumn = "b"\n',
+            "document.filter",
+            "not alone in its table",
+        ),
+        # computed fields
+        (MINIMAL + "[document.computed]\nx = 1\n", "document.computed.x", "a table with one of"),
+        (
+            MINIMAL + '[document.computed]\nx = { copy = "a", split = "b" }\n',
+            "document.computed.x",
+            "exactly one of concat, constant, copy, format_date, split",
+        ),
+        (
+            MINIMAL + '[document.computed]\nx = { copy = "a", separator = "," }\n',
+            "document.computed.x.separator",
+            "for copy: nothing else",
+        ),
+        (
+            MINIMAL + "[document.computed]\nx = { concat = [] }\n",
+            "document.computed.x.concat",
+            "non-empty list of column names",
+        ),
+        (
+            MINIMAL + '[document.computed]\nx = { format_date = "ts" }\n',
+            "document.computed.x.format",
+            "a strftime format",
+        ),
+        (
+            MINIMAL + '[document.computed]\nx = { format_date = "ts", format = "%Y", '
+            'timezone = "Mars/Olympus" }\n',
+            "document.computed.x.timezone",
+            "an IANA time zone",
+        ),
+        (
+            MINIMAL + '[document.computed]\nx = { split = "a", separator = "" }\n',
+            "document.computed.x.separator",
+            "a non-empty string",
+        ),
+        (
+            MINIMAL + "[document.computed]\nx = { constant = 1979-05-27 }\n",
+            "document.computed.x.constant",
+            "a JSON value",
+        ),
+        (
+            MINIMAL + "[document.computed]\n_x = { constant = 1 }\n",
+            "document.computed._x",
+            "does not start with _",
+        ),
+        (
+            MINIMAL
+            + '[index.mappings]\ndynamic = "strict"\n[index.mappings.properties]\n'
+            + 'a = { type = "keyword" }\n[document.computed]\nx = { copy = "a" }\n',
+            "document.computed.x",
+            "a property of that name",
+        ),
+        # the hook
+        (MINIMAL + '[document]\nhook = "module.function"\n', "document.hook", '"module:function"'),
+        (MINIMAL + "[document]\nhook = 3\n", "document.hook", '"module:function"'),
     ],
 )
 def test_every_mistake_is_one_line_naming_file_and_key(
@@ -213,3 +313,63 @@ def test_a_proposal_lists_the_choices_each_section_offers() -> None:
 def test_a_proposal_takes_a_chosen_alias() -> None:
     text = propose_mapping("demo", "t", [("id", "int", "partition_key")], alias="search-t")
     assert tomllib.loads(text)["index"]["alias"] == "search-t"
+
+
+SHAPED = (
+    MINIMAL
+    + """
+[document]
+hook = "shop.hooks:product"
+
+[document.filter]
+or = [
+  { column = "price", gte = "10.00", lt = 100 },
+  { and = [
+    { column = "tags", contains = "sale" },
+    { not = { column = "gone", is_null = false } },
+  ] },
+]
+
+[document.computed]
+label = { concat = ["brand", "name"], separator = " " }
+month = { format_date = "updated_at", format = "%Y-%m", timezone = "Europe/Paris" }
+catalog = { constant = { season = "spring", year = 2024 } }
+title_exact = { copy = "name" }
+words = { split = "name" }
+"""
+)
+
+
+def test_a_shaped_mapping_loads_into_its_specs(tmp_path: Path) -> None:
+    spec = load_mapping(write(tmp_path, SHAPED)).document
+    assert spec.hook == "shop.hooks:product"
+    key = "document.filter.or"
+    assert spec.filter == AnyOf(
+        (
+            AllOf(
+                (
+                    ColumnCheck("price", "lt", f"{key}[0].lt", 100),
+                    ColumnCheck("price", "gte", f"{key}[0].gte", "10.00"),
+                ),
+                f"{key}[0]",
+            ),
+            AllOf(
+                (
+                    ColumnCheck("tags", "contains", f"{key}[1].and[0].contains", "sale"),
+                    Not(
+                        ColumnCheck("gone", "is_null", f"{key}[1].and[1].not.is_null", False),
+                        f"{key}[1].and[1].not",
+                    ),
+                ),
+                f"{key}[1].and",
+            ),
+        ),
+        key,
+    )
+    assert spec.computed == (
+        Concat("label", ("brand", "name"), " "),
+        FormatDate("month", "updated_at", "%Y-%m", "Europe/Paris"),
+        Constant("catalog", {"season": "spring", "year": 2024}),
+        Copy("title_exact", "name"),
+        Split("words", "name", None),
+    )

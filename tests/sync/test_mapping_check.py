@@ -16,6 +16,8 @@ from sync.mapping_check import (
 )
 from sync.schema import TableKey
 
+pytestmark = pytest.mark.unit
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "mappings" / "example.toml"
 
 TABLE = TableKey.from_columns(
@@ -70,6 +72,12 @@ def check(text: str) -> None:
         '[index.mappings]\ndynamic = "strict"\n[index.mappings.properties]\n'
         'id = { type = "keyword" }\nplaced = { type = "date" }\nname = { type = "text" }\n'
         '[document]\ninclude = ["name"]\n',
+        # a computed field is a field the mapping fills, so a property may name it
+        '[index.mappings.properties]\nlabel = { type = "text" }\n'
+        '[document.computed]\nlabel = { concat = ["name", "total"], separator = " " }\n',
+        # a hook may add any field: its properties are not held to the columns
+        '[index.mappings.properties]\nband = { type = "keyword" }\n'
+        '[document]\nhook = "order_hooks:shape"\n',
     ],
 )
 def test_mappings_the_table_can_fill_pass(text: str) -> None:
@@ -82,7 +90,7 @@ def test_mappings_the_table_can_fill_pass(text: str) -> None:
         (
             '[index.mappings.properties]\nnmae = { type = "text" }\n',
             "index.mappings.properties.nmae",
-            "no column 'nmae' in shop.orders, and no rename or copy_to fills it "
+            "no column 'nmae' in shop.orders, and no rename, copy_to or computed field fills it "
             "(did you mean 'name'?)",
         ),
         (

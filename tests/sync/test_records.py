@@ -12,6 +12,8 @@ from sync.model import Change, Op, StreamPosition
 from sync.schema import TableKey
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
 
+pytestmark = pytest.mark.unit
+
 TABLE = TableKey(
     "demo",
     "products",

@@ -25,6 +25,8 @@ from sync.schema import TableKey
 from sync.sources.records import decode_record
 from sync.sources.rows import decode_row, ttl_alias
 
+pytestmark = pytest.mark.unit
+
 T = cqltypes._cqltypes
 ADDRESS = cqltypes.UserType.make_udt_class(
     "demo", "address", ["street", "zip"], [T["text"], T["int"]]

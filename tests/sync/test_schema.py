@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sync.schema import TableKey
+
+pytestmark = pytest.mark.unit
 
 
 def test_columns_gives_back_what_from_columns_took() -> None:

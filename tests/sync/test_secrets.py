@@ -225,7 +225,7 @@ def test_no_credential_reaches_any_output(
         env=_environment(KS2OS_KEYSPACES_PASSWORD=WRONG_KS_PASSWORD),
     )
     # The emulator checks the password: the runs above did send the right one.
-    assert wrong.returncode == 1, wrong.stderr
+    assert wrong.returncode == 2, wrong.stderr  # refused credentials are a config mistake
     assert "Bad credentials" in wrong.stderr
 
     bad_mapping = tmp_path / "bad.toml"

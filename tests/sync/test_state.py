@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from opensearchpy import OpenSearch
 
-from sync.state import LeaseLost, StateStore
+from sync.state import LeaseLost, RangeState, StateStore
 
 TABLE = "ks.t"
 ARN = "arn:aws:cassandra:us-east-1:111122223333:/keyspace/ks/table/t/stream/2026-01-01T00:00:00.000"
@@ -84,8 +84,7 @@ def test_a_worker_that_lost_its_lease_cannot_move_the_checkpoint(
     with pytest.raises(LeaseLost):
         a.release_shard(zombie)
 
-    stored = a.get_shard(TABLE, ARN, "shardId-0002")
-    assert stored is not None
+    stored = a.get_shards(TABLE, ARN, ["shardId-0002"])["shardId-0002"]
     assert (stored.sequence_number, stored.version, stored.lease.owner) == (
         "000000000000000000020",
         200,
@@ -126,7 +125,6 @@ def test_a_finished_shard_keeps_its_final_version_and_is_never_leased_again(
     assert set(states) == {"shardId-0005"}
     done = states["shardId-0005"]
     assert done.finished and done.final_version == 12345 and done.lease.owner is None
-    assert [s.shard_id for s in a.list_shards(TABLE, ARN)] == ["shardId-0005"]
 
 
 def test_racing_workers_get_exactly_one_lease(client: OpenSearch, clock: FakeClock) -> None:
@@ -149,8 +147,14 @@ def test_racing_workers_get_exactly_one_lease(client: OpenSearch, clock: FakeClo
     for t in threads:
         t.join()
     assert len(winners) == 1
-    stored = stores[0].get_shard(TABLE, ARN, "shardId-race")
-    assert stored is not None and stored.lease.owner == winners[0]
+    stored = stores[0].get_shards(TABLE, ARN, ["shardId-race"])["shardId-race"]
+    assert stored.lease.owner == winners[0]
+
+
+def lease(store: StateStore, states: list[RangeState], worker: str, limit: int = 8) -> list[int]:
+    """Lease up to `limit` of `states` the way a backfill worker does; the numbers leased."""
+    results = store.update_ranges(store.range_leases(states, worker, limit))
+    return [state.number for state in results if state is not None]
 
 
 def test_one_backfill_run_wins_and_its_ranges_are_leased_once(
@@ -166,20 +170,19 @@ def test_one_backfill_run_wins_and_its_ranges_are_leased_once(
 
     first, second = a.list_ranges(run)
     assert (first.range_start, first.range_end) == (-(2**63), -1)  # 64-bit tokens survive
-    mine = a.acquire_range(first, "worker-a")
-    assert mine is not None
-    assert b.acquire_range(first, "worker-b") is None  # stale view: conditional write fails
-    assert b.acquire_range(b.list_ranges(run)[0], "worker-b") is None  # fresh view: leased
+    assert lease(a, [first], "worker-a") == [0]
+    assert lease(b, [first], "worker-b") == []  # stale view: the conditional write fails
+    assert lease(b, b.list_ranges(run)[:1], "worker-b") == []  # fresh view: leased, skipped
 
-    mine = a.progress_range(mine, last_token=-(2**62), rows=10)
-    a.finish_range(mine, rows=25)
-    theirs = b.acquire_range(second, "worker-b")
-    assert theirs is not None
+    (mine,) = [r for r in a.list_ranges(run) if r.number == 0]
+    (mine,) = a.update_ranges([(mine, a.progressed(mine, last_token=-(2**62), rows=10))])
+    assert mine is not None
+    assert a.update_ranges([(mine, a.finished(mine, rows=25))])[0] is not None
+    assert lease(b, [second], "worker-b") == [1]
+    (theirs,) = [r for r in b.list_ranges(run) if r.number == 1]
     clock.now += 31_000
-    took_over = a.acquire_range(a.list_ranges(run)[1], "worker-a")
-    assert took_over is not None
-    with pytest.raises(LeaseLost):
-        b.progress_range(theirs, last_token=5, rows=1)
+    assert lease(a, a.list_ranges(run), "worker-a") == [1]  # taken over; 0 is done
+    assert b.update_ranges([(theirs, b.progressed(theirs, last_token=5, rows=1))]) == [None]
 
     done, resumed = a.list_ranges(run)
     assert done.done and done.rows == 25 and done.last_token == -(2**62)
@@ -208,15 +211,13 @@ def test_several_ranges_are_leased_in_one_request_each_conditionally(
     ranges = a.list_ranges(run)
     assert [r.number for r in ranges] == list(range(8))
 
-    mine = a.acquire_ranges(ranges, "worker-a", limit=3)
-    assert [r.number for r in mine] == [0, 1, 2]
+    assert lease(a, ranges, "worker-a", limit=3) == [0, 1, 2]
+    mine = a.list_ranges(run)[:3]
     assert all(r.lease.owner == "worker-a" for r in mine)
     # A stale view of 0..3: the three leased ones fail their condition, 3 is had.
-    theirs = b.acquire_ranges(ranges[:4], "worker-b", limit=8)
-    assert [r.number for r in theirs] == [3]
+    assert lease(b, ranges[:4], "worker-b") == [3]
     # A fresh view: ranges others hold are skipped (its own one is leased anew).
-    theirs = b.acquire_ranges(b.list_ranges(run), "worker-b", limit=2)
-    assert [r.number for r in theirs] == [3, 4]
+    assert lease(b, b.list_ranges(run), "worker-b", limit=2) == [3, 4]
 
     # One request: 0 done, 1 progressed, 2 released; a stale write of 3 is refused.
     done, progressed, released = a.update_ranges(
@@ -240,5 +241,27 @@ def test_several_ranges_are_leased_in_one_request_each_conditionally(
     assert stored[3].lease.owner == "worker-b"
     # Done ranges are never leased again, expired ones are taken over.
     clock.now += 31_000
-    again = b.acquire_ranges(a.list_ranges(run), "worker-b", limit=8)
-    assert [r.number for r in again] == [1, 2, 3, 4, 5, 6, 7]
+    assert lease(b, a.list_ranges(run), "worker-b") == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_state_index_pushing_back_is_retried(osmem_clone: object, clock: FakeClock) -> None:
+    """429s and 5xx from the state index are waited out, reads and writes alike."""
+    from sync.retry import RetryPolicy
+    from tests.sync.faults import HttpProxy
+
+    proxy = HttpProxy(osmem_clone.url)  # type: ignore[attr-defined]
+    via_proxy = OpenSearch(hosts=[proxy.url], max_retries=0)
+    try:
+        quick = RetryPolicy(initial_s=0.01, longest_s=0.05, budget_s=30)
+        a = StateStore(via_proxy, ".ks2os-state", clock=clock, policy=quick)
+        a.ensure()
+        for status in (429, 503):
+            proxy.refuse_status, proxy.refuse_any = status, 2
+            mine = a.acquire_shard(TABLE, ARN, f"shardId-{status}", "worker-a")  # mget + bulk
+            assert mine is not None
+            mine = a.checkpoint_shard(mine, "000000000000000000007", 70)
+            assert mine.sequence_number == "000000000000000000007"
+        assert proxy.refused_any == 4
+    finally:
+        via_proxy.close()
+        proxy.close()

@@ -4,8 +4,8 @@ What users rely on: every change of a key comes out once and in order with
 rising versions, across splits and merges read in lineage order; a reader
 started from a checkpoint recomputes exactly the versions of the first read;
 expired iterators and throttling are survived; trimmed records are reported
-as a gap; a table without CDC (or a disabled stream) fails with a message
-saying how to enable it.
+as a gap; a table without CDC fails with a message saying how to enable it; a
+disabled stream stays readable to its end beside its successor.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from sync.keyspaces import TableInfo, describe_table
 from sync.model import Change, Op
 from sync.sources.cql import read_consistency
 from sync.sources.streams import (
+    GapKind,
     ReadResult,
     RowLookup,
     ShardProgress,
     ShardReader,
     StreamDescription,
     describe_stream,
-    find_stream_arn,
+    list_table_streams,
     readable_shards,
-    require_readable,
     start_version,
 )
 
@@ -58,7 +58,7 @@ class Drain:
 
     def __init__(self, streams: Any, info: TableInfo, lookup: RowLookup | None = None) -> None:
         self.streams, self.info, self.lookup = streams, info, lookup
-        self.arn = find_stream_arn(streams, info)
+        self.arn = latest_arn(streams, info)
         self.progress: dict[str, ShardProgress] = {}
         self.checkpoints: dict[str, tuple[str | None, int]] = {}
         self.changes: list[Change] = []
@@ -107,6 +107,10 @@ class Drain:
                 return read
 
 
+def latest_arn(streams: Any, info: TableInfo) -> str:
+    return list_table_streams(streams, info)[-1].stream_arn
+
+
 def _rows(cql: Any, info: TableInfo, writes: list[tuple[str, int, int, str | None]]) -> None:
     table = f'"{info.keyspace}"."{info.name}"'
     for op, key, seq, body in writes:
@@ -129,7 +133,7 @@ def _final_state(changes: list[Change]) -> dict[tuple[Any, ...], tuple[int, Any]
 
 
 def test_the_stream_lists_its_shards_and_view_type(streams: Any, table: TableInfo) -> None:
-    stream = describe_stream(streams, find_stream_arn(streams, table))
+    stream = describe_stream(streams, latest_arn(streams, table))
     assert stream.status == "ENABLED" and stream.view_type == "NEW_AND_OLD_IMAGES"
     assert len(stream.shards) == 4
     assert readable_shards(stream.shards, {}) == sorted(stream.shards)
@@ -283,6 +287,49 @@ def test_trimmed_records_are_reported_as_a_gap(
     assert gaps == len(positions) > 0
 
 
+def test_a_shard_of_a_stream_that_no_longer_exists_is_a_gap_not_an_end(
+    cql: Any, streams: Any, table: TableInfo, emulator: Any
+) -> None:
+    _rows(cql, table, [("upsert", k, 0, "x") for k in range(8)])
+    drain = Drain(streams, table)
+    stream = drain.describe()
+    readers = [drain.reader(stream, s) for s in stream.shards]
+    cql.execute(f'ALTER TABLE "{table.keyspace}"."{table.name}" WITH cdc = false')
+    emulator.control.advance_clock(25 * 3600)  # a DISABLED stream lives 24 h
+    for reader in readers:
+        result = reader.read()
+        assert result.gap == GapKind.SHARD_GONE and not result.closed and not reader.closed
+
+
+def test_a_shard_read_from_its_start_proves_nothing_was_trimmed(
+    cql: Any, streams: Any, table: TableInfo, emulator: Any
+) -> None:
+    _rows(cql, table, [("upsert", k, 0, "x") for k in range(8)])
+    emulator.control.advance_clock(25 * 3600)
+    drain = Drain(streams, table)
+    stream = drain.describe()
+
+    def first_read(shard_id: str, verify: bool) -> ReadResult:
+        shard = stream.shards[shard_id]
+        return ShardReader(
+            streams,
+            table,
+            drain.arn,
+            shard_id,
+            view_type=stream.view_type,
+            after=None,
+            previous=0,
+            start_sequence=shard.starting_sequence_number,
+            verify_start=verify,
+        ).read()
+
+    proved = {s: first_read(s, verify=True).gap for s in stream.shards}
+    assert GapKind.START_TRIMMED in proved.values()  # shards that had records lost them
+    for shard_id, gap in proved.items():
+        assert gap in (None, GapKind.START_TRIMMED)
+        assert first_read(shard_id, verify=False).gap is None  # the trim horizon asks nothing
+
+
 def test_a_keys_only_stream_reads_the_row_over_cql(cql: Any, streams: Any, keyspace: str) -> None:
     info = _create(cql, keyspace, view="KEYS_ONLY")
     _rows(cql, info, [("upsert", 1, 1, "kept"), ("upsert", 2, 2, "gone"), ("delete", 2, 2, None)])
@@ -301,13 +348,30 @@ def test_a_table_without_cdc_says_how_to_enable_it(cql: Any, streams: Any, keysp
         info.require_stream()
 
 
-def test_a_disabled_stream_is_refused(cql: Any, streams: Any, table: TableInfo) -> None:
-    arn = find_stream_arn(streams, table)
-    cql.execute(f'ALTER TABLE "{table.keyspace}"."{table.name}" WITH cdc = false')
-    stream = describe_stream(streams, arn)
+def test_a_disabled_stream_stays_readable_to_its_end_beside_its_successor(
+    cql: Any, streams: Any, table: TableInfo
+) -> None:
+    _rows(cql, table, [("upsert", k, 0, "old stream") for k in range(6)])
+    old = latest_arn(streams, table)
+    name = f'"{table.keyspace}"."{table.name}"'
+    cql.execute(f"ALTER TABLE {name} WITH cdc = false")
+    cql.execute(
+        f"ALTER TABLE {name} WITH cdc = true AND CUSTOM_PROPERTIES = "
+        "{'cdc_specification': {'view_type': 'NEW_IMAGE'}}"
+    )
+    listed = list_table_streams(streams, table)
+    assert len(listed) == 2 and listed[0].stream_arn == old  # oldest first
+    assert listed[0].label < listed[1].label
+    stream = describe_stream(streams, old)
     assert stream.status == "DISABLED"
-    with pytest.raises(ConfigError, match="DISABLED"):
-        require_readable(stream, table)
+    assert all(s.ending_sequence_number for s in stream.shards.values())
+    changes = Drain(streams, table).to_tip()  # the new stream: nothing yet
+    assert changes == []
+    drain = Drain(streams, table)
+    drain.arn = old
+    assert {c.key for c in drain.to_tip()} == {(k, 0) for k in range(6)}
+    assert all(p.finished for p in drain.progress.values())
+    assert describe_stream(streams, listed[1].stream_arn).created_ms is not None
 
 
 def test_replicated_records_are_skipped_but_keep_the_version_chain() -> None:
@@ -351,3 +415,32 @@ def test_replicated_records_are_skipped_but_keep_the_version_chain() -> None:
     ]
     assert skipping.records == 3 and skipping.last_sequence == f"{3:021d}"
     assert keeping.changes[0].version < keeping.changes[1].version < keeping.changes[2].version
+
+
+@pytest.mark.unit
+def test_streams_errors_become_errors_of_the_tree() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from sync.errors import ConfigError, StreamsRefused, TransientError
+    from sync.retry import RetryPolicy
+    from sync.sources.streams import _streams_error
+
+    def client_error(code: str, detail: str = "") -> ClientError:
+        response: dict[str, Any] = {"Error": {"Code": code, "Message": "m"}}
+        if detail:
+            response["errorCode"] = detail
+        return ClientError(response, "GetRecords")  # type: ignore[arg-type]
+
+    policy = RetryPolicy(budget_s=300)
+    unreachable = _streams_error(
+        EndpointConnectionError(endpoint_url="http://x"), "list_streams", policy
+    )
+    assert isinstance(unreachable, TransientError)
+    assert "keyspaces.streams_endpoint" in unreachable.hint
+    busy = _streams_error(client_error("ThrottlingException"), "get_records", policy)
+    assert isinstance(busy, TransientError) and "after 300 s" in str(busy)
+    keys = _streams_error(client_error("UnrecognizedClientException"), "list_streams", policy)
+    assert isinstance(keys, ConfigError)
+    trimmed = _streams_error(client_error("ValidationException", "TrimmedDataAccess"), "x", policy)
+    assert isinstance(trimmed, StreamsRefused)
+    assert (trimmed.code, trimmed.detail) == ("ValidationException", "TrimmedDataAccess")

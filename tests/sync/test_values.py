@@ -20,6 +20,8 @@ from cassandra.util import Date, Duration, OrderedMap, SortedSet, Time
 from sync.errors import DecodeError
 from sync.values import decode_cell
 
+pytestmark = pytest.mark.unit
+
 T = cqltypes._cqltypes
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,8 @@ from sync.version import (
     next_stream_version,
     snapshot_version,
 )
+
+pytestmark = pytest.mark.unit
 
 
 @dataclass

@@ -1,24 +1,21 @@
 """The versioned bulk writer against a real osmem-server.
 
 What a user relies on: stale writes never win (in any order, with any
-duplicates), deletes stay deleted after OpenSearch's gc_deletes window,
-only failed items are re-sent, bad documents are dead-lettered while the rest
-of the batch lands, and searches through the alias never see tombstones,
-expired rows or a half-swapped alias.
+duplicates), deletes stay deleted after OpenSearch's gc_deletes window, bad
+documents are dead-lettered while the rest of the batch lands, and searches
+through the alias never see tombstones, expired rows or a half-swapped alias.
+Re-sending only failed items, backoff and giving up are the transport's
+(tests/sync/test_bulk.py).
 """
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,7 +24,7 @@ from opensearchpy import OpenSearch
 
 from sync.deadletter import FileDeadLetters, IndexDeadLetters
 from sync.documents import DocumentBuilder
-from sync.errors import MappingConflict, OpenSearchUnavailable
+from sync.errors import MappingConflict
 from sync.indices import (
     alias_targets,
     check_mapping_compatible,
@@ -345,167 +342,6 @@ def test_swap_alias_is_atomic_for_readers(opensearch: OpenSearch, tmp_path: Path
     assert counts[0] == 3 and counts[-1] == 5
     assert alias_targets(opensearch, setup.alias) == [new_index]
     assert set(setup.visible()) == {f"new{i}" for i in range(5)}
-
-
-# ------------------------------------------------------- fault injection
-
-
-class FaultyProxy:
-    """A tiny HTTP proxy in front of osmem that refuses chosen bulk requests or items.
-
-    `refuse_requests` bulk requests are answered 429 as a whole; each id in
-    `refuse_items` is answered with the given status that many times (the
-    item is not forwarded). `bulk_ids` records the ids of every bulk request.
-    """
-
-    def __init__(self, upstream: str) -> None:
-        target = urlsplit(upstream)
-        self.upstream = (target.hostname or "127.0.0.1", target.port or 80)
-        self.refuse_requests = 0
-        self.refuse_items: dict[str, list[int]] = {}
-        self.bulk_ids: list[list[str]] = []
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                if self.path.split("?")[0].endswith("/_bulk"):
-                    status, payload = proxy.bulk(self.path, body)
-                else:
-                    status, payload = proxy.forward(self.command, self.path, body)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_any
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-    def forward(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection(*self.upstream, timeout=30)
-        try:
-            headers = {"Content-Type": "application/x-ndjson"} if body else {}
-            connection.request(method, path, body=body or None, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def bulk(self, path: str, body: bytes) -> tuple[int, bytes]:
-        lines = body.splitlines()
-        pairs = [(lines[i], lines[i + 1]) for i in range(0, len(lines), 2)]
-        ids = [json.loads(meta)["index"]["_id"] for meta, _ in pairs]
-        with self.lock:
-            self.bulk_ids.append(ids)
-            if self.refuse_requests > 0:
-                self.refuse_requests -= 1
-                error = {"error": {"type": "rejected_execution_exception"}, "status": 429}
-                return 429, json.dumps(error).encode()
-            refused = {}
-            for doc_id in ids:
-                statuses = self.refuse_items.get(doc_id)
-                if statuses:
-                    refused[doc_id] = statuses.pop(0)
-        forwarded = [pair for pair, doc_id in zip(pairs, ids, strict=True) if doc_id not in refused]
-        upstream_items: Iterator[Any] = iter([])
-        if forwarded:
-            status, payload = self.forward(
-                "POST", path, b"".join(meta + b"\n" + src + b"\n" for meta, src in forwarded)
-            )
-            assert status == 200, payload
-            upstream_items = iter(json.loads(payload)["items"])
-        items = []
-        for doc_id in ids:
-            if doc_id in refused:
-                error = {"type": "injected", "reason": f"refused {doc_id} by the test proxy"}
-                items.append({"index": {"_id": doc_id, "status": refused[doc_id], "error": error}})
-            else:
-                items.append(next(upstream_items))
-        return 200, json.dumps({"errors": True, "items": items}).encode()
-
-
-@pytest.fixture
-def proxy(osmem_clone: Any) -> Iterator[FaultyProxy]:
-    running = FaultyProxy(osmem_clone.url)
-    yield running
-    running.close()
-
-
-def _through_proxy(
-    opensearch: OpenSearch, proxy: FaultyProxy, tmp_path: Path, writer_settings: WriterSettings
-) -> Setup:
-    setup = Setup(opensearch, tmp_path)
-    # No transport-level retries: every re-send must be the writer's own.
-    via_proxy = OpenSearch(hosts=[proxy.url], max_retries=0)
-    setup.writer = BulkWriter(via_proxy, setup.index, setup.builder, setup.dead, writer_settings)
-    return setup
-
-
-def test_only_failed_items_are_resent(
-    opensearch: OpenSearch, proxy: FaultyProxy, tmp_path: Path
-) -> None:
-    setup = _through_proxy(opensearch, proxy, tmp_path, FAST)
-    proxy.refuse_items = {"b": [503], "d": [429, 503]}
-    report = setup.writer.write([upsert(key, 1, i) for i, key in enumerate("abcde")])
-    assert proxy.bulk_ids == [list("abcde"), ["b", "d"], ["d"]]
-    assert (report.applied, report.stale, report.dead_lettered, report.retries) == (5, 0, 0, 2)
-    assert set(setup.visible()) == set("abcde")
-
-
-def test_whole_request_429_is_retried_with_backoff(
-    opensearch: OpenSearch, proxy: FaultyProxy, tmp_path: Path
-) -> None:
-    setup = _through_proxy(opensearch, proxy, tmp_path, FAST)
-    proxy.refuse_requests = 2
-    report = setup.writer.write([upsert(key, 1, i) for i, key in enumerate("abc")])
-    assert proxy.bulk_ids == [list("abc")] * 3
-    assert (report.applied, report.retries) == (3, 2)
-    assert set(setup.visible()) == set("abc")
-
-
-def test_gives_up_after_the_retry_budget(
-    opensearch: OpenSearch, proxy: FaultyProxy, tmp_path: Path
-) -> None:
-    budget = WriterSettings(initial_backoff=0.01, max_backoff=0.05, max_retry_seconds=0.3)
-    setup = _through_proxy(opensearch, proxy, tmp_path, budget)
-    proxy.refuse_requests = 10_000
-    started = time.monotonic()
-    with pytest.raises(OpenSearchUnavailable) as raised:
-        setup.writer.write([upsert("a", 1, 1)])
-    assert time.monotonic() - started < 5
-    assert "429" in str(raised.value)
-    assert len(proxy.bulk_ids) >= 2
-
-
-def test_batches_are_split_by_docs_and_bytes(
-    opensearch: OpenSearch, proxy: FaultyProxy, tmp_path: Path
-) -> None:
-    small = WriterSettings(max_docs=3, max_bytes=10_000, initial_backoff=0.01)
-    setup = _through_proxy(opensearch, proxy, tmp_path, small)
-    report = setup.writer.write([upsert(f"k{i}", 1, i) for i in range(7)])
-    assert [len(ids) for ids in proxy.bulk_ids] == [3, 3, 1]
-    assert report.applied == 7
-
-    proxy.bulk_ids.clear()
-    one_each = WriterSettings(max_docs=100, max_bytes=150, initial_backoff=0.01)
-    setup.writer = BulkWriter(setup.writer.client, setup.index, setup.builder, setup.dead, one_each)
-    setup.writer.write([upsert(f"m{i}", 1, i) for i in range(3)])
-    assert [len(ids) for ids in proxy.bulk_ids] == [1, 1, 1]
 
 
 def test_the_example_mapping_accepts_every_demo_type(

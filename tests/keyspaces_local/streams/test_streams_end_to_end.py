@@ -193,6 +193,8 @@ def test_command_line_help_documents_every_option() -> None:
         "--throttle-rate",
         "--internal-error-rate",
         "--empty-page-rate",
+        "--static-record-shape",
+        "--partitioner",
         "--username",
         "--password",
     ):

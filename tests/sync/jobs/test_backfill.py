@@ -18,7 +18,7 @@ from opensearchpy import OpenSearch
 from sync.config import Config
 from sync.jobs.backfill import Progress, render_bar, run_backfill
 from sync.mapping import TableMapping, mapping_from_dict
-from sync.sources.cql import split_ring
+from sync.sources.cql import RANDOM_RING, split_ring
 from tests.conftest import table_options
 
 # ---- pure -----------------------------------------------------------------------------
@@ -47,6 +47,14 @@ def test_progress_of_a_resumed_run_rates_only_this_run() -> None:
     fraction, _, eta = progress.estimate(5.0)
     assert fraction == pytest.approx(0.75, abs=1e-9)
     assert eta == pytest.approx(5.0)
+
+
+def test_progress_is_a_share_of_the_ring_the_ranges_cover_whichever_partitioner() -> None:
+    progress = Progress(dict(enumerate(split_ring(4, RANDOM_RING))))
+    progress.start(0.0)
+    progress.update(0, 1.0, rows=500)
+    progress.update(1, 0.5, rows=250)
+    assert progress.estimate(10.0)[0] == pytest.approx(0.375, abs=1e-9)
 
 
 def test_the_bar_shows_percent_rate_and_eta() -> None:
@@ -103,7 +111,9 @@ def test_a_backfill_leaves_exactly_the_table_in_the_index(
     opensearch: OpenSearch,
     make_config: Callable[..., Config],
     client_timestamps: bool,
+    partitioner: str,
 ) -> None:
+    """On every partitioner's ring: a Murmur3 split of a Random ring reads a 2**-64 share."""
     model = _create_rows(cql, keyspace, 300, client_timestamps=client_timestamps)
     mapping = _mapping(keyspace)
     cfg = make_config(backfill={"ranges": 8, "workers": 3, "page_size": 40})
@@ -114,7 +124,11 @@ def test_a_backfill_leaves_exactly_the_table_in_the_index(
 
 
 def test_a_stopped_backfill_resumes_its_run(
-    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    partitioner: str,
 ) -> None:
     from sync.jobs import Job
 
@@ -407,3 +421,21 @@ def test_a_stopped_worker_records_only_what_was_written_and_frees_its_ranges(
     ]
     # Done ranges were not read again: fewer rows written than twice the table.
     assert sum(len(b) for b in fakes.batches) < 2 * sum(SIZES)
+
+
+def test_an_unfinished_run_split_for_another_partitioners_ring_is_planned_again(
+    opensearch: OpenSearch,
+) -> None:
+    """The account's partitioner changed between two runs: resuming the old ranges would
+    read almost nothing of the new ring, so a new run is planned over it."""
+    from sync.jobs.backfill import plan_run
+    from sync.sources.cql import MURMUR3_RING, TokenRange, covers
+    from sync.state import StateStore
+
+    store = StateStore(opensearch, ".ks2os-state", lease_seconds=300)
+    murmur3 = plan_run(store, "ks.t->t_v1", 4, restart=False, ring=MURMUR3_RING)
+    random = plan_run(store, "ks.t->t_v1", 4, restart=False, ring=RANDOM_RING)
+    assert random.run_id != murmur3.run_id
+    stored = [TokenRange(r.range_start, r.range_end) for r in store.list_ranges(random)]
+    assert covers(RANDOM_RING, stored)  # 128-bit tokens survive the state store
+    assert plan_run(store, "ks.t->t_v1", 4, restart=False, ring=RANDOM_RING).run_id == random.run_id

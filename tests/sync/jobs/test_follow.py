@@ -10,10 +10,8 @@ expires; the counters and /healthz can be scraped.
 from __future__ import annotations
 
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,11 +20,16 @@ from opensearchpy import OpenSearch
 from sync.clients import streams_client
 from sync.config import Config, FollowConfig
 from sync.jobs import Job
-from sync.jobs.follow import Batch, Follower, FollowSummary, IdlePacer, run_follow
-from sync.mapping import TableMapping, mapping_from_dict
-from sync.metrics import Metrics, MetricsServer
-from sync.sources.streams import ReadResult, find_stream_arn
-from tests.conftest import table_options
+from sync.jobs.follow import Batch, Follower, IdlePacer, run_follow
+from sync.sources.streams import ReadResult, describe_stream, list_table_streams
+from tests.sync.jobs.follow_helpers import (
+    Table,
+    following,
+    indexed,
+    orders_mapping,
+    until,
+    wait_for,
+)
 
 # ---- pure ---------------------------------------------------------------------------------
 
@@ -67,150 +70,12 @@ def test_idle_polls_back_off_to_the_configured_pause_and_reset_on_records() -> N
     assert pacer.idle() == pytest.approx(0.05)
 
 
-def test_metrics_are_served_with_health() -> None:
-    metrics = Metrics(clock_ms=lambda: 10_000)
-    metrics.add("shardId-1", records_read=5, applied=4, stale=1)
-    metrics.applied_up_to("shardId-1", 9_250)
-    healthy = [True]
-    server = MetricsServer(metrics, 0, lambda: healthy[0], host="127.0.0.1").start()
-    try:
-        base = f"http://127.0.0.1:{server.port}"
-        with urllib.request.urlopen(f"{base}/metrics") as reply:
-            text = reply.read().decode()
-        assert 'ks2os_follow_records_read_total{shard="shardId-1"} 5' in text
-        assert 'ks2os_follow_stale_total{shard="shardId-1"} 1' in text
-        assert 'ks2os_follow_lag_ms{shard="shardId-1"} 750' in text
-        with urllib.request.urlopen(f"{base}/healthz") as reply:
-            assert reply.status == 200
-        healthy[0] = False
-        with pytest.raises(urllib.error.HTTPError) as failed:
-            urllib.request.urlopen(f"{base}/healthz")
-        assert failed.value.code == 503
-        failed.value.close()
-    finally:
-        server.stop()
-
-
 # ---- against keyspaces_local and osmem ----------------------------------------------------
 
 
 # This module moves the emulator clock ahead (up to days, to expire iterators
 # and trim records), which would skew every later test of the session.
 OWN_EMULATOR: dict[str, Any] = {}
-
-
-def _mapping(keyspace: str) -> TableMapping:
-    return mapping_from_dict(
-        {
-            "source": {"keyspace": keyspace, "table": "orders"},
-            "index": {"alias": f"{keyspace.lower()}-orders"},
-        }
-    )
-
-
-class Table:
-    """The source table and the model of what the index must hold (doc id -> fields)."""
-
-    def __init__(
-        self,
-        cql: Any,
-        keyspace: str,
-        view_type: str = "NEW_AND_OLD_IMAGES",
-        client_timestamps: bool = False,
-    ) -> None:
-        self.cql, self.keyspace = cql, keyspace
-        cql.execute(
-            f'CREATE TABLE "{keyspace}"."orders" ("customer" int, "order" int, "state" text, '
-            '"amount" int, PRIMARY KEY ("customer", "order"))'
-            + table_options(view_type=view_type, client_timestamps=client_timestamps)
-        )
-        self._insert = cql.prepare(
-            f'INSERT INTO "{keyspace}"."orders" ("customer", "order", "state", "amount") '
-            "VALUES (?, ?, ?, ?)"
-        )
-        self._update = cql.prepare(
-            f'UPDATE "{keyspace}"."orders" SET "state" = ? WHERE "customer" = ? AND "order" = ?'
-        )
-        self._delete = cql.prepare(
-            f'DELETE FROM "{keyspace}"."orders" WHERE "customer" = ? AND "order" = ?'
-        )
-        self.model: dict[str, dict[str, Any]] = {}
-        self.writes = 0
-
-    def insert(self, customer: int, order: int, state: str, amount: int) -> None:
-        self.cql.execute(self._insert, (customer, order, state, amount))
-        self.model[f"{customer}:{order}"] = {
-            "customer": customer,
-            "order": order,
-            "state": state,
-            "amount": amount,
-        }
-        self.writes += 1
-
-    def update(self, customer: int, order: int, state: str) -> None:
-        self.cql.execute(self._update, (state, customer, order))
-        row = self.model.setdefault(f"{customer}:{order}", {"customer": customer, "order": order})
-        row["state"] = state
-        self.writes += 1
-
-    def delete(self, customer: int, order: int) -> None:
-        self.cql.execute(self._delete, (customer, order))
-        self.model.pop(f"{customer}:{order}", None)
-        self.writes += 1
-
-
-def _indexed(client: OpenSearch, alias: str) -> dict[str, dict[str, Any]]:
-    if not client.indices.exists_alias(name=alias):
-        return {}
-    client.indices.refresh(index=alias)
-    reply = client.search(index=alias, body={"query": {"match_all": {}}, "size": 10_000})
-    return {
-        hit["_id"]: {k: v for k, v in hit["_source"].items() if k != "_ks2os"}
-        for hit in reply["hits"]["hits"]
-    }
-
-
-def _wait_for(client: OpenSearch, alias: str, model: dict[str, Any], seconds: float = 30) -> None:
-    """Poll the index (an observable condition) until it equals the model, or fail."""
-    deadline = time.monotonic() + seconds
-    seen: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        seen = _indexed(client, alias)
-        if seen == model:
-            return
-        time.sleep(0.1)
-    missing = set(model) - set(seen)
-    extra = set(seen) - set(model)
-    wrong = {k for k in set(model) & set(seen) if model[k] != seen[k]}
-    pytest.fail(
-        f"index differs: missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}, "
-        f"stale {sorted(wrong)[:5]}"
-    )
-
-
-@contextmanager
-def following(cfg: Config, mapping: TableMapping) -> Iterator[list[FollowSummary]]:
-    """`run_follow` in a thread; stopped (cleanly) when the block ends."""
-    stop = threading.Event()
-    result: list[FollowSummary] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(run_follow(cfg, mapping, stop=stop))
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    try:
-        yield result
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "run_follow did not return after stop"
-    if errors:
-        raise errors[0]
 
 
 def test_follow_applies_inserts_updates_and_deletes(
@@ -221,7 +86,7 @@ def test_follow_applies_inserts_updates_and_deletes(
     client_timestamps: bool,
 ) -> None:
     table = Table(cql, keyspace, client_timestamps=client_timestamps)
-    mapping = _mapping(keyspace)
+    mapping = orders_mapping(keyspace)
     port = _free_port()
     with following(make_config(follow={"metrics_port": port}), mapping) as summary:
         for n in range(30):
@@ -230,7 +95,7 @@ def test_follow_applies_inserts_updates_and_deletes(
             table.update(n % 5, n, "paid")
         for n in range(0, 30, 7):
             table.delete(n % 5, n)
-        _wait_for(opensearch, mapping.alias, table.model)
+        wait_for(opensearch, mapping.alias, table.model)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as reply:
             assert reply.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as reply:
@@ -264,7 +129,7 @@ def test_streams_without_new_images_are_followed_by_reading_rows_over_cql(
     make_config: Callable[..., Config],
 ) -> None:
     table = Table(cql, keyspace, view_type)
-    mapping = _mapping(keyspace)
+    mapping = orders_mapping(keyspace)
     with following(make_config(), mapping):
         for n in range(12):
             table.insert(n % 3, n, "new", n)
@@ -272,7 +137,7 @@ def test_streams_without_new_images_are_followed_by_reading_rows_over_cql(
             table.update(n % 3, n, "paid")
         for n in range(0, 12, 5):
             table.delete(n % 3, n)
-        _wait_for(opensearch, mapping.alias, table.model)
+        wait_for(opensearch, mapping.alias, table.model)
 
 
 def test_follow_resumes_from_its_checkpoints_after_a_stop(
@@ -283,18 +148,18 @@ def test_follow_resumes_from_its_checkpoints_after_a_stop(
     client_timestamps: bool,
 ) -> None:
     table = Table(cql, keyspace, client_timestamps=client_timestamps)
-    mapping = _mapping(keyspace)
+    mapping = orders_mapping(keyspace)
     cfg = make_config()
     with following(cfg, mapping) as first:
         for n in range(20):
             table.insert(1, n, "new", n)
-        _wait_for(opensearch, mapping.alias, table.model)
+        wait_for(opensearch, mapping.alias, table.model)
     before = table.writes
     for n in range(10):  # written while no follower runs
         table.update(1, n, "shipped")
     table.delete(1, 19)
     with following(cfg, mapping) as second:
-        _wait_for(opensearch, mapping.alias, table.model)
+        wait_for(opensearch, mapping.alias, table.model)
     assert first[0].records_read == before
     assert second[0].records_read == table.writes - before  # nothing applied is read again
 
@@ -311,8 +176,8 @@ def test_a_split_and_a_merge_mid_stream_lose_and_reorder_nothing(
     from sync.keyspaces import describe_table
 
     table = Table(cql, keyspace, client_timestamps=client_timestamps)
-    mapping = _mapping(keyspace)
-    arn = find_stream_arn(streams, describe_table(cql, keyspace, "orders"))
+    mapping = orders_mapping(keyspace)
+    arn = list_table_streams(streams, describe_table(cql, keyspace, "orders"))[-1].stream_arn
     # GetStream keeps listing closed parents as open for a while, as Keyspaces may.
     emulator.control.set_faults(lagging_parent_close={"get_stream_calls": 5})
     try:
@@ -328,7 +193,7 @@ def test_a_split_and_a_merge_mid_stream_lose_and_reorder_nothing(
                 table.update(n % 8, n, "v3")
             for n in range(0, 40, 5):
                 table.delete(n % 8, n)
-            _wait_for(opensearch, mapping.alias, table.model)
+            wait_for(opensearch, mapping.alias, table.model)
     finally:
         emulator.control.set_faults(lagging_parent_close=None)
 
@@ -340,13 +205,13 @@ def test_two_followers_share_the_stream_and_one_survives_the_others_death(
     make_config: Callable[..., Config],
 ) -> None:
     table = Table(cql, keyspace)
-    mapping = _mapping(keyspace)
+    mapping = orders_mapping(keyspace)
     cfg_a = make_config(state={"worker_id": "follower-a", "lease_seconds": 2})
     cfg_b = make_config(state={"worker_id": "follower-b", "lease_seconds": 2})
     job_a, job_b = Job(cfg_a, mapping), Job(cfg_b, mapping)
-    arn = find_stream_arn(streams_client(cfg_a), job_a.info)
-    a = Follower(job_a, streams_client(cfg_a), arn)
-    b = Follower(job_b, streams_client(cfg_b), arn)
+    arn = list_table_streams(streams_client(cfg_a), job_a.info)[-1].stream_arn
+    a = Follower(job_a, streams_client(cfg_a))
+    b = Follower(job_b, streams_client(cfg_b))
     stop_a, stop_b = threading.Event(), threading.Event()
     threads = [
         threading.Thread(target=a.run, args=(stop_a,)),
@@ -357,21 +222,22 @@ def test_two_followers_share_the_stream_and_one_survives_the_others_death(
             thread.start()
 
         def owners() -> set[str]:
-            states = job_a.store.list_shards(job_a.info.qualified_name, arn)
+            shards = describe_stream(streams_client(cfg_a), arn).shards
+            states = job_a.store.get_shards(job_a.info.qualified_name, arn, shards).values()
             now = job_a.store.now_ms()
             return {s.lease.owner for s in states if s.lease.owner and s.lease.expires_at_ms >= now}
 
-        _until(lambda: owners() == {"follower-a", "follower-b"}, "both followers own shards")
+        until(lambda: owners() == {"follower-a", "follower-b"}, "both followers own shards")
         for n in range(20):
             table.insert(n, n, "before", n)
-        _wait_for(opensearch, mapping.alias, table.model)
+        wait_for(opensearch, mapping.alias, table.model)
 
         a.abandon()  # a crash: no flush, no checkpoint, no release
         threads[0].join(timeout=10)
         for n in range(20):
             table.update(n, n, "after")
-        _wait_for(opensearch, mapping.alias, table.model)
-        _until(lambda: owners() == {"follower-b"}, "follower-b owns every shard")
+        wait_for(opensearch, mapping.alias, table.model)
+        until(lambda: owners() == {"follower-b"}, "follower-b owns every shard")
     finally:
         stop_a.set()
         stop_b.set()
@@ -379,15 +245,6 @@ def test_two_followers_share_the_stream_and_one_survives_the_others_death(
             thread.join(timeout=30)
         job_a.close()
         job_b.close()
-
-
-def _until(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting until {what}")
 
 
 @pytest.mark.parametrize("policy", ["stop", "continue"])
@@ -402,12 +259,12 @@ def test_trimmed_records_are_a_gap_handled_by_policy(
     from sync.sources.streams import StreamGap
 
     table = Table(cql, keyspace)
-    mapping = _mapping(keyspace)
+    mapping = orders_mapping(keyspace)
     cfg = make_config(follow={"on_gap": policy})
     with following(cfg, mapping):
         for n in range(12):
             table.insert(n, n, "seen", n)
-        _wait_for(opensearch, mapping.alias, table.model)
+        wait_for(opensearch, mapping.alias, table.model)
     for n in range(12):
         table.update(n, n, "never seen")  # trimmed before any follower reads them
     emulator.control.advance_clock(25 * 3600)
@@ -417,5 +274,5 @@ def test_trimmed_records_are_a_gap_handled_by_policy(
         return
     table.insert(100, 100, "after the gap", 1)
     with following(cfg, mapping) as summary:
-        _until(lambda: "100:100" in _indexed(opensearch, mapping.alias), "the new row arrives")
+        until(lambda: "100:100" in indexed(opensearch, mapping.alias), "the new row arrives")
     assert summary[0].gaps > 0 and summary[0].reindex_needed
