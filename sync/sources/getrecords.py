@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from botocore.client import BaseClient
 
 from sync.errors import TransientError
 
@@ -48,10 +49,15 @@ _wanted = threading.local()  # .on: this thread is inside a raw get_records call
 def raw_get_records(client: Any) -> Callable[..., dict[str, Any]]:
     """A drop-in for `client.get_records` whose reply is parsed from the raw body.
 
-    It takes boto3's keyword arguments. A reply botocore parsed itself (the
-    handler saw no body, as with a stubbed client) is returned as it is: the
-    decoders read both forms.
+    It takes boto3's keyword arguments. Anything but a botocore client itself
+    (a wrapper that looks at or changes replies, a stand-in) gets its own
+    `get_records`, so it sees botocore's parse as before; a reply botocore
+    parsed anyway (the handler saw no body) is returned as it is: the decoders
+    read both forms.
     """
+    if not _is_botocore_client(client):
+        plain: Callable[..., dict[str, Any]] = client.get_records
+        return plain
     client.meta.events.register(EVENT, _take_raw_body, unique_id=_HANDLER_ID)
     call = client.get_records
 
@@ -65,6 +71,10 @@ def raw_get_records(client: Any) -> Callable[..., dict[str, Any]]:
         return reply if body is None else parse_body(body)
 
     return get_records
+
+
+def _is_botocore_client(client: Any) -> bool:
+    return isinstance(client, BaseClient)
 
 
 def _take_raw_body(
@@ -127,8 +137,10 @@ def created_at(value: Any) -> Any:
 
     try:
         return parse_timestamp(value)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return value  # the reader reports a createdAt it cannot use
+    except (TypeError, ValueError, OverflowError, OSError, RuntimeError):
+        # Text the reader refuses: the record is dead-lettered, where botocore's
+        # parser would have failed the whole page.
+        return str(value)
 
 
 _UTC = dt.UTC

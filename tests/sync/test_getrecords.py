@@ -195,6 +195,24 @@ def test_created_at_converts_as_botocore_does(seconds: Any) -> None:
     assert created_at(seconds) == theirs
 
 
+def test_a_created_at_nothing_can_read_dead_letters_that_record_alone() -> None:
+    """botocore's parser would fail the whole page on it; the reader keeps the others."""
+    info = _typed_table(["v"])
+    good = _record(1, {"v": {"textT": "kept"}}, 1_767_225_600.5)
+    bad = {**_record(2, {"v": {"textT": "lost"}}, 0.0), "createdAt": 1e300}
+    later = _record(3, {"v": {"textT": "kept too"}}, 1_767_225_600.6)
+    body = orjson.dumps({"changeRecords": [good, bad, later]})
+    reader = ShardReader(
+        OFFLINE_CLIENT, info, ARN, SHARD, view_type="NEW_AND_OLD_IMAGES", after=None, previous=0
+    )
+    result = reader.decode(parse_body(body)["changeRecords"])
+    assert [c.image["v"] for c in result.changes if c.image] == ["kept", "kept too"]
+    assert [b.position.sequence_number for b in result.bad] == [bad["sequenceNumber"]]
+    assert "createdAt" in result.bad[0].reason
+    versions = [c.version for c in result.changes]
+    assert versions[0] < versions[1]
+
+
 @pytest.mark.parametrize(
     ("body", "complaint"),
     [
@@ -379,3 +397,40 @@ def test_the_shard_reader_hands_botocore_an_empty_body(
     assert sorted(c.key for c in changes) == [(n,) for n in range(20)]
     assert bodies and set(bodies) == {b"{}"}
 
+
+class Wrapped:
+    """A client wrapper of the kind tests and users write: it sees botocore's parsed reply."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.replies: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def get_records(self, **kwargs: Any) -> Any:
+        reply = self._client.get_records(**kwargs)
+        self.replies.append(reply)
+        return reply
+
+
+def test_a_wrapped_client_still_sees_and_returns_botocores_parse(
+    cql: Any, streams: Any, keyspace: str
+) -> None:
+    from tests.conftest import table_options
+
+    options = table_options(view_type="NEW_IMAGE", client_timestamps=False)
+    cql.execute(f'CREATE TABLE "{keyspace}"."w" ("id" int PRIMARY KEY, "v" text) {options}')
+    info = describe_table(cql, keyspace, "w")
+    cql.execute(f'INSERT INTO "{keyspace}"."w" ("id", "v") VALUES (1, %s)', ("seen",))
+    wrapped = Wrapped(streams)
+    arn = latest_arn(streams, info)
+    changes: list[Change] = []
+    for shard in streams.get_stream(streamArn=arn)["shards"]:
+        reader = ShardReader(
+            wrapped, info, arn, shard["shardId"], view_type="NEW_IMAGE", after=None, previous=0
+        )
+        changes += reader.read().changes
+    assert [c.image["v"] for c in changes if c.image] == ["seen"]
+    records = [r for reply in wrapped.replies for r in reply.get("changeRecords", [])]
+    assert records and all(isinstance(r["createdAt"], dt.datetime) for r in records)
