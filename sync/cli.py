@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -195,10 +196,23 @@ def _load_table_mapping(args: argparse.Namespace, cfg: Config) -> TableMapping:
     return load_mapping(path)
 
 
+def _freeze_start_up_objects() -> None:
+    """Take what start-up made (modules, classes, libraries' tables) out of the collector's way.
+
+    A job allocates tens of thousands of objects per page (a GetRecords reply,
+    a scan page), and every full collection would walk the start-up heap again;
+    frozen, it is never walked. `make bench` measured orjson.loads of the same
+    bodies at about half the cost with the start-up heap frozen.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _backfill(args: argparse.Namespace, cfg: Config) -> int:
     from sync.jobs.backfill import run_backfill
 
     mapping = _load_table_mapping(args, cfg)
+    _freeze_start_up_objects()
     with stop_on_signals() as stop:
         summary = run_backfill(
             cfg, mapping, restart=args.restart, stop=stop, require_cdc=not args.no_cdc
@@ -211,6 +225,7 @@ def _follow(args: argparse.Namespace, cfg: Config) -> int:
     from sync.jobs.follow import run_follow
 
     mapping = _load_table_mapping(args, cfg)
+    _freeze_start_up_objects()
     with stop_on_signals() as stop:
         summary = run_follow(cfg, mapping, stop=stop)
     _print_summary(summary)

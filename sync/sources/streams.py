@@ -68,6 +68,7 @@ from sync.keyspaces import (
 )
 from sync.model import Change, Op, StreamPosition
 from sync.retry import RetryPolicy
+from sync.sources.getrecords import raw_get_records
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
 from sync.sources.rows import READ_CONSISTENCY, decode_row, expiring_columns, select_list
 from sync.version import lineage_floor, next_stream_version
@@ -592,8 +593,10 @@ class ShardReader:
                 self._iterator = self._new_iterator()
                 if self._iterator is None:
                     return self._close()
+            # The body parsed by orjson, not by botocore's shape parser (its cost was the
+            # follower's ceiling); botocore still signs, sends and parses errors.
             reply = _call(
-                self._client.get_records,
+                raw_get_records(self._client),
                 stop=self._stop,
                 shardIterator=self._iterator,
                 maxResults=self._limit,

@@ -416,3 +416,26 @@ def test_on_a_static_table_a_row_left_out_is_written_as_a_delete_of_it() -> None
     kept = Change(Op.UPSERT, (1, 2), {"p": 1, "c": 2, "s": "x", "a": "keep"}, 5, SCAN)
     assert b.row_document(kept) == (kept, {"p": 1, "c": 2, "a": "keep"})
     assert b.carries_statics(change)  # the statics it read still count for the partition
+
+
+def test_a_driver_map_gives_the_bytes_of_the_same_dict() -> None:
+    """The driver's OrderedMapSerializedKey (what a CQL read returns) is read by its pairs;
+    the document keeps their order, keys' text forms and the values, as a dict would."""
+    from cassandra import cqltypes
+
+    types = cqltypes._cqltypes
+    read = {}
+    for column, (key_type, value) in {
+        "counts": (types["text"], {"b": 2, "a": 1, "c": None}),
+        "by_day": (types["date"], {Date(1): 10, Date(0): 5}),
+        "by_id": (types["uuid"], {SKU: "x"}),
+    }.items():
+        value_type = types["int"] if column != "by_id" else types["text"]
+        cql_type = types["map"].apply_parameters([key_type, value_type])
+        written = {k: v for k, v in value.items() if v is not None}
+        read[column] = cql_type.from_binary(cql_type.to_binary(written, 4), 4)
+        assert type(read[column]).__name__ == "OrderedMapSerializedKey"
+    as_dicts = {column: dict(value.items()) for column, value in read.items()}
+    driver_doc = builder().action_for(upsert(read)).body
+    assert driver_doc == builder().action_for(upsert(as_dicts)).body
+    assert orjson.loads(driver_doc)["by_day"] == {"1970-01-01": 5, "1970-01-02": 10}
