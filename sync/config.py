@@ -131,6 +131,29 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True)
+class SparkConfig:
+    ranges: int = _doc(
+        "token ranges of a new run planned by `python -m sync.spark`; 0: from the table's size "
+        "(system.size_estimates), else 4 per core of the Spark application",
+        0,
+    )
+    range_mb: int = _doc("target size of one range planned from system.size_estimates, MB", 64)
+    task_rows: int = _doc(
+        "rows one Spark task reads before it records its token and hands the rest of its "
+        "range back to be split (0: no limit)",
+        1_000_000,
+    )
+    task_seconds: int = _doc(
+        "seconds one Spark task reads before it hands the rest of its range back (0: no limit)",
+        600,
+    )
+
+    def __post_init__(self) -> None:
+        if self.range_mb < 1:
+            raise ConfigError("spark.range_mb must be at least 1")
+
+
+@dataclass(frozen=True)
 class FollowConfig:
     flush_interval_ms: int = _doc("a partial batch is written after this long", 200)
     max_batch_records: int = _doc("records per batch at most", 1000)
@@ -169,6 +192,7 @@ class Config:
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     follow: FollowConfig = field(default_factory=FollowConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
