@@ -56,3 +56,18 @@ def test_a_crash_between_counting_new_ranges_and_writing_them_loses_nothing(
     assert [s.number for s in store.list_ranges(counted)] == [0, 1]
     grown, created = store.extend_run(counted, [(10, 20)])
     assert grown.range_count == 5 and [s.number for s in created] == [4]
+
+
+def test_a_cli_worker_does_not_finish_a_run_that_grew_while_it_ran(
+    opensearch: OpenSearch,
+) -> None:
+    from sync.jobs.backfill import _finish
+
+    store = StateStore(opensearch, ".ks2os-state")
+    seen = plan_run(store, "ks.t->t_v1", 2, restart=False)  # what the CLI worker listed
+    store.extend_run(seen, [(10, 20)])  # a Spark driver split a range meanwhile
+    _finish(store, seen)
+    current = store.get_run("ks.t->t_v1")
+    assert current is not None and not current.finished
+    _finish(store, current)  # whoever saw every range finishes it
+    assert (store.get_run("ks.t->t_v1") or current).finished
