@@ -5,6 +5,8 @@
 
 The same arguments, exit codes and one-line JSON summary as `ks2os backfill`
 (0 done, 1 the run could not go on, 2 a usage or configuration mistake).
+spark-submit merges the driver's stderr (the log) into its stdout: there,
+the summary is the JSON line with a "run_id".
 The Spark session comes from spark-submit's options, or, run with plain
 `python -m`, from `--master` (default `local[*]`). SIGTERM or SIGINT
 cancels the running wave; the run resumes where it stopped.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -80,6 +83,8 @@ def _config_path(args: argparse.Namespace) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(level=args.log_level, fmt=args.log_format)
+    # PySpark's gateway logs every connection it opens and closes at INFO.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
         return _run(args)
     except ConfigError as exc:
@@ -94,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     from sync.config import load_config
     from sync.mapping import load_mapping
     from sync.spark.driver import run_spark_backfill
+    from sync.spark.shipping import check_for_spark
 
     cfg = load_config(_config_path(args))
     path = args.mapping or cfg.mapping
@@ -103,6 +109,7 @@ def _run(args: argparse.Namespace) -> int:
             hint='pass --mapping FILE or set mapping = "FILE" in the config',
         )
     mapping = load_mapping(path)
+    check_for_spark(cfg)  # before a Spark session costs anything
     try:
         from pyspark.sql import SparkSession
     except ImportError:

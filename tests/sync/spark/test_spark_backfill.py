@@ -16,8 +16,10 @@ whole module; tables are small so the module stays bounded.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -367,3 +369,68 @@ def _stop_after_a_range(job: Job, stop: threading.Event) -> None:
             stop.set()
             return
         time.sleep(0.02)  # polling an observable condition, with a deadline
+
+
+def test_spark_submit_of_the_driver_script_loads_the_table_and_prints_its_summary(
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    model = _products(cql, keyspace, 60)
+    mapping_path = tmp_path / "items.toml"
+    mapping_path.write_text(
+        f'[source]\nkeyspace = "{keyspace}"\ntable = "items"\n'
+        f'[index]\nalias = "{keyspace.lower()}-items"\n'
+    )
+    make_config(mapping=str(mapping_path), spark={"ranges": 3})  # writes tmp_path/ks2os.toml
+    submit = Path(sys.executable).parent / "spark-submit"
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [
+            str(submit),
+            "--master",
+            "local[2]",
+            "--conf",
+            "spark.ui.enabled=false",
+            "--conf",
+            "spark.driver.host=127.0.0.1",
+            str(ROOT / "deploy" / "spark" / "ks2os_spark.py"),
+            "--config",
+            str(tmp_path / "ks2os.toml"),
+            "--no-cdc",
+        ],
+        capture_output=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    # spark-submit merges the driver's log (stderr) into stdout: the summary is its own line.
+    lines = [json.loads(x) for x in done.stdout.decode().splitlines() if x.startswith("{")]
+    (summary,) = [line for line in lines if "run_id" in line]
+    assert summary["complete"] and summary["runner"] == "spark" and summary["ranges"] == 3
+    assert summary["rows_read"] == 60 and summary["application"].startswith("local-")
+    found = _indexed(opensearch, f"{keyspace.lower()}-items")
+    assert {k: {"a": v["a"], "b": v["b"]} for k, v in found.items()} == {
+        k: {"a": v["a"], "b": v["b"]} for k, v in model.items()
+    }
+
+
+def test_the_driver_refuses_a_dead_letter_file_before_starting_spark(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    from sync.spark.__main__ import main
+
+    mapping_path = tmp_path / "items.toml"
+    mapping_path.write_text('[source]\nkeyspace = "k"\ntable = "t"\n[index]\nalias = "k-t"\n')
+    make_config(mapping=str(mapping_path))
+    config = tmp_path / "ks2os.toml"
+    config.write_text(f'dead_letter = "rejected.ndjson"\n{config.read_text()}')
+    assert main(["--config", str(config)]) == 2
