@@ -81,8 +81,12 @@ def _config_path(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # AWS Glue passes arguments of its own to the job's script (--JOB_ID, --JOB_RUN_ID,
+    # --TempDir...): they are named in the log and otherwise left alone.
+    args, unknown = build_parser().parse_known_args(argv)
     configure_logging(level=args.log_level, fmt=args.log_format)
+    if unknown:
+        logging.getLogger("ks2os").warning("ignoring arguments: %s", " ".join(unknown))
     # PySpark's gateway logs every connection it opens and closes at INFO.
     logging.getLogger("py4j").setLevel(logging.WARNING)
     try:

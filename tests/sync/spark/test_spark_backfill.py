@@ -424,7 +424,7 @@ def test_spark_submit_of_the_driver_script_loads_the_table_and_prints_its_summar
 
 
 def test_the_driver_refuses_a_dead_letter_file_before_starting_spark(
-    make_config: Callable[..., Config], tmp_path: Path
+    make_config: Callable[..., Config], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from sync.spark.__main__ import main
 
@@ -433,4 +433,7 @@ def test_the_driver_refuses_a_dead_letter_file_before_starting_spark(
     make_config(mapping=str(mapping_path))
     config = tmp_path / "ks2os.toml"
     config.write_text(f'dead_letter = "rejected.ndjson"\n{config.read_text()}')
-    assert main(["--config", str(config)]) == 2
+    # Arguments Glue adds of its own are tolerated; the mistake is named.
+    assert main(["--config", str(config), "--JOB_ID", "j_1", "--TempDir", "s3://t"]) == 2
+    error = capsys.readouterr().err
+    assert "dead_letter" in error and "unrecognized" not in error
