@@ -361,6 +361,15 @@ def test_the_cli_resumes_a_spark_run_with_its_splits_and_spark_resumes_the_clis(
     assert _indexed(opensearch, mapping.alias) == model
 
 
+def test_without_size_estimates_a_new_run_is_planned_by_cores(cql: Any, keyspace: str) -> None:
+    """keyspaces_local serves no system.size_estimates (an Invalid error, as Cassandra
+    gives for an unknown table): the estimate is None, not an error."""
+    from sync.spark.driver import read_size_estimate
+
+    _products(cql, keyspace, 3)
+    assert read_size_estimate(cql, keyspace, "items") is None
+
+
 def _stop_after_a_range(job: Job, stop: threading.Event) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not stop.is_set():
