@@ -1383,6 +1383,68 @@ def measure_partition_shape(bench: Bench, section: Section) -> None:
 # ------------------------------------------------------------------ running
 
 
+# ------------------------------------------------------ 3b. backfill on Spark
+
+
+def measure_spark_backfill(bench: Bench, section: Section) -> None:
+    """The Spark backfill (local mode, one core per task slot) beside the CLI's, same table."""
+    _need_table(bench, ITEMS)
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise NotMeasured(f"PySpark is not installed (the ks2os[spark] extra): {exc}") from None
+    from sync.spark import run_spark_backfill
+
+    cli = bench.section_value("backfill", "run_backfill")
+    if cli is None:  # section 3 did not run: measure the CLI here, on its own alias
+        with _dropped_after(bench, "bench-items-cli"):
+            cli, _ = _timed_backfill(bench, bench.cfg(), bench.mapping(ITEMS, "bench-items-cli"))
+    cores = os.cpu_count() or 1
+    # Loopback only, and this interpreter (with ks2os installed) for the Python workers.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    started = time.perf_counter()
+    spark = (
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName("ks2os-bench")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    section.add("Spark session start", time.perf_counter() - started, "s", note="not counted")
+    mapping = bench.mapping(ITEMS, "bench-items-spark")
+    try:
+        with _dropped_after(bench, mapping.alias):
+            started = time.perf_counter()
+            # Planned as a Spark user's run would be: 4 ranges per core (keyspaces_local
+            # serves no size estimates); each task pays for its own CQL session.
+            summary = run_spark_backfill(spark, bench.cfg(), mapping)
+            seconds = time.perf_counter() - started
+            expected = bench.loaded[ITEMS]
+            if not summary.complete or summary.rows_read < expected:
+                raise NotMeasured(f"the Spark backfill read {summary.rows_read} of {expected} rows")
+            rate = expected / seconds
+            section.add(
+                "spark backfill",
+                rate,
+                "rows/s",
+                note=f"{expected} rows in {seconds:.1f} s, local[{cores}], {summary.ranges} "
+                f"ranges, {summary.waves} waves, {summary.tasks} tasks",
+            )
+            section.add(
+                "spark backfill / CLI backfill",
+                ratio(rate, cli),
+                "x",
+                note=f"CLI {cli:,.0f} rows/s",
+            )
+            count = _alias_count(bench, mapping.alias)
+            section.add("documents found through the alias", count, "docs")
+            section.figures[-1].met, section.figures[-1].target = count == expected, f"= {expected}"
+    finally:
+        spark.stop()
+
+
 def _need_table(bench: Bench, table: str) -> None:
     if table not in bench.loaded:
         raise NotMeasured(f"the {table} table was not loaded (section 1 did not run)")
@@ -1392,6 +1454,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[Bench, Section], None]], ...] = (
     ("emulator", "1. keyspaces_local", measure_emulator),
     ("ceilings", "2. backfill ceilings", measure_backfill_ceilings),
     ("backfill", "3. backfill throughput", measure_backfill),
+    ("spark", "3b. backfill on Spark", measure_spark_backfill),
     ("memory", "4. backfill memory", measure_backfill_memory),
     ("follow", "5. follower drain (a subprocess)", measure_follow_drain),
     ("codec", "6. record -> bytes against the parse limit, one core", measure_codec),

@@ -304,6 +304,39 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True)
+class SparkConfig:
+    SECTION: ClassVar[str] = "spark"
+
+    ranges: int = _doc(
+        "token ranges of a new run planned by `python -m sync.spark`; 0: from the table's size "
+        "(system.size_estimates), else 4 per core of the Spark application",
+        0,
+        bounds=Bounds(
+            "0 plans by size; more than the ring's split limit helps nothing", low=0, high=1_000_000
+        ),
+    )
+    range_mb: int = _doc(
+        "target size of one range planned from system.size_estimates, MB",
+        64,
+        bounds=Bounds("a range holds some data", low=1),
+    )
+    task_rows: int = _doc(
+        "rows one Spark task reads before it records its token and hands the rest of its "
+        "range back to be split (0: no limit)",
+        1_000_000,
+        bounds=Bounds("0 is no limit; a negative budget means nothing", low=0),
+    )
+    task_seconds: int = _doc(
+        "seconds one Spark task reads before it hands the rest of its range back (0: no limit)",
+        600,
+        bounds=Bounds("0 is no limit; a negative budget means nothing", low=0),
+    )
+
+    def __post_init__(self) -> None:
+        _check_bounds(self)
+
+
+@dataclass(frozen=True)
 class FollowConfig:
     SECTION: ClassVar[str] = "follow"
 
@@ -442,6 +475,7 @@ class Config:
     follow: FollowConfig = field(default_factory=FollowConfig)
     state: StateConfig = field(default_factory=StateConfig)
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
 
     def __post_init__(self) -> None:
         # Between the writer's age check and the moment OpenSearch applies the write,

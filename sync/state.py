@@ -831,6 +831,38 @@ class StateStore:
         current = [RangeState.from_body(doc.body, doc.stamp) for doc in docs.values()]
         return {state.number: state for state in current}
 
+    def get_ranges(self, run: BackfillRun, numbers: Iterable[int]) -> list[RangeState]:
+        """The stored state of these ranges of `run` (one read, whatever the run's size)."""
+        ids = [range_doc_id(run.table, run.run_id, n) for n in numbers]
+        docs = self._read(ids)
+        return [RangeState.from_body(docs[i].body, docs[i].stamp) for i in ids if i in docs]
+
+    def extend_run(
+        self, run: BackfillRun, ranges: list[tuple[int, int]]
+    ) -> tuple[BackfillRun, list[RangeState]]:
+        """Add ranges to `run`, numbered from its range count on (a split of a range's rest).
+
+        The run document is raised first, conditional on `run` as last seen
+        (`LeaseLost` if it changed), so of several workers extending at once
+        exactly one owns the new numbers before any of their documents exists.
+        A crash before the range documents are written leaves numbers without
+        documents, which `list_ranges` skips. Returns the run as stored and the
+        new ranges that were created.
+        """
+        grown = replace(run, range_count=run.range_count + len(ranges))
+        grown = replace(grown, stamp=self._replace(run_doc_id(run.table), grown.body(), run.stamp))
+        states = [
+            RangeState(run.table, run.run_id, n, start, end, False, None, 0, FREE, Stamp(-1, -1))
+            for n, (start, end) in enumerate(ranges, start=run.range_count)
+        ]
+        stamps = self._write_many([Action(s.doc_id, s.body(), create=True) for s in states])
+        created = [
+            replace(s, stamp=stamp)
+            for s, stamp in zip(states, stamps, strict=True)
+            if stamp is not None
+        ]
+        return grown, created
+
     def range_leases(
         self, states: Iterable[RangeState], worker: str, limit: int
     ) -> list[tuple[RangeState, RangeState]]:

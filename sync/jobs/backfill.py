@@ -749,6 +749,10 @@ def _finish(store: StateStore, run: BackfillRun) -> None:
     current = store.get_run(run.table)
     if current is None or current.run_id != run.run_id or current.finished:
         return
+    if current.range_count != run.range_count:
+        # A Spark run split ranges since we listed them: ranges this worker never saw
+        # may be unread. Whoever lists them all done (the Spark driver, a resume) finishes.
+        return
     # LeaseLost: another worker marked it finished at the same moment.
     with contextlib.suppress(LeaseLost):
         store.finish_run(current)
