@@ -13,10 +13,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install ks2os with its test and dev tools
+install: $(STAMP) ## create .venv and install ks2os with its test and dev tools and PySpark
 
 demo: $(STAMP) ## start the local stack, run backfill and follow on a sample table, show the result
 	$(BIN)/python scripts/demo.py

@@ -1,29 +1,40 @@
-"""`make bench`: ks2os measured against its ceilings, as figures and ratios taken in one run.
+"""`make bench`: ks2os's own cost, against limits measured in the same run, as ratios.
 
-It starts the local stack (keyspaces_local as a subprocess, osmem-server),
-loads a bench table, and measures, in this order:
+Absolute rates move threefold between machines (and with the load of a shared
+one), so every goal is a ratio to a limit measured beside it; the absolute
+figures are printed next to the ratios. It starts the local stack
+(keyspaces_local as a subprocess, osmem-server), loads a bench table, and
+measures, in this order:
 
 1. keyspaces_local itself: single-row prepared INSERTs/s (with their CDC
    records counted back over the Streams API) and rows/s of a paged
    token-range scan;
 2. the backfill ceilings: a bare cassandra-driver parallel token-range scan,
-   and a bare opensearch-py bulk loop of the same documents;
+   and a bare opensearch-py bulk loop of the same documents (1,000 a request:
+   the backfill's batch shape);
 3. `run_backfill` on the same table, as a ratio to the lower ceiling;
 4. backfill peak RSS on a table of N/4 rows and one of N rows (subprocesses);
-5. the follower draining a backlog of inserts, updates and deletes, as a
-   ratio to the lower of two bare ceilings: boto3 GetRecords + decode alone,
-   and an opensearch-py bulk of the same documents alone;
-6. CDC record -> bulk bytes and row -> bulk bytes on one core (and the
-   record path stage by stage);
-7. write-acknowledged -> document-readable latency at 1,000 writes/s, with
-   `ks2os follow` running as a subprocess (and at a light rate first, to
-   show the pipeline's own latency apart from any backlog).
+5. `ks2os follow` (a subprocess) draining a backlog of inserts, updates and
+   deletes: records/s against the bulk ceiling of 2., and records per
+   CPU-second of the process; then the read side alone, and the sink's ceiling
+   with the follower's request shape (one bulk per GetRecords page);
+6. GetRecords bodies (the emulator's real replies) -> bulk bytes on one core,
+   against `orjson.loads` of the same bodies (the parse limit: the least any
+   Python consumer pays that materialises the records), stage by stage;
+7. `ks2os backfill` and a bare driver scan of the same table, each a process:
+   rows per CPU-second;
+8. write-acknowledged -> document-readable latency with `ks2os follow`
+   running as a subprocess, at half the sink's ceiling of 5. (and at a light
+   rate first), then the follower's idle polling (Streams API requests/s with
+   nothing written, counted by a proxy process in front of the emulator).
 
-Ratios are taken between figures of the same run, so they hold on a noisy
-machine; absolute figures vary with it. The bench never asserts: a piece that
-is missing or fails is reported as "not measured: <why>". The results are
-printed as a table, then as one JSON line (also written to
-`.bench/results.json`).
+No figure is divided by osmem-server's own ceiling any more except where the
+goal names the sink (the drain against the bulk ceiling, the latency rate):
+osmem is slow and the old "follower / min(read, bulk)" ratio measured osmem.
+The bench never asserts: a piece that is missing or fails is reported as
+"not measured: <why>". The results are printed as a table, then the goals as
+a Markdown table, then as one JSON line (also written to `.bench/results.json`,
+whose top-level keys are the goals' figures and the absolute ones behind them).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import gc
 import json
 import logging
 import os
+import platform
 import queue
 import statistics
 import subprocess
@@ -49,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_data
+import bench_procs
 import bench_stack
 from bench_stack import Stack
 
@@ -57,6 +70,8 @@ RESULTS = ROOT / ".bench" / "results.json"
 
 ITEMS, QUARTER, EVENTS, LATENCY = "items", "items_quarter", "events", "latency"
 BACKFILL_CEILING = "backfill ceiling = min(a, b)"
+BULK_CEILING = "(b) bare opensearch-py bulk of the same documents"
+DRAIN_TO_BULK = "follower drain / bare bulk ceiling (backfill's batch shape)"
 # The diagnostic backfill run: few ranges, so each range's fixed cost is spread thin.
 FEW_RANGES = 8
 # What the bare loops ask back of a bulk request: the same as ks2os's writer does.
@@ -265,7 +280,7 @@ def measure_backfill_ceilings(bench: Bench, section: Section) -> None:
         index = _fresh_index(bench, ITEMS, "bench-items-bulk-ceiling")
         bulk_rate = scanned / _bulk_all(bench, index, bodies, workers)
     section.add(
-        "(b) bare opensearch-py bulk of the same documents",
+        BULK_CEILING,
         bulk_rate,
         "docs/s",
         note=f"{workers} threads, {cfg.writer.max_docs} docs per request, NDJSON "
@@ -561,75 +576,124 @@ def write_backlog(bench: Bench) -> bench_data.Backlog:
     return backlog
 
 
+FOLLOW_SINK_CEILING = "(b) sink ceiling: bare opensearch-py bulk, the follower's request shape"
+DRAIN_RATE = "ks2os follow draining the backlog"
+FOLLOW_PER_CPU = "ks2os follow: records per CPU-second"
+
+
 def measure_follow_drain(bench: Bench, section: Section) -> None:
     backlog = write_backlog(bench)
-    mapping = bench.mapping(EVENTS, "bench-events")
-    with _dropped_after(bench, mapping.alias):
-        rate, seconds = _drain(bench, mapping, backlog)
+    mapping_path = bench_data.write_mapping(bench.scratch, EVENTS, "bench-events")
+    with _dropped_after(bench, "bench-events"):
+        drain = _drain_in_process(bench, mapping_path, backlog)
         section.add(
-            "run_follow draining the backlog",
-            rate,
+            DRAIN_RATE,
+            drain.rate,
             "records/s",
             note=f"{backlog.changes} changes ({backlog.inserts} inserts, "
-            f"{len(backlog.updates)} updates, {len(backlog.deletes)} deletes), "
-            f"{seconds:.1f} s from start (job set-up included)",
+            f"{len(backlog.updates)} updates, {len(backlog.deletes)} deletes) in "
+            f"{drain.seconds:.1f} s after set-up ({drain.setup_s:.1f} s of start-up and set-up "
+            "before); a subprocess, timed from outside through its /metrics",
         )
-        _check_events(bench, section, mapping.alias, backlog)
+        section.add(
+            FOLLOW_PER_CPU,
+            backlog.changes / drain.cpu_s if drain.cpu_s else None,
+            "records/CPU-s",
+            note=f"{drain.cpu_s:.2f} CPU-s (user + system, all threads) from the end of set-up "
+            f"to the last change resolved; {drain.setup_cpu_s:.2f} CPU-s of start-up before "
+            f"(with it: {backlog.changes / (drain.cpu_s + drain.setup_cpu_s):,.0f}/CPU-s)",
+        )
+        _check_events(bench, section, "bench-events", backlog)
+    if drain.profile is not None and drain.profile.exists():
+        top = bench_procs.top_functions(drain.profile)
+        section.figures[1].note += "; self time (py-spy): " + ", ".join(
+            f"{name} {share:.0%}" for name, share in top
+        )
+    mapping = bench.mapping(EVENTS, "bench-events")
     read_rate, bulk_rate, records = _follow_ceilings(bench, mapping)
     section.add(
-        "(a) bare boto3 GetRecords + decode_record + DocumentBuilder",
+        "(a) read side alone: ShardReader (GetRecords, orjson) + DocumentBuilder",
         read_rate,
         "records/s",
         note=f"one thread per shard, get_records(maxResults=1000), {records} records",
     )
     section.add(
-        "(b) bare opensearch-py bulk of the same documents",
+        FOLLOW_SINK_CEILING,
         bulk_rate,
-        "records/s",
-        note="one thread per shard, one request per GetRecords page, in stream order",
+        "docs/s",
+        note="one thread per shard, one request per GetRecords page, in stream order; "
+        "the latency section drives writes at half of this",
     )
-    ceiling = min(read_rate, bulk_rate)
-    section.add("follow ceiling = min(a, b)", ceiling, "records/s")
-    section.add("follow / ceiling", ratio(rate, ceiling), "x", at_least=0.8)
+    bulk_ceiling = bench.section_value("ceilings", BULK_CEILING)
+    section.add(
+        DRAIN_TO_BULK,
+        ratio(drain.rate, bulk_ceiling),
+        "x",
+        at_least=0.8,
+        note="" if bulk_ceiling else "section 2 did not measure the bulk ceiling",
+    )
 
 
-def _drain(bench: Bench, mapping: Any, backlog: bench_data.Backlog) -> tuple[float, float]:
-    """Run the follower until it resolved every change of the backlog: (records/s, seconds)."""
-    from sync.jobs.follow import run_follow
-    from sync.metrics import Metrics
+@dataclass
+class _Drain:
+    rate: float  # records/s after set-up
+    seconds: float
+    setup_s: float
+    cpu_s: float  # after set-up
+    setup_cpu_s: float
+    profile: Path | None = None
 
-    cfg = bench.cfg()
-    metrics = Metrics()
-    stop = threading.Event()
-    failures: list[BaseException] = []
 
-    def follow() -> None:
-        try:
-            run_follow(cfg, mapping, stop=stop, metrics=metrics)
-        except BaseException as exc:
-            failures.append(exc)
+def _drain_in_process(bench: Bench, mapping_path: Path, backlog: bench_data.Backlog) -> _Drain:
+    """`ks2os follow` as a subprocess until its /metrics show every change resolved.
 
-    def resolved() -> int:
-        return sum(metrics.total(name) for name in ("applied", "stale", "dead_lettered"))
-
-    thread = threading.Thread(target=follow, daemon=True)
-    started = time.perf_counter()
-    thread.start()
-    deadline = started + bench.args.deadline
-    while resolved() < backlog.changes and thread.is_alive() and time.perf_counter() < deadline:
-        time.sleep(0.02)  # polling an observable counter, not standing in for a sync point
-    seconds = time.perf_counter() - started
-    done = resolved()
-    stop.set()
-    thread.join(60)
-    if failures:
-        raise NotMeasured(f"run_follow failed: {type(failures[0]).__name__}: {failures[0]}")
-    if done < backlog.changes:
-        raise NotMeasured(
-            f"the follower resolved {done} of {backlog.changes} changes "
-            f"within {bench.args.deadline:.0f} s"
-        )
-    return backlog.changes / seconds, seconds
+    Set-up ends when /metrics first answers (the job is set up; reading starts
+    next). Its own state index, so no checkpoint of an earlier run is found.
+    """
+    port = bench_procs.free_port()
+    config = bench.cfg_path(
+        {"follow": {"metrics_port": port}, "state": {"index": ".ks2os-state-bench-drain"}}
+    )
+    log_path = bench.scratch / "follow-drain.log"
+    profile = RESULTS.parent / "follow-drain-profile.txt" if bench.args.profile else None
+    with (
+        bench_procs.ks2os(ROOT, config, "follow", mapping_path, log_path) as run,
+        bench_procs.profiled(run.process.pid, profile),
+    ):
+        pid = run.process.pid
+        setup_at: float | None = None
+        setup_cpu = 0.0
+        deadline = run.started + bench.args.deadline
+        while True:
+            if run.process.poll() is not None:
+                raise NotMeasured(f"`ks2os follow` exited {run.process.returncode}: {run.tail()}")
+            metrics = bench_procs.scrape(port)
+            now = time.monotonic()
+            if metrics is not None:
+                if setup_at is None:
+                    setup_at, setup_cpu = now, bench_procs.cpu_seconds(pid)
+                if bench_procs.resolved(metrics) >= backlog.changes:
+                    cpu = bench_procs.cpu_seconds(pid)
+                    break
+            if now > deadline:
+                got = "none (no /metrics)" if metrics is None else bench_procs.resolved(metrics)
+                raise NotMeasured(
+                    f"the follower resolved {got} of {backlog.changes} changes "
+                    f"within {bench.args.deadline:.0f} s"
+                )
+            time.sleep(
+                0.25
+            )  # polling /metrics (each scrape costs the follower CPU), not a sync point
+    assert setup_at is not None
+    seconds = now - setup_at
+    return _Drain(
+        backlog.changes / seconds,
+        seconds,
+        setup_at - run.started,
+        cpu - setup_cpu,
+        setup_cpu,
+        profile,
+    )
 
 
 def _check_events(bench: Bench, section: Section, alias: str, backlog: bench_data.Backlog) -> None:
@@ -657,9 +721,7 @@ def _follow_ceilings(bench: Bench, mapping: Any) -> tuple[float, float, int]:
     from sync.bulk import bulk_lines
     from sync.documents import DocumentBuilder
     from sync.keyspaces import describe_table
-    from sync.model import StreamPosition
-    from sync.sources.records import decode_record
-    from sync.version import next_stream_version
+    from sync.sources.streams import ShardReader
 
     info = describe_table(bench.stack.session, bench_data.KEYSPACE, EVENTS)
     builder = DocumentBuilder(mapping, info.key)
@@ -669,23 +731,21 @@ def _follow_ceilings(bench: Bench, mapping: Any) -> tuple[float, float, int]:
         shards.put(shard)
     shard_count = shards.qsize()
     per_shard: queue.Queue[tuple[int, list[bytes]]] = queue.Queue()
+    view = info.view_type or "NEW_AND_OLD_IMAGES"
 
     def reader() -> None:
-        streams = bench.stack.streams()
         shard = shards.get_nowait()
-        version, total, bodies = 0, 0, []
-        for records in bench_stack.read_shard(streams, arn, shard):
-            actions = []
-            for record in records:
-                created_ms = _epoch_ms(record["createdAt"])
-                version = next_stream_version(created_ms, version)
-                position = StreamPosition(
-                    arn, shard, record["sequenceNumber"], created_ms, record.get("origin", "USER")
-                )
-                change = decode_record(record, info.key, position, version)
-                actions.append(builder.action_for(change))
-            bodies.append(bulk_lines(actions))
-            total += len(records)
+        shard_reader = ShardReader(
+            bench.stack.streams(), info, arn, shard, view_type=view, after=None, previous=0
+        )
+        total, bodies = 0, []
+        while True:
+            result = shard_reader.read()
+            if result.changes:
+                bodies.append(bulk_lines([builder.action_for(c) for c in result.changes]))
+            total += result.records
+            if result.closed or (result.at_tip and not result.records):
+                break
         per_shard.put((total, bodies))
 
     read_seconds = _in_threads(reader, shard_count)
@@ -711,23 +771,28 @@ def _follow_ceilings(bench: Bench, mapping: Any) -> tuple[float, float, int]:
     return records / read_seconds, records / bulk_seconds, records
 
 
-def _epoch_ms(value: Any) -> int:
-    if isinstance(value, dt.datetime):
-        return int(value.timestamp() * 1000)
-    return int(float(value) * 1000)
-
-
 # ------------------------------------------------------- 6. record -> bytes
 
 
+PARSE_LIMIT = "parse limit: orjson.loads of the GetRecords bodies"
+TRANSFORM = "GetRecords body -> bulk bytes (parse_body + ShardReader.decode + action_for)"
+TRANSFORM_TO_LIMIT = "record -> bytes / parse limit"
+
+
 def measure_codec(bench: Bench, section: Section) -> None:
+    """Raw GetRecords bodies -> bulk bytes on one core, against orjson.loads of the same bodies.
+
+    CPU time of this thread (so other processes on the machine do not count), best pass of
+    several. The bodies are the emulator's real replies, kept as they came through boto3.
+    """
+    import orjson
+    from botocore.parsers import create_parser
+
     from sync.bulk import bulk_lines
     from sync.documents import DocumentBuilder
     from sync.keyspaces import describe_table
-    from sync.model import ScanPosition, StreamPosition
-    from sync.sources.records import decode_record
-    from sync.sources.rows import decode_row
-    from sync.version import next_stream_version, snapshot_version
+    from sync.sources.getrecords import parse_body
+    from sync.sources.streams import ShardReader
 
     table = EVENTS if bench.backlog is not None else ITEMS
     _need_table(bench, table)
@@ -735,56 +800,77 @@ def measure_codec(bench: Bench, section: Section) -> None:
     builder = DocumentBuilder(bench.mapping(table, f"bench-codec-{table}"), info.key)
     streams = bench.stack.streams()
     arn = bench_stack.stream_arn(streams, table)
-    records = bench_stack.fetch_records(streams, arn, bench.args.codec_records)
-    if not records:
+    bodies = bench_stack.raw_bodies(streams, arn, bench.args.codec_records)
+    if not bodies:
         raise NotMeasured(f"no CDC records in the {table} stream")
-    # The fetched records are bench fixtures a follower never holds at once; without
-    # this, full collections walk them again and again and the figure measures that.
+    records = sum(len(orjson.loads(body)["changeRecords"]) for body in bodies)
+    view = info.view_type or "NEW_AND_OLD_IMAGES"
+    # Long-lived objects of the bench itself stay out of the collector's way, as a
+    # follower's start-up objects would; both loops below run under the same collector.
     gc.collect()
     gc.freeze()
-    view = info.view_type or "NEW_AND_OLD_IMAGES"
-    shard = "shardId-00000000000000000000-bench"
-    per_request = 1000
 
-    def records_to_bytes() -> int:
-        version, size, actions = 0, 0, []
-        for record in records:
-            created_ms = _epoch_ms(record["createdAt"])
-            version = next_stream_version(created_ms, version)
-            position = StreamPosition(
-                arn, shard, record["sequenceNumber"], created_ms, record.get("origin", "USER")
-            )
-            actions.append(
-                builder.action_for(decode_record(record, info.key, position, version, view))
-            )
-            if len(actions) == per_request:
-                size += len(bulk_lines(actions))
-                actions = []
-        return size + len(bulk_lines(actions))
+    def loads() -> int:
+        for body in bodies:
+            orjson.loads(body)
+        return 0
 
-    rate, size = _tight_loop(records_to_bytes, len(records), bench.args.codec_seconds)
+    def new_reader() -> Any:
+        return ShardReader(
+            streams, info, arn, "shardId-bench", view_type=view, after=None, previous=0
+        )
+
+    def transform() -> int:
+        reader, size = new_reader(), 0
+        for body in bodies:
+            changes = reader.decode(parse_body(body)["changeRecords"]).changes
+            size += len(bulk_lines([builder.action_for(change) for change in changes]))
+        return size
+
+    seconds = bench.args.codec_seconds
+    # Interleaved, so the limit and the path share whatever the machine is doing meanwhile.
+    (limit, _), (rate, size) = _paired_loops(loads, transform, records, 2 * seconds)
+    sizes = f"{len(bodies)} bodies, {sum(map(len, bodies)) / records:,.0f} bytes a record"
+    section.add(PARSE_LIMIT, limit, "records/s", note=f"{records} real records of {table}; {sizes}")
     section.add(
-        "CDC record -> bulk bytes (decode_record + action_for + bulk_lines)",
+        TRANSFORM,
         rate,
         "records/s",
-        at_least=50_000,
-        note=f"{len(records)} real records of {table} (parsed by boto3), "
-        f"{size / len(records):.0f} bulk bytes each, one thread",
+        note=f"{size / records:.0f} bulk bytes a record, one bulk body per page",
+    )
+    section.add(TRANSFORM_TO_LIMIT, ratio(rate, limit), "x", at_least=0.5)
+
+    # What the follower paid before: botocore's shape parser, on the first body alone.
+    model = streams.meta.service_model
+    parser = create_parser(model.metadata["protocol"])
+    shape = model.operation_model("GetRecords").output_shape
+    first = len(orjson.loads(bodies[0])["changeRecords"])
+
+    def botocore_parse() -> int:
+        parser.parse({"status_code": 200, "headers": {}, "body": bodies[0]}, shape)
+        return 0
+
+    section.add(
+        "  botocore's shape parser, the body the follower no longer parses",
+        _tight_loop(botocore_parse, first, 0.0)[0],
+        "records/s",
+        note=f"one body of {first} records, one pass",
     )
 
     # The same work stage by stage, to show where the time goes.
+    parsed = [parse_body(body)["changeRecords"] for body in bodies]
+    gc.collect()
+    gc.freeze()  # the parsed pages are fixtures here: the collector need not walk them
     changes: list[Any] = []
 
+    def parse_only() -> int:
+        for body in bodies:
+            parse_body(body)
+        return 0
+
     def decode_only() -> int:
-        changes.clear()
-        version = 0
-        for record in records:
-            created_ms = _epoch_ms(record["createdAt"])
-            version = next_stream_version(created_ms, version)
-            position = StreamPosition(
-                arn, shard, record["sequenceNumber"], created_ms, record.get("origin", "USER")
-            )
-            changes.append(decode_record(record, info.key, position, version, view))
+        reader = new_reader()
+        changes[:] = [c for page in parsed for c in reader.decode(page).changes]
         return 0
 
     actions: list[Any] = []
@@ -794,18 +880,23 @@ def measure_codec(bench: Bench, section: Section) -> None:
         return 0
 
     def serialise_only() -> int:
-        return sum(
-            len(bulk_lines(actions[i : i + per_request]))
-            for i in range(0, len(actions), per_request)
-        )
+        return sum(len(bulk_lines(actions[i : i + 1000])) for i in range(0, len(actions), 1000))
 
-    stage_seconds = bench.args.codec_seconds / 3
     for name, work in (
-        ("  stage: decode_record (+ version, position)", decode_only),
+        ("  stage: parse_body (orjson + createdAt as botocore gives it)", parse_only),
+        ("  stage: ShardReader.decode (versions, positions, decode_record)", decode_only),
         ("  stage: DocumentBuilder.action_for", build_only),
         ("  stage: bulk_lines", serialise_only),
     ):
-        section.add(name, _tight_loop(work, len(records), stage_seconds)[0], "records/s")
+        section.add(name, _tight_loop(work, records, seconds / 3)[0], "records/s")
+    _row_to_bytes(bench, section, table, info, builder)
+
+
+def _row_to_bytes(bench: Bench, section: Section, table: str, info: Any, builder: Any) -> None:
+    from sync.bulk import bulk_lines
+    from sync.model import ScanPosition
+    from sync.sources.rows import decode_row
+    from sync.version import snapshot_version
 
     statements = bench_stack.range_statements(bench.stack.session, table, fetch_size=5000)
     rows = [
@@ -822,7 +913,7 @@ def measure_codec(bench: Bench, section: Section) -> None:
         size, actions = 0, []
         for row in rows:
             actions.append(builder.action_for(decode_row(row, info.key, position, version)))
-            if len(actions) == per_request:
+            if len(actions) == 1000:
                 size += len(bulk_lines(actions))
                 actions = []
         return size + len(bulk_lines(actions))
@@ -836,20 +927,159 @@ def measure_codec(bench: Bench, section: Section) -> None:
     )
 
 
-def _tight_loop(work: Callable[[], int], items: int, seconds: float) -> tuple[float, int]:
-    """Repeat `work` for about `seconds`; the best pass's items/s and its output bytes."""
-    best, size = 0.0, 0
-    until = time.perf_counter() + seconds
+def _paired_loops(
+    first: Callable[[], int], second: Callable[[], int], items: int, seconds: float
+) -> tuple[tuple[float, int], tuple[float, int]]:
+    """`_tight_loop` of two works, their passes alternating, for about `seconds` of CPU time
+    in all; each one's best pass (items per CPU-second) and output bytes."""
+    results = [(0.0, 0), (0.0, 0)]
+    until = time.thread_time() + seconds
     while True:
-        started = time.perf_counter()
+        for index, work in enumerate((first, second)):
+            best, _ = results[index]
+            started = time.thread_time()
+            size = work()
+            elapsed = max(time.thread_time() - started, 1e-9)
+            results[index] = (max(best, items / elapsed), size)
+        if time.thread_time() >= until:
+            return results[0], results[1]
+
+
+def _tight_loop(work: Callable[[], int], items: int, seconds: float) -> tuple[float, int]:
+    """Repeat `work` for about `seconds` of this thread's CPU time; the best pass's items per
+    CPU-second and its output bytes."""
+    best, size = 0.0, 0
+    until = time.thread_time() + seconds
+    while True:
+        started = time.thread_time()
         size = work()
-        elapsed = time.perf_counter() - started
+        elapsed = max(time.thread_time() - started, 1e-9)
         best = max(best, items / elapsed)
-        if time.perf_counter() >= until:
+        if time.thread_time() >= until:
             return best, size
 
 
-# ---------------------------------------------------------------- 7. latency
+# ------------------------------------------------------ 7. backfill CPU per row
+
+BACKFILL_PER_CPU = "ks2os backfill: rows per CPU-second"
+SCAN_PER_CPU = "bare cassandra-driver paged scan: rows per CPU-second"
+BACKFILL_CPU_TO_DRIVER = "backfill / bare scan, rows per CPU-second"
+
+_SCAN_CHILD = r"""
+import json, queue, sys, threading
+sys.path.insert(0, "scripts")
+import bench_stack
+
+host, port, table, workers, ranges, page_size = sys.argv[1:7]
+cluster = bench_stack.new_cluster(host, int(port))
+session = cluster.connect()
+statements = bench_stack.range_statements(session, table, fetch_size=int(page_size))
+todo = queue.Queue()
+for token_range in bench_stack.split_ring(int(ranges)):
+    todo.put(token_range)
+counts = []
+
+def worker():
+    rows = 0
+    while True:
+        try:
+            token_range = todo.get_nowait()
+        except queue.Empty:
+            counts.append(rows)
+            return
+        for page in bench_stack.scan_range(session, statements, token_range):
+            rows += len(page)
+
+threads = [threading.Thread(target=worker) for _ in range(int(workers))]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+cluster.shutdown()
+print(json.dumps({"rows": sum(counts)}))
+"""
+
+
+def measure_backfill_cpu(bench: Bench, section: Section) -> None:
+    """`ks2os backfill` and a bare driver scan of the same table, each a process; CPU per row.
+
+    Both with everything included: interpreter start, imports, connecting, the
+    scan; for ks2os also documents, bulk requests and state writes.
+    """
+    _need_table(bench, ITEMS)
+    expected = bench.loaded[ITEMS]
+    cfg = bench.cfg()
+    scan = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _SCAN_CHILD,
+            bench.stack.cql_host,
+            str(bench.stack.cql_port),
+            ITEMS,
+            str(cfg.backfill.workers),
+            str(cfg.backfill.ranges),
+            str(cfg.backfill.page_size),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    scan_cpu = bench_procs.wait_cpu(scan, 600)
+    out, err = scan.communicate()
+    if scan.returncode != 0:
+        raise NotMeasured(f"the bare scan process exited {scan.returncode}: {err.strip()[-300:]}")
+    scanned = json.loads(out.strip().splitlines()[-1])["rows"]
+    section.add(
+        SCAN_PER_CPU,
+        scanned / scan_cpu,
+        "rows/CPU-s",
+        note=f"{scanned} rows, {scan_cpu:.2f} CPU-s; {cfg.backfill.workers} threads, "
+        f"{cfg.backfill.ranges} ranges, fetch_size {cfg.backfill.page_size}",
+    )
+
+    alias = "bench-items-cpu"
+    mapping_path = bench_data.write_mapping(bench.scratch, ITEMS, alias)
+    config = bench.cfg_path({"state": {"index": ".ks2os-state-bench-cpu"}})
+    log_path = bench.scratch / "backfill-cpu.log"
+    profile = RESULTS.parent / "backfill-profile.txt" if bench.args.profile else None
+    with (
+        _dropped_after(bench, alias),
+        bench_procs.ks2os(ROOT, config, "backfill", mapping_path, log_path) as run,
+    ):
+        with bench_procs.profiled(run.process.pid, profile):
+            cpu = bench_procs.wait_cpu(run.process, 900)
+        wall = time.monotonic() - run.started
+    if run.process.returncode != 0:
+        raise NotMeasured(f"`ks2os backfill` exited {run.process.returncode}: {run.tail()}")
+    summary = _last_json_line(log_path)
+    rows = int(summary.get("rows_read", 0))
+    if rows != expected:
+        raise NotMeasured(f"`ks2os backfill` read {rows} of {expected} rows")
+    section.add(
+        BACKFILL_PER_CPU,
+        rows / cpu,
+        "rows/CPU-s",
+        note=f"{rows} rows, {cpu:.2f} CPU-s in {wall:.1f} s, default settings",
+    )
+    if profile is not None and profile.exists():
+        top = bench_procs.top_functions(profile)
+        section.figures[-1].note += "; self time (py-spy): " + ", ".join(
+            f"{name} {share:.0%}" for name, share in top
+        )
+    section.add(BACKFILL_CPU_TO_DRIVER, ratio(rows / cpu, scanned / scan_cpu), "x", at_least=0.5)
+
+
+def _last_json_line(path: Path) -> dict[str, Any]:
+    for line in reversed(path.read_text(errors="replace").splitlines()):
+        if line.startswith("{"):
+            found: dict[str, Any] = json.loads(line)
+            return found
+    return {}
+
+
+# ---------------------------------------------------------------- 8. latency
 
 
 @dataclass
@@ -872,20 +1102,34 @@ class _LatencyRun:
         return sorted(ms for offset, ms in self.samples if first_s is None or offset < first_s)
 
 
+LATENCY_P50 = "ack -> readable p50"
+LATENCY_P99 = "ack -> readable p99"
+IDLE_RATE = "idle polling: Streams API requests/s"
+
+
 def measure_latency(bench: Bench, section: Section) -> None:
+    """Writes at half the sink's ceiling (the follower's request shape, section 5), then the
+    idle polling cost. The follower's Streams API traffic goes through a counting proxy (a
+    process of its own) in front of the emulator."""
+    ceiling = bench.section_value("follow", FOLLOW_SINK_CEILING)
+    rate = bench.args.rate or (ceiling / 2 if ceiling else None)
+    if not rate:
+        raise NotMeasured("the sink's ceiling was not measured (section 5) and no --rate given")
     session = bench.stack.session
     bench_stack.create_table(session, LATENCY, cdc=True)
     alias = "bench-latency"
     mapping_path = bench_data.write_mapping(bench.scratch, LATENCY, alias)
     log_path = bench.scratch / "follow-latency.log"
-    with _follower_process(bench, mapping_path, log_path) as follower:
-        insert = session.prepare(bench_data.insert_cql(LATENCY))
-        index = _wait_until_following(bench, session, insert, alias, follower, log_path)
-        # A light load first: the pipeline's own latency, before any backlog can build.
-        light = _latency_run(bench, insert, index, bench.args.light_rate, 5.0, "light")
-        full = _latency_run(
-            bench, insert, index, bench.args.rate, bench.args.latency_seconds, "lat"
-        )
+    with bench_procs.proxy_process(bench.stack.streams_url) as proxy:
+        config = bench.cfg_path({"keyspaces": {"streams_endpoint": proxy.url}})
+        with bench_procs.ks2os(ROOT, config, "follow", mapping_path, log_path) as follower:
+            insert = session.prepare(bench_data.insert_cql(LATENCY))
+            index = _wait_until_following(bench, session, insert, alias, follower)
+            # A light load first: the pipeline's own latency, before any backlog can build.
+            light_rate = min(bench.args.light_rate, rate)
+            light = _latency_run(bench, insert, index, light_rate, 5.0, "light")
+            full = _latency_run(bench, insert, index, rate, bench.args.latency_seconds, "lat")
+            idle = _idle_requests(proxy, bench.args.idle_seconds)
     for run in (light, full):
         if run.errors:
             raise NotMeasured(f"{run.errors} of {run.sent} writes failed at {run.rate:.0f}/s")
@@ -896,16 +1140,16 @@ def measure_latency(bench: Bench, section: Section) -> None:
         "write rate achieved",
         full.sent / full.seconds,
         "writes/s",
-        note=f"target {full.rate:.0f}/s for {bench.args.latency_seconds:.0f} s; "
-        f"1 in {_SAMPLE_EVERY} writes sampled",
-    )
-    for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
-        section.add(
-            f"ack -> readable {name}",
-            _percentile(found, q),
-            "ms",
-            at_most=500 if name == "p99" else None,
+        note=f"target {full.rate:,.0f}/s "
+        + (
+            "(--rate)"
+            if bench.args.rate
+            else f"= half the sink's ceiling of {ceiling:,.0f} docs/s (section 5)"
         )
+        + f" for {bench.args.latency_seconds:.0f} s; 1 in {_SAMPLE_EVERY} writes sampled",
+    )
+    for name, q, goal in (("p50", 0.50, 100), ("p95", 0.95, None), ("p99", 0.99, 500)):
+        section.add(f"ack -> readable {name}", _percentile(found, q), "ms", at_most=goal)
     section.add(
         "ack -> readable max",
         found[-1],
@@ -915,9 +1159,6 @@ def measure_latency(bench: Bench, section: Section) -> None:
     )
     if full.missing:
         section.figures[-1].met = False
-    first = full.sorted_ms(first_s=1.0)
-    if first:
-        section.add("  p50 of the first second's writes", _percentile(first, 0.5), "ms")
     light_found = light.sorted_ms()
     for name, q in (("p50", 0.50), ("p99", 0.99)):
         section.add(
@@ -926,6 +1167,33 @@ def measure_latency(bench: Bench, section: Section) -> None:
             "ms",
             note="" if name == "p50" else f"{len(light_found)} samples over 5 s",
         )
+    per_op = ", ".join(f"{op} {n / idle.seconds:.1f}/s" for op, n in sorted(idle.counts.items()))
+    section.add(
+        IDLE_RATE,
+        sum(idle.counts.values()) / idle.seconds,
+        "requests/s",
+        note=f"over {idle.seconds:.0f} s with nothing written, "
+        f"{bench.stack.shard_count} shards: {per_op or 'none'}",
+    )
+
+
+@dataclass
+class _Idle:
+    seconds: float
+    counts: dict[str, int]
+
+
+def _idle_requests(proxy: Any, seconds: float) -> _Idle:
+    """Streams API requests the follower makes while nothing changes (after the runs)."""
+    time.sleep(2.0)  # let the last polls at the runs' tail pass
+    before = proxy.counts()
+    started = time.monotonic()
+    time.sleep(seconds)  # measuring a rate over a span of time, not waiting for an event
+    after = proxy.counts()
+    spent = time.monotonic() - started
+    return _Idle(
+        spent, {op: n - before.get(op, 0) for op, n in after.items() if n > before.get(op, 0)}
+    )
 
 
 _SAMPLE_EVERY = 10
@@ -953,40 +1221,8 @@ def _percentile(ordered: list[float], q: float) -> float:
     return statistics.quantiles(ordered, n=1000, method="inclusive")[round(q * 1000) - 1]
 
 
-@contextlib.contextmanager
-def _follower_process(bench: Bench, mapping_path: Path, log_path: Path) -> Iterator[Any]:
-    """`ks2os follow` as a subprocess (its own GIL), stopped with SIGTERM."""
-    argv = [
-        sys.executable,
-        "-m",
-        "sync",
-        "--config",
-        str(bench.config_path),
-        "--log-level",
-        "WARNING",
-        "--log-format",
-        "text",
-        "follow",
-        "--mapping",
-        str(mapping_path),
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        try:
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def _wait_until_following(
-    bench: Bench, session: Any, insert: Any, alias: str, follower: Any, log_path: Path
+    bench: Bench, session: Any, insert: Any, alias: str, follower: bench_procs.Ks2os
 ) -> str:
     """Write one warm-up row and wait until it is readable; returns the concrete index."""
     client = bench.stack.opensearch
@@ -995,9 +1231,10 @@ def _wait_until_following(
     doc = bench_data.doc_id(warm[0], warm[1])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if follower.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-            raise NotMeasured(f"`ks2os follow` exited {follower.returncode}: {' '.join(tail)}")
+        if follower.process.poll() is not None:
+            raise NotMeasured(
+                f"`ks2os follow` exited {follower.process.returncode}: {follower.tail()}"
+            )
         with contextlib.suppress(Exception):  # the alias does not exist until the job made it
             if client.exists(index=alias, id=doc):
                 return str(next(iter(client.indices.get_alias(name=alias))))
@@ -1098,7 +1335,114 @@ class _Poller(threading.Thread):
             waiting[probe.doc_id] = probe
 
 
+def measure_partition_shape(bench: Bench, section: Section) -> None:
+    """run_backfill of the items table as one document per partition, beside one per row.
+
+    Both runs read the same table one after the other, so their ratio holds on a noisy
+    machine; the partition shape writes each partition's document read-modify-write
+    (a real-time read, then a conditional write of the whole document).
+    """
+    from sync.mapping import mapping_from_dict
+
+    _need_table(bench, ITEMS)
+    cfg = bench.cfg()
+    rows_alias, partitions_alias = "bench-items-by-row", "bench-items-by-partition"
+    with _dropped_after(bench, rows_alias):
+        row_rate, _ = _timed_backfill(bench, cfg, bench.mapping(ITEMS, rows_alias))
+    nested = {name: spec for name, spec in bench_data.FIELDS.items() if name != "shop"}
+    properties = {
+        "shop": bench_data.FIELDS["shop"],
+        "rows": {"type": "nested", "properties": nested},
+    }
+    mapping = mapping_from_dict(
+        {
+            "source": {"keyspace": bench_data.KEYSPACE, "table": ITEMS},
+            "index": {
+                "alias": partitions_alias,
+                "settings": {"number_of_shards": 1, "number_of_replicas": 0},
+                "mappings": {"properties": properties},
+            },
+            "document": {"shape": "partition"},
+        },
+        "bench: the items table by partition",
+    )
+    with _dropped_after(bench, partitions_alias):
+        partition_rate, seconds = _timed_backfill(bench, cfg, mapping)
+        documents = _alias_count(bench, partitions_alias)
+    section.add("row shape: run_backfill", row_rate, "rows/s")
+    section.add(
+        "partition shape: run_backfill",
+        partition_rate,
+        "rows/s",
+        note=f"{bench.loaded[ITEMS]} rows into {documents} documents "
+        f"({bench_data.ROWS_PER_PARTITION} rows each) in {seconds:.1f} s",
+    )
+    section.add("partition shape / row shape", ratio(partition_rate, row_rate), "x")
+
+
 # ------------------------------------------------------------------ running
+
+
+# ------------------------------------------------------ 3b. backfill on Spark
+
+
+def measure_spark_backfill(bench: Bench, section: Section) -> None:
+    """The Spark backfill (local mode, one core per task slot) beside the CLI's, same table."""
+    _need_table(bench, ITEMS)
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise NotMeasured(f"PySpark is not installed (the ks2os[spark] extra): {exc}") from None
+    from sync.spark import run_spark_backfill
+
+    cli = bench.section_value("backfill", "run_backfill")
+    if cli is None:  # section 3 did not run: measure the CLI here, on its own alias
+        with _dropped_after(bench, "bench-items-cli"):
+            cli, _ = _timed_backfill(bench, bench.cfg(), bench.mapping(ITEMS, "bench-items-cli"))
+    cores = os.cpu_count() or 1
+    # Loopback only, and this interpreter (with ks2os installed) for the Python workers.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    started = time.perf_counter()
+    spark = (
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName("ks2os-bench")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    section.add("Spark session start", time.perf_counter() - started, "s", note="not counted")
+    mapping = bench.mapping(ITEMS, "bench-items-spark")
+    try:
+        with _dropped_after(bench, mapping.alias):
+            started = time.perf_counter()
+            # Planned as a Spark user's run would be: 4 ranges per core (keyspaces_local
+            # serves no size estimates); each task pays for its own CQL session.
+            summary = run_spark_backfill(spark, bench.cfg(), mapping)
+            seconds = time.perf_counter() - started
+            expected = bench.loaded[ITEMS]
+            if not summary.complete or summary.rows_read < expected:
+                raise NotMeasured(f"the Spark backfill read {summary.rows_read} of {expected} rows")
+            rate = expected / seconds
+            section.add(
+                "spark backfill",
+                rate,
+                "rows/s",
+                note=f"{expected} rows in {seconds:.1f} s, local[{cores}], {summary.ranges} "
+                f"ranges, {summary.waves} waves, {summary.tasks} tasks",
+            )
+            section.add(
+                "spark backfill / CLI backfill",
+                ratio(rate, cli),
+                "x",
+                note=f"CLI {cli:,.0f} rows/s",
+            )
+            count = _alias_count(bench, mapping.alias)
+            section.add("documents found through the alias", count, "docs")
+            section.figures[-1].met, section.figures[-1].target = count == expected, f"= {expected}"
+    finally:
+        spark.stop()
 
 
 def _need_table(bench: Bench, table: str) -> None:
@@ -1110,11 +1454,189 @@ SECTIONS: tuple[tuple[str, str, Callable[[Bench, Section], None]], ...] = (
     ("emulator", "1. keyspaces_local", measure_emulator),
     ("ceilings", "2. backfill ceilings", measure_backfill_ceilings),
     ("backfill", "3. backfill throughput", measure_backfill),
+    ("spark", "3b. backfill on Spark", measure_spark_backfill),
     ("memory", "4. backfill memory", measure_backfill_memory),
-    ("follow", "5. follower drain", measure_follow_drain),
-    ("codec", "6. record -> bytes, one core", measure_codec),
-    ("latency", "7. ack -> readable latency", measure_latency),
+    ("follow", "5. follower drain (a subprocess)", measure_follow_drain),
+    ("codec", "6. record -> bytes against the parse limit, one core", measure_codec),
+    ("cpu", "7. backfill CPU per row against a bare driver scan", measure_backfill_cpu),
+    ("latency", "8. ack -> readable latency at half the sink's ceiling", measure_latency),
+    ("partitions", "9. partition shape: backfill throughput", measure_partition_shape),
 )
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A top-level result: a ratio (or latency) with its goal and the figures behind it."""
+
+    key: str
+    what: str
+    section: str
+    figure: str
+    goal: str  # ">= 0.5", "<= 100"
+    behind: tuple[tuple[str, str, str], ...]  # (json key, section, figure name)
+
+
+HEADLINES: tuple[Headline, ...] = (
+    Headline(
+        "transform_to_parse_limit",
+        "GetRecords body -> bulk bytes / orjson.loads of the bodies, one core",
+        "codec",
+        TRANSFORM_TO_LIMIT,
+        ">= 0.5",
+        (
+            ("transform_records_per_s", "codec", TRANSFORM),
+            ("parse_limit_records_per_s", "codec", PARSE_LIMIT),
+        ),
+    ),
+    Headline(
+        "follow_cpu_to_parse_limit",
+        "ks2os follow records per CPU-second / parse limit",
+        "",
+        "",
+        ">= 0.3",
+        (
+            ("follow_records_per_cpu_s", "follow", FOLLOW_PER_CPU),
+            ("parse_limit_records_per_s", "codec", PARSE_LIMIT),
+        ),
+    ),
+    Headline(
+        "backfill_cpu_to_driver_limit",
+        "ks2os backfill rows per CPU-second / bare driver scan's",
+        "cpu",
+        BACKFILL_CPU_TO_DRIVER,
+        ">= 0.5",
+        (
+            ("backfill_rows_per_cpu_s", "cpu", BACKFILL_PER_CPU),
+            ("driver_scan_rows_per_cpu_s", "cpu", SCAN_PER_CPU),
+        ),
+    ),
+    Headline(
+        "follow_drain_to_bulk_ceiling",
+        "follower draining a backlog / bare bulk ceiling (backfill's batch shape)",
+        "follow",
+        DRAIN_TO_BULK,
+        ">= 0.8",
+        (
+            ("follow_drain_records_per_s", "follow", DRAIN_RATE),
+            ("bulk_ceiling_docs_per_s", "ceilings", BULK_CEILING),
+        ),
+    ),
+    Headline(
+        "latency_p50_ms_at_half_ceiling",
+        "ack in Keyspaces -> readable, p50, at half the sink's ceiling",
+        "latency",
+        LATENCY_P50,
+        "<= 100",
+        (
+            ("latency_writes_per_s", "latency", "write rate achieved"),
+            ("sink_ceiling_follower_shape_docs_per_s", "follow", FOLLOW_SINK_CEILING),
+        ),
+    ),
+    Headline(
+        "latency_p99_ms_at_half_ceiling",
+        "ack in Keyspaces -> readable, p99, at half the sink's ceiling",
+        "latency",
+        LATENCY_P99,
+        "<= 500",
+        (),
+    ),
+    Headline(
+        "backfill_ratio",
+        "backfill / min(bare driver scan, bare bulk loop)",
+        "backfill",
+        "backfill / ceiling",
+        ">= 0.9",
+        (
+            ("backfill_rows_per_s", "backfill", "run_backfill"),
+            ("backfill_ceiling_rows_per_s", "ceilings", BACKFILL_CEILING),
+        ),
+    ),
+    Headline(
+        "backfill_rss_4x_over_1x",
+        "backfill peak RSS, table 4x larger",
+        "memory",
+        "peak RSS 4N / N",
+        "<= 1.1",
+        (),
+    ),
+    Headline(
+        "idle_streams_requests_per_s",
+        "Streams API requests/s of an idle follower",
+        "latency",
+        IDLE_RATE,
+        "",
+        (),
+    ),
+)
+
+
+def headline_values(bench: Bench) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The top-level numbers and, for each one missing, why it was not measured."""
+    values: dict[str, float | None] = {}
+    why: dict[str, str] = {}
+
+    def take(key: str, section: str, figure: str) -> float | None:
+        found = bench.section_value(section, figure)
+        values[key] = found
+        if found is None and key not in why:
+            part = bench.sections.get(section)
+            if part is None:
+                why[key] = f"section {section} did not run"
+            else:
+                why[key] = part.not_measured or f"{figure!r} was not measured"
+        return found
+
+    for line in HEADLINES:
+        for key, section, figure in line.behind:
+            take(key, section, figure)
+        if line.section:
+            take(line.key, line.section, line.figure)
+    follow_cpu = values.get("follow_records_per_cpu_s")
+    limit = values.get("parse_limit_records_per_s")
+    values["follow_cpu_to_parse_limit"] = ratio(follow_cpu, limit)
+    if values["follow_cpu_to_parse_limit"] is None:
+        why["follow_cpu_to_parse_limit"] = why.get("follow_records_per_cpu_s") or why.get(
+            "parse_limit_records_per_s", "not measured"
+        )
+    return values, why
+
+
+def goal_met(goal: str, value: float | None) -> bool | None:
+    if not goal or value is None:
+        return None
+    sign, _, bound = goal.partition(" ")
+    return value >= float(bound) if sign == ">=" else value <= float(bound)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def print_headlines(values: dict[str, float | None], why: dict[str, str]) -> None:
+    """The goals as a Markdown table (what README's "Measured" section shows)."""
+    print("\n| goal | result | figures behind it | |")
+    print("| --- | --- | --- | --- |")
+    for line in HEADLINES:
+        value = values.get(line.key)
+        met = goal_met(line.goal, value)
+        verdict = "" if met is None else ("met" if met else "**missed**")
+        shown = f"not measured: {why.get(line.key, '?')}" if value is None else _fmt(value)
+        behind = ", ".join(
+            f"{key} {_fmt(v)}" for key, _, _ in line.behind if (v := values.get(key)) is not None
+        )
+        goal = f" ({line.goal})" if line.goal else ""
+        print(f"| {line.what}{goal} | {shown} | {behind} | {verdict} |")
 
 
 def run_section(
@@ -1154,12 +1676,21 @@ def print_table(sections: list[Section]) -> None:
 
 
 def results_json(bench: Bench, started: float) -> dict[str, Any]:
+    values, why = headline_values(bench)
     return {
         "bench": "ks2os",
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
+        "machine": machine(),
         "options": {k: v for k, v in vars(bench.args).items() if k != "verbose"},
         "cpus": os.cpu_count(),
+        **values,
+        "goals": {
+            line.key: {"goal": line.goal, "met": goal_met(line.goal, values.get(line.key))}
+            for line in HEADLINES
+            if line.goal
+        },
+        "not_measured": why,
         "sections": {
             key: {
                 "title": s.title,
@@ -1183,7 +1714,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="changes in the follower's backlog (default rows / 2)",
     )
     parser.add_argument("--concurrency", type=int, default=64, help="CQL writes in flight")
-    parser.add_argument("--rate", type=float, default=1000.0, help="writes/s of the latency run")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="writes/s of the latency run (default: half the sink's ceiling from section 5)",
+    )
+    parser.add_argument(
+        "--idle-seconds", type=float, default=10.0, help="span of the idle polling count"
+    )
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument(
         "--light-rate", type=float, default=200.0, help="writes/s of the light latency run"
@@ -1213,6 +1752,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="a small smoke run (~1 minute): 4000 rows, shorter loops",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the draining follower and the backfill with py-spy (.bench/*-profile.txt)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of failures")
     args = parser.parse_args(argv)
     if args.quick:
@@ -1220,6 +1764,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.latency_seconds = min(args.latency_seconds, 3.0)
         args.codec_records = min(args.codec_records, 2000)
         args.codec_seconds = min(args.codec_seconds, 1.0)
+        args.idle_seconds = min(args.idle_seconds, 3.0)
     if args.changes is None:
         args.changes = max(args.rows // 2, 10)
     return args
@@ -1258,6 +1803,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.close()
     results = results_json(bench, started)
     print_table(list(bench.sections.values()))
+    print(f"\nmachine: {json.dumps(results['machine'])}")
+    print_headlines(*headline_values(bench))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, separators=(",", ":")))

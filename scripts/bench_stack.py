@@ -43,6 +43,7 @@ class Stack:
     session: Session
     opensearch: OpenSearch
     _closers: list[Callable[[], Any]] = field(default_factory=list)
+    shard_count: int = 4
 
     @classmethod
     def start(cls, shard_count: int = 4) -> Stack:
@@ -66,7 +67,7 @@ class Stack:
             raise
         # One pooled connection per sending thread, so none is opened per request.
         client = OpenSearch(hosts=[osmem.url], timeout=120, http_compress=False, pool_maxsize=32)
-        return cls(emulator, osmem, cluster, session, client)
+        return cls(emulator, osmem, cluster, session, client, shard_count=shard_count)
 
     @property
     def cql_host(self) -> str:
@@ -247,3 +248,28 @@ def fetch_records(streams: Any, arn: str, at_most: int) -> list[dict[str, Any]]:
             if len(found) >= at_most:
                 return found[:at_most]
     return found
+
+
+def raw_bodies(streams: Any, arn: str, at_most: int) -> list[bytes]:
+    """The raw HTTP bodies of GetRecords pages (maxResults 1000) holding up to `at_most`
+    records, read through boto3 (a before-parse hook keeps each body as it came)."""
+    bodies: list[bytes] = []
+
+    def keep(response_dict: dict[str, Any], **_: Any) -> None:
+        if response_dict.get("status_code") == 200:
+            bodies.append(bytes(response_dict["body"]))
+
+    streams.meta.events.register("before-parse.keyspacesstreams.GetRecords", keep)
+    try:
+        records = 0
+        for shard in shard_ids(streams, arn):
+            for page in read_shard(streams, arn, shard):
+                records += len(page)
+                if records >= at_most:
+                    break
+            if records >= at_most:
+                break
+    finally:
+        streams.meta.events.unregister("before-parse.keyspacesstreams.GetRecords", keep)
+    # Keep only pages with records (a shard's last page at its tip is empty).
+    return [body for body in bodies if b'"sequenceNumber"' in body]

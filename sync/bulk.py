@@ -8,13 +8,16 @@ opensearch-py's exceptions into ks2os's error tree are done once.
 **Writing** (`Bulk.send`): one `Action` type, which indexes a document with
 an external version, indexes it only if the stored document is still the one
 read (`if_seq_no`/`if_primary_term`), creates it only if it does not exist,
-or indexes it unconditionally. Actions go in requests of at most `max_docs`
-documents and `max_bytes` bytes, and each comes back with one `Result`::
+indexes it unconditionally, or deletes it (only if it is still the one read,
+with `expect`: cleanup never removes a document another worker rewrote).
+Actions go in requests of at most `max_docs` documents and `max_bytes`
+bytes, and each comes back with one `Result`::
 
     2xx        APPLIED
     409        STALE      never retried: the stored document has a version at
                           least as high (external version), is no longer the
                           one read (if_seq_no), or exists already (create)
+    404        REJECTED   (a delete only) the document is gone already
     429, 5xx   TRANSIENT  re-sent, only those items, through the retry policy
     other 4xx  REJECTED   refused for its content: the caller dead-letters it
 
@@ -22,6 +25,9 @@ A whole request failing with 429, a 5xx, a timeout or a lost connection makes
 every item in it TRANSIENT. `send` returns once no item is TRANSIENT; when
 the policy gives up (its time budget spent, or the job stopping) it raises
 `OpenSearchUnavailable`, and nothing of the call should be taken as done.
+A caller's `Traffic` counts what its calls cost: requests, each bulk
+request's duration, and every retry with its reason (`429`, `5xx`,
+`timeout`, `unreachable`), which the metrics show.
 
 **Reading** (`Reader`): `get` reads documents by id in real time (mget, with
 routing), `scan` pages through the documents matching a query, sorted, from
@@ -43,9 +49,10 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -109,11 +116,12 @@ class Stamp:
 
 @dataclass(slots=True)
 class Action:
-    """One bulk item: index (external `version`, or conditional on `expect`) or `create`.
+    """One bulk item: index (external `version`, or conditional on `expect`), `create`,
+    or `delete` (conditional on `expect`; its `body` is not sent).
 
-    With none of `version`, `expect`, `create` it indexes unconditionally. A
-    `doc_id` of None lets OpenSearch choose the id. `body` is the document:
-    JSON bytes as they are, or a mapping to serialise.
+    With none of `version`, `expect`, `create`, `delete` it indexes
+    unconditionally. A `doc_id` of None lets OpenSearch choose the id. `body`
+    is the document: JSON bytes as they are, or a mapping to serialise.
     """
 
     doc_id: str | None
@@ -122,9 +130,15 @@ class Action:
     version: int | None = None
     expect: Stamp | None = None
     create: bool = False
+    delete: bool = False
+
+    @classmethod
+    def delete_of(cls, document: Document) -> Action:
+        """Delete `document` only if it is still as read (same `_seq_no`/`_primary_term`)."""
+        return cls(document.doc_id, b"", document.routing, expect=document.stamp, delete=True)
 
     def lines(self) -> bytes:
-        """The action's two NDJSON lines: metadata, then the document."""
+        """The action's NDJSON lines: metadata, then the document (none for a delete)."""
         meta: dict[str, Any] = {} if self.doc_id is None else {"_id": self.doc_id}
         if self.routing is not None:
             meta["routing"] = self.routing
@@ -134,6 +148,8 @@ class Action:
         elif self.expect is not None:
             meta["if_seq_no"] = self.expect.seq_no
             meta["if_primary_term"] = self.expect.primary_term
+        if self.delete:
+            return orjson.dumps({"delete": meta}) + b"\n"
         body = self.body if isinstance(self.body, bytes) else orjson.dumps(self.body)
         return orjson.dumps({"create" if self.create else "index": meta}) + b"\n" + body + b"\n"
 
@@ -165,11 +181,39 @@ class Document:
 
 @dataclass
 class Traffic:
-    """What a caller's requests cost: requests sent, backoff waits, action bytes."""
+    """What a caller's requests cost: requests sent, backoff waits (and why), action bytes,
+    and how long each bulk request took."""
 
     requests: int = 0
     retries: int = 0
     bytes: int = 0  # each action's NDJSON once, however often it was re-sent
+    bulk_seconds: list[float] = field(default_factory=list)  # one per bulk request sent
+    # Told each retry's reason as it happens (the metrics), not when the call returns:
+    # during an outage a write may wait in its retries for minutes.
+    on_retry: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+
+    def retried(self, reason: str) -> None:
+        self.retries += 1
+        if self.on_retry is not None:
+            self.on_retry(reason)
+
+
+# Why a request was retried: a few fixed words, so a metric label stays bounded.
+RETRY_REASONS = ("429", "5xx", "timeout", "unreachable")
+
+
+def retry_reason(failure: BaseException | int) -> str:
+    """The retry reason of an HTTP status, or of an exception (or the one it was raised from)."""
+    if isinstance(failure, int):
+        return "429" if failure == 429 else "5xx" if failure >= 500 else "unreachable"
+    cause = failure.__cause__ if isinstance(failure, Ks2osError) else failure
+    if isinstance(cause, ConnectionTimeout):
+        return "timeout"
+    if isinstance(cause, ConnectionFailed):
+        return "unreachable"
+    if isinstance(cause, TransportError) and isinstance(cause.status_code, int):
+        return retry_reason(cause.status_code)
+    return "unreachable"
 
 
 def chunks(sizes: Sequence[int], max_docs: int, max_bytes: int) -> list[range]:
@@ -295,7 +339,7 @@ def call(
 
 
 def _waiting(doing: str, traffic: Traffic, seconds: float, failure: Any) -> None:
-    traffic.retries += 1
+    traffic.retried(retry_reason(failure) if isinstance(failure, BaseException) else "5xx")
     log.warning("%s: retrying in %.2f s (%s)", doing, seconds, failure)
 
 
@@ -310,6 +354,7 @@ class _Item:
     lines: bytes
     result: Result | None = None
     failure: str = ""
+    reason: str = "5xx"  # the failure's retry reason (`retry_reason`)
 
 
 class Bulk:
@@ -365,7 +410,7 @@ class Bulk:
             )
 
     def _waiting(self, traffic: Traffic, seconds: float, left: Sequence[_Item]) -> None:
-        traffic.retries += 1
+        traffic.retried(left[0].reason if left else "5xx")
         log.warning(
             "bulk to %s: %d item(s) to retry in %.2f s (%s)",
             self.index,
@@ -377,6 +422,7 @@ class Bulk:
     def _attempt(self, traffic: Traffic, items: Sequence[_Item]) -> list[_Item]:
         """One bulk request of `items`; returns those to send again."""
         traffic.requests += 1
+        started = time.monotonic()
         try:
             response = self.client.bulk(
                 index=self.index,
@@ -384,15 +430,18 @@ class Bulk:
                 params=self._params,
             )
         except (OpenSearchException, ImproperlyConfigured) as exc:
+            traffic.bulk_seconds.append(time.monotonic() - started)
             error = opensearch_error(exc, f"bulk to {self.index}")
             if isinstance(error, TransientError):
+                reason = retry_reason(exc)
                 for item in items:
-                    item.failure = str(error)
+                    item.failure, item.reason = str(error), reason
                 return list(items)
             if isinstance(error, OpenSearchRefused) and error.status == 413 and len(items) == 1:
                 items[0].result = Result(Verdict.REJECTED, 413, f"request too large: {error}")
                 return []
             raise error from exc
+        traffic.bulk_seconds.append(time.monotonic() - started)
         return self._resolve(items, response.get("items", []))
 
     def _resolve(self, items: Sequence[_Item], answers: list[dict[str, Any]]) -> list[_Item]:
@@ -408,6 +457,7 @@ class Bulk:
             error = body.get("error")
             if verdict is Verdict.TRANSIENT:
                 item.failure = f"item {status}: {reason_of(error)}"
+                item.reason = retry_reason(status)
                 again.append(item)
                 continue
             if verdict is Verdict.REJECTED:

@@ -1,11 +1,14 @@
 """Typed configuration, loaded once: a TOML file, then `KS2OS_*` environment variables.
 
 Every section is a frozen dataclass whose fields carry their default and a
-one-line description (`field(metadata={"doc": ...})`). `load_config` reads the
-file, overlays the environment (`KS2OS_<SECTION>_<KEY>`, e.g.
+one-line description (`field(metadata={"doc": ...})`); a numeric field also
+carries its safe range and why (`metadata["bounds"]`, a `Bounds`), so a
+config reference can be generated from the fields alone. `load_config` reads
+the file, overlays the environment (`KS2OS_<SECTION>_<KEY>`, e.g.
 `KS2OS_OPENSEARCH_PASSWORD`; top-level keys as `KS2OS_<KEY>`), and validates
-as it builds: an unknown key, a value of the wrong type or a value outside its
-allowed set raises `ConfigError` naming the key and the expected form.
+as it builds: an unknown key, a value of the wrong type, a value outside its
+allowed set or range raises `ConfigError`, one line naming the key, the
+expected form and (for a range) why.
 
 Paths in the file (`mapping`, a `dead_letter` file, the `ca_file`s) are
 relative to the file's directory, so a config works from any working
@@ -29,7 +32,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from sync.errors import ConfigError
@@ -49,20 +52,106 @@ PATH_KEYS: tuple[tuple[str | None, str], ...] = (
 # `dead_letter` holds a path or this word.
 DEAD_LETTER_INDEX = "index"
 
-Consistency = Literal["LOCAL_QUORUM", "LOCAL_ONE", "ONE"]
+# Keyspaces also serves ONE and LOCAL_ONE reads; ks2os refuses them (see `read_consistency`).
+Consistency = Literal["LOCAL_QUORUM"]
+
+READ_CONSISTENCY_WHY = (
+    "LOCAL_QUORUM is the only read level that reflects every acknowledged write; "
+    "a weaker read can resurrect a deleted row at a newer version"
+)
+
+# How long Keyspaces keeps stream records (a service fact, not a setting): no
+# replay reaches further back, which is what lets cleanup purge tombstones.
+STREAM_RETENTION_S = 24 * 3600
 
 
-def _doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
-    """A dataclass field with its one-line description."""
-    return field(default=default, metadata={"doc": text}, **kwargs)
+@dataclass(frozen=True)
+class Bounds:
+    """The safe range of a numeric setting, and why; kept in the field's metadata.
+
+    `low`/`high` are inclusive; `above` is an exclusive lower bound (for
+    timeouts and delays that must be more than zero).
+    """
+
+    why: str
+    low: float | None = None
+    high: float | None = None
+    above: float | None = None
+
+    def admits(self, value: float) -> bool:
+        if self.above is not None and not value > self.above:
+            return False
+        if self.low is not None and value < self.low:
+            return False
+        return self.high is None or value <= self.high
+
+    def text(self) -> str:
+        """The range as a reader would write it: `1-65535`, `> 0`, `>= 1`."""
+        low = f"> {_number(self.above)}" if self.above is not None else None
+        if self.low is not None:
+            if self.high is not None:
+                return f"{_number(self.low)}-{_number(self.high)}"
+            low = f">= {_number(self.low)}"
+        high = None if self.high is None else f"<= {_number(self.high)}"
+        return " and ".join(part for part in (low, high) if part)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+class OutOfRange(ConfigError):
+    """A setting outside its safe range; `field` names it within its section."""
+
+    def __init__(self, message: str, field_name: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+
+
+PORT = Bounds("a TCP port", low=1, high=65535)
+TIMEOUT = Bounds("a request that may take no time at all always times out", above=0)
+
+
+def _doc(
+    text: str,
+    default: Any = dataclasses.MISSING,
+    *,
+    bounds: Bounds | None = None,
+    why: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with its one-line description (and its safe range, or why
+    its allowed values are what they are)."""
+    metadata: dict[str, Any] = {"doc": text}
+    if bounds is not None:
+        metadata["bounds"] = bounds
+    if why is not None:
+        metadata["why"] = why
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+def _check_bounds(section: Any) -> None:
+    """Every bounded field of a section inside its range, or `OutOfRange` naming it."""
+    for f in dataclasses.fields(section):
+        bounds = f.metadata.get("bounds")
+        value = getattr(section, f.name)
+        if bounds is None or value is None or isinstance(value, bool):
+            continue
+        if not bounds.admits(value):
+            raise OutOfRange(
+                f"{section.SECTION}.{f.name} must be {bounds.text()}, got {value!r}: {bounds.why}",
+                f.name,
+            )
 
 
 @dataclass(frozen=True)
 class KeyspacesConfig:
+    SECTION: ClassVar[str] = "keyspaces"
+
     contact_points: list[str] = _doc(
         "CQL hosts; empty means cassandra.<region>.amazonaws.com", default_factory=list
     )
-    port: int = _doc("CQL port (Keyspaces: 9142, TLS)", 9142)
+    port: int = _doc("CQL port (Keyspaces: 9142, TLS)", 9142, bounds=PORT)
     region: str = _doc("AWS Region of the table and its stream", "us-east-1")
     auth: Literal["sigv4", "password", "none"] = _doc(
         "sigv4: IAM credentials from the standard AWS chain; password: service-specific "
@@ -74,11 +163,20 @@ class KeyspacesConfig:
     tls: bool = _doc("connect to CQL over TLS", True)
     verify_tls: bool = _doc("verify the server certificate and host name", True)
     ca_file: str | None = _doc("CA bundle; default: the system trust store", None)
-    read_consistency: Consistency = _doc("consistency of every CQL read", "LOCAL_QUORUM")
+    read_consistency: Consistency = _doc(
+        "consistency of every CQL read (scans and row lookups): LOCAL_QUORUM only",
+        "LOCAL_QUORUM",
+        why=READ_CONSISTENCY_WHY,
+    )
     streams_endpoint: str | None = _doc(
         "Keyspaces Streams endpoint URL; default: the Region's public endpoint", None
     )
-    request_timeout_s: float = _doc("timeout of one CQL or Streams request, seconds", 30.0)
+    request_timeout_s: float = _doc(
+        "timeout of one CQL or Streams request, seconds", 30.0, bounds=TIMEOUT
+    )
+
+    def __post_init__(self) -> None:
+        _check_bounds(self)
 
     def hosts(self) -> list[str]:
         return self.contact_points or [f"cassandra.{self.region}.amazonaws.com"]
@@ -86,6 +184,8 @@ class KeyspacesConfig:
 
 @dataclass(frozen=True)
 class OpenSearchConfig:
+    SECTION: ClassVar[str] = "opensearch"
+
     hosts: list[str] = _doc("OpenSearch URLs", default_factory=lambda: ["https://localhost:9200"])
     auth: Literal["sigv4", "basic", "none"] = _doc(
         "sigv4: Amazon OpenSearch Service with IAM credentials; basic: user name and password",
@@ -97,72 +197,274 @@ class OpenSearchConfig:
     service: Literal["es", "aoss"] = _doc("SigV4 service: es (managed) or aoss (serverless)", "es")
     verify_certs: bool = _doc("verify TLS certificates", True)
     ca_file: str | None = _doc("CA bundle; default: the system trust store", None)
-    timeout_s: float = _doc("timeout of one request, seconds", 30.0)
+    timeout_s: float = _doc("timeout of one request, seconds", 30.0, bounds=TIMEOUT)
+
+    def __post_init__(self) -> None:
+        _check_bounds(self)
 
 
 @dataclass(frozen=True)
 class WriterSettings:
-    max_docs: int = _doc("documents per bulk request at most", 1000)
-    max_bytes: int = _doc("bytes per bulk request at most", 5_000_000)
-    max_retry_seconds: float = _doc(
-        "how long to keep retrying while OpenSearch pushes back before giving up", 300.0
+    SECTION: ClassVar[str] = "writer"
+
+    max_docs: int = _doc(
+        "documents per bulk request at most",
+        1000,
+        bounds=Bounds("a bulk request carries at least one document", low=1),
     )
-    initial_backoff: float = _doc("first retry delay, seconds (then exponential, jittered)", 0.1)
-    max_backoff: float = _doc("longest retry delay, seconds", 10.0)
-    timeout_s: float = _doc("timeout of one bulk request, seconds", 30.0)
+    max_bytes: int = _doc(
+        "bytes per bulk request at most",
+        5_000_000,
+        bounds=Bounds(
+            "OpenSearch refuses request bodies over http.max_content_length (100 MB by default)",
+            low=1,
+            high=100 * 1024 * 1024,
+        ),
+    )
+    max_retry_seconds: float = _doc(
+        "how long to keep retrying while OpenSearch pushes back before giving up",
+        300.0,
+        bounds=Bounds("with no time to retry, one refusal would end the run", above=0),
+    )
+    initial_backoff: float = _doc(
+        "first retry delay, seconds (then exponential, jittered)",
+        0.1,
+        bounds=Bounds("retrying with no pause hammers an OpenSearch that pushes back", above=0),
+    )
+    max_backoff: float = _doc(
+        "longest retry delay, seconds",
+        10.0,
+        bounds=Bounds("retrying with no pause hammers an OpenSearch that pushes back", above=0),
+    )
+    timeout_s: float = _doc("timeout of one bulk request, seconds", 30.0, bounds=TIMEOUT)
 
     def __post_init__(self) -> None:
-        if self.max_docs < 1 or self.max_bytes < 1:
-            raise ConfigError("writer.max_docs and writer.max_bytes must be at least 1")
-        if self.initial_backoff <= 0 or self.max_backoff <= 0:
-            raise ConfigError("writer.initial_backoff and writer.max_backoff must be positive")
+        _check_bounds(self)
+        if self.max_backoff < self.initial_backoff:
+            raise OutOfRange(
+                f"writer.max_backoff must be >= writer.initial_backoff ({self.initial_backoff}), "
+                f"got {self.max_backoff}: the delays grow from the first to the longest",
+                "max_backoff",
+            )
 
 
 @dataclass(frozen=True)
 class BackfillConfig:
-    workers: int = _doc("parallel scan workers in this process", 4)
-    ranges: int = _doc("token ranges the ring is split into", 64)
-    page_size: int = _doc("rows per CQL page", 1000)
+    SECTION: ClassVar[str] = "backfill"
+
+    workers: int = _doc(
+        "parallel scan workers in this process",
+        4,
+        bounds=Bounds(
+            "each worker is a thread with a CQL page, a bulk buffer and one of the 32 pooled "
+            "OpenSearch connections",
+            low=1,
+            high=32,
+        ),
+    )
+    ranges: int = _doc(
+        "token ranges the ring is split into",
+        64,
+        bounds=Bounds(
+            "each range is a document in the state index, all written in one request when a "
+            "run is planned",
+            low=1,
+            high=65536,
+        ),
+    )
+    page_size: int = _doc(
+        "rows per CQL page",
+        1000,
+        bounds=Bounds(
+            "a worker holds one page in memory, and Keyspaces ends a page after 1 MB anyway",
+            low=1,
+            high=10_000,
+        ),
+    )
     snapshot_margin_ms: int = _doc(
         "how far below the service clock at read a snapshot row's version is set; covers "
         "writes in flight and clock differences inside the service (see docs/versions.md)",
         5000,
+        bounds=Bounds(
+            "a smaller margin lets a snapshot row beat a newer stream record it never saw; "
+            "a larger one gains nothing and costs rewrites while the follower catches up",
+            low=1000,
+            high=3_600_000,
+        ),
     )
+    metrics_port: int | None = _doc(
+        "port of /metrics, /healthz and /readyz while a backfill runs; unset: off",
+        None,
+        bounds=PORT,
+    )
+    metrics_host: str = _doc("address the backfill's metrics port listens on", "0.0.0.0")
+
+    def __post_init__(self) -> None:
+        _check_bounds(self)
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    SECTION: ClassVar[str] = "spark"
+
+    ranges: int = _doc(
+        "token ranges of a new run planned by `python -m sync.spark`; 0: from the table's size "
+        "(system.size_estimates), else 4 per core of the Spark application",
+        0,
+        bounds=Bounds(
+            "0 plans by size; more than the ring's split limit helps nothing", low=0, high=1_000_000
+        ),
+    )
+    range_mb: int = _doc(
+        "target size of one range planned from system.size_estimates, MB",
+        64,
+        bounds=Bounds("a range holds some data", low=1),
+    )
+    task_rows: int = _doc(
+        "rows one Spark task reads before it records its token and hands the rest of its "
+        "range back to be split (0: no limit)",
+        1_000_000,
+        bounds=Bounds("0 is no limit; a negative budget means nothing", low=0),
+    )
+    task_seconds: int = _doc(
+        "seconds one Spark task reads before it hands the rest of its range back (0: no limit)",
+        600,
+        bounds=Bounds("0 is no limit; a negative budget means nothing", low=0),
+    )
+
+    def __post_init__(self) -> None:
+        _check_bounds(self)
 
 
 @dataclass(frozen=True)
 class FollowConfig:
-    flush_interval_ms: int = _doc("a partial batch is written after this long", 200)
-    max_batch_records: int = _doc("records per batch at most", 1000)
-    max_batch_bytes: int = _doc("bytes per batch at most", 5_000_000)
-    get_records_limit: int = _doc("maxResults of each GetRecords call (1-1000)", 1000)
-    idle_poll_ms: int = _doc("longest pause between polls of a shard that is at its tip", 250)
+    SECTION: ClassVar[str] = "follow"
+
+    flush_interval_ms: int = _doc(
+        "a partial batch is written after this long",
+        200,
+        bounds=Bounds(
+            "every change waits up to this long before it is searchable", low=0, high=60_000
+        ),
+    )
+    max_batch_records: int = _doc(
+        "records per batch at most",
+        1000,
+        bounds=Bounds("a batch carries at least one record", low=1),
+    )
+    max_batch_bytes: int = _doc(
+        "bytes per batch at most",
+        5_000_000,
+        bounds=Bounds("a batch carries at least one record", low=1),
+    )
+    get_records_limit: int = _doc(
+        "maxResults of each GetRecords call (1-1000)",
+        1000,
+        bounds=Bounds("GetRecords accepts maxResults 1-1000", low=1, high=1000),
+    )
+    idle_poll_ms: int = _doc(
+        "longest pause between polls of a shard that is at its tip",
+        250,
+        bounds=Bounds(
+            "polling an idle shard faster gets the follower throttled; slower delays its "
+            "new records as long",
+            low=10,
+            high=60_000,
+        ),
+    )
     on_gap: Literal["stop", "continue"] = _doc(
         "when the stream no longer holds changes the index needs (a gap: trimmed records, "
         "a shard gone, a CDC switch): stop, or continue and mark the index for reindex",
         "stop",
     )
     skip_replication: bool = _doc("ignore origin=REPLICATION records (multi-Region tables)", False)
-    metrics_port: int | None = _doc("port of /metrics and /healthz; unset: off", None)
+    metrics_port: int | None = _doc(
+        "port of /metrics, /healthz and /readyz; unset: off", None, bounds=PORT
+    )
+    metrics_host: str = _doc(
+        "address the metrics port listens on (127.0.0.1: this host only)", "0.0.0.0"
+    )
+    ready_max_lag_s: float = _doc(
+        "/readyz answers 503 while a shard this follower reads lags more than this, seconds",
+        300.0,
+        bounds=Bounds("a follower is never ready when any lag at all is too much", above=0),
+    )
+    log_interval_s: float = _doc(
+        "a status line (records, rates, lag, shards owned) is logged this often, seconds",
+        30.0,
+        bounds=Bounds("a status line takes some time to mean anything", above=0),
+    )
     sweep_interval_ms: int = _doc(
         "how often documents whose values expired (column and static TTLs) are restated "
         "without them; they are hidden from search meanwhile",
         1000,
+        bounds=Bounds("a sweep reads the index each round; more often only costs", low=10),
     )
 
     def __post_init__(self) -> None:
-        if self.sweep_interval_ms < 10:
-            raise ConfigError("follow.sweep_interval_ms must be at least 10")
+        _check_bounds(self)
 
 
 @dataclass(frozen=True)
 class StateConfig:
+    SECTION: ClassVar[str] = "state"
+
     index: str = _doc("OpenSearch index holding checkpoints, progress and leases", ".ks2os-state")
-    lease_seconds: int = _doc("a worker's lease on a shard or range lasts this long", 30)
+    lease_seconds: int = _doc(
+        "a worker's lease on a shard or range lasts this long; it is renewed every third",
+        30,
+        bounds=Bounds(
+            "a lease is renewed every third of it, and a shorter one leaves a renewal too "
+            "little time to land; a crashed worker's share waits this long",
+            low=2,
+            high=86_400,
+        ),
+    )
     worker_id: str = _doc(
-        "this worker's name in leases; default host-pid",
+        "this worker's name in leases (unique among processes running at once); default "
+        "host-pid. A rerun under the same name takes its own unreleased leases back at once, "
+        "so a fixed name per host resumes a killed backfill without waiting for them",
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
     )
+
+    def __post_init__(self) -> None:
+        _check_bounds(self)
+
+
+@dataclass(frozen=True)
+class CleanupConfig:
+    SECTION: ClassVar[str] = "cleanup"
+
+    margin_s: int = _doc(
+        "tombstones are purged once older than the stream's retention (24 h) plus this; "
+        "writers refuse changes older than the retention plus half of it",
+        3600,
+        bounds=Bounds(
+            "half of it must cover a write delayed by retries (also checked against the "
+            "writer's budget)",
+            low=60,
+            high=30 * 24 * 3600,
+        ),
+    )
+    expired_after_s: int = _doc(
+        "a document whose TTL ran out this long ago, and whose TTL record never came, "
+        "is removed (it must also be older than the tombstone window)",
+        24 * 3600,
+        bounds=Bounds("a TTL record may come days late; removing earlier gains little", low=0),
+    )
+
+    def __post_init__(self) -> None:
+        _check_bounds(self)
+
+    @property
+    def purge_after_ms(self) -> int:
+        """Tombstones (and expired documents) older than this may be removed."""
+        return (STREAM_RETENTION_S + self.margin_s) * 1000
+
+    @property
+    def write_max_age_ms(self) -> int:
+        """Writers refuse changes older than this: half the margin before the purge."""
+        return (STREAM_RETENTION_S + self.margin_s // 2) * 1000
 
 
 @dataclass(frozen=True)
@@ -189,14 +491,31 @@ class Config:
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     follow: FollowConfig = field(default_factory=FollowConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
 
     def __post_init__(self) -> None:
-        if self.dead_letter_window < 1:
-            raise ConfigError("dead_letter_window must be at least 1")
-        if not 0 < self.dead_letter_max_share <= 1:
+        # Between the writer's age check and the moment OpenSearch applies the write,
+        # at most a retry budget and a request pass; half the margin must cover that.
+        longest_write = self.writer.max_retry_seconds + self.writer.timeout_s
+        if self.cleanup.margin_s < 2 * longest_write:
             raise ConfigError(
-                f"dead_letter_max_share must be above 0 and at most 1, got "
-                f"{self.dead_letter_max_share!r}"
+                f"cleanup.margin_s must be at least twice writer.max_retry_seconds + "
+                f"writer.timeout_s ({2 * longest_write:g} s), got {self.cleanup.margin_s}",
+                hint="raise cleanup.margin_s: a write delayed by retries must not land after "
+                "cleanup purged the tombstone it would be refused by",
+            )
+        if self.dead_letter_window < 1:
+            raise OutOfRange(
+                f"dead_letter_window must be >= 1, got {self.dead_letter_window!r}: "
+                "a share needs rows to be judged over",
+                "dead_letter_window",
+            )
+        if not 0 < self.dead_letter_max_share <= 1:
+            raise OutOfRange(
+                f"dead_letter_max_share must be > 0 and <= 1, got "
+                f"{self.dead_letter_max_share!r}: it is a share of the rows",
+                "dead_letter_max_share",
             )
 
 
@@ -431,14 +750,26 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
             f"{source}: unknown key {prefix}{unknown[0]}",
             hint=f"known keys in [{where}]: {', '.join(sorted(names))}",
         )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for name, value in raw.items():
         hint = hints[name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, source, f"{prefix}{name}.")
-        else:
+            continue
+        try:
             values[name] = _coerce(value, hint, f"{prefix}{name}", source)
-    return cls(**values)
+        except ConfigError as exc:
+            why = fields[name].metadata.get("why")
+            if why is None:
+                raise
+            raise ConfigError(f"{exc}: {why}", hint=exc.hint) from None
+    try:
+        return cls(**values)
+    except OutOfRange as exc:
+        given = raw.get(exc.field)
+        where_from = given.variable if isinstance(given, _EnvValue) else source
+        raise ConfigError(f"{where_from}: {exc}") from None
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -454,7 +785,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin is Literal:
         if value not in args:
             allowed = " | ".join(repr(a) for a in args)
-            raise ConfigError(f"{source}: {key} must be one of {allowed}, got {value!r}")
+            expected = allowed if len(args) == 1 else f"one of {allowed}"
+            raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
         return value
     if origin is list:
         (item,) = args
@@ -474,8 +806,7 @@ def _scalar(value: Any, hint: Any, key: str, source: str) -> Any:
     if not ok:
         expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
         raise ConfigError(f"{source}: {key} must be {expected[hint]}, got {_kind(value)}")
-    if hint is int and value < 0:
-        raise ConfigError(f"{source}: {key} must not be negative, got {value}")
+    # Ranges are checked when the section is built (`Bounds` in the field's metadata).
     return float(value) if hint is float else value
 
 

@@ -29,6 +29,8 @@ SECTION_INTROS = {
     "backfill": "The snapshot scan of `ks2os backfill`.",
     "follow": "The CDC stream reader of `ks2os follow`.",
     "state": "Checkpoints, backfill progress and worker leases, kept in an OpenSearch index.",
+    "cleanup": 'What `ks2os cleanup` removes and when (docs/versions.md, "Cleanup").',
+    "spark": "The backfill as Spark tasks (`python -m sync.spark`, docs/spark.md).",
 }
 
 HEADER = f"""# Configuration reference

@@ -35,7 +35,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import orjson
 from opensearchpy import OpenSearch
 
-from sync.bulk import Action, Bulk, Reader, Verdict, call
+from sync.bulk import Action, Bulk, Reader, Traffic, Verdict, call
 from sync.documents import json_safe
 from sync.errors import OpenSearchRefused, TerminalError
 from sync.model import Change, Provenance, ScanPosition
@@ -183,6 +183,14 @@ class DeadLetterStore(Protocol):
     def remove(self, entry_ids: Sequence[str]) -> None: ...
 
 
+# Told how many write requests failed (retried or not), for the metrics.
+OnWriteError = Callable[[int], None]
+
+
+def _no_count(requests: int) -> None:
+    pass
+
+
 class FileDeadLetters:
     """NDJSON file, one entry per line, appended and fsynced on every `put`.
 
@@ -191,10 +199,11 @@ class FileDeadLetters:
     nothing). `count` is the entries not removed.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, on_write_error: OnWriteError | None = None) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._count = sum(1 for _ in self.entries())
+        self._on_write_error = on_write_error or _no_count
 
     def _lines(self) -> Iterator[dict[str, Any]]:
         try:
@@ -229,11 +238,15 @@ class FileDeadLetters:
     def _append(self, lines: list[dict[str, Any]]) -> None:
         data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "ab") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "ab") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError:
+                self._on_write_error(1)
+                raise
 
     @property
     def count(self) -> int:
@@ -259,20 +272,31 @@ class IndexDeadLetters:
     """An OpenSearch index (created on first use), written with refresh=wait_for."""
 
     def __init__(
-        self, client: OpenSearch, index_name: str, policy: RetryPolicy | None = None
+        self,
+        client: OpenSearch,
+        index_name: str,
+        policy: RetryPolicy | None = None,
+        *,
+        on_write_error: OnWriteError | None = None,
     ) -> None:
         self.client = client
         self.index_name = index_name
         self.policy = policy or RetryPolicy()
+        self._on_write_error = on_write_error or _no_count
         self._bulk = Bulk(client, index_name, self.policy, refresh="wait_for")
         self._ready = False
         self._lock = threading.Lock()
 
     @classmethod
     def for_alias(
-        cls, client: OpenSearch, alias: str, policy: RetryPolicy | None = None
+        cls,
+        client: OpenSearch,
+        alias: str,
+        policy: RetryPolicy | None = None,
+        *,
+        on_write_error: OnWriteError | None = None,
     ) -> IndexDeadLetters:
-        return cls(client, f"{alias}-deadletter", policy)
+        return cls(client, f"{alias}-deadletter", policy, on_write_error=on_write_error)
 
     def _ensure_index(self) -> None:
         with self._lock:
@@ -296,9 +320,17 @@ class IndexDeadLetters:
         if not entries:
             return
         self._ensure_index()
-        results = self._bulk.send([Action(entry.entry_id, entry.to_json()) for entry in entries])
+        # Each failed request counts as it happens, not when the retries end.
+        traffic = Traffic(on_retry=lambda reason: self._on_write_error(1))
+        actions = [Action(entry.entry_id, entry.to_json()) for entry in entries]
+        try:
+            results = self._bulk.send(actions, traffic)
+        except Exception:
+            self._on_write_error(1)
+            raise
         refused = [r for r in results if r.verdict is not Verdict.APPLIED]
         if refused:
+            self._on_write_error(1)
             raise TerminalError(
                 f"dead-letter index {self.index_name} refused {len(refused)} entries: "
                 f"{refused[0].reason}",

@@ -15,7 +15,10 @@ stops matching leaves search and one that matches again comes back; the
 computed fields and the hook shape the body of the others. A hook that fails
 raises `DocumentError`, which the writers dead-letter with the change.
 
-Every document carries `_ks2os = {version, source, expires_at?, deleted}`.
+Every document carries `_ks2os = {version, source, expires_at?, deleted, token?}`;
+`token` is its partition's token as fixed-width text (`sync.tokens`), present
+when the builder was given a token function (every job gives it one), so
+`verify` can read the index by token range.
 A row with values that expire before it does (a column TTL, a static value's
 TTL) also carries `value_expiry` (column -> epoch ms, stored, not indexed),
 `value_expires_at` (the earliest of them, which the alias filter compares
@@ -56,6 +59,7 @@ from sync.mapping import BigNumbers, Nulls, Routing, TableMapping, Timestamps
 from sync.model import Change, Op, ScanPosition
 from sync.schema import TableKey
 from sync.shaping import Shaper, compile_shaper
+from sync.tokens import token_text
 from sync.values import encode_cell
 
 META_FIELD = "_ks2os"
@@ -281,11 +285,15 @@ class _Converter:
     def _map(self, value: Any) -> dict[str, Any]:
         convert = self.convert
         explicit_nulls = self.explicit_nulls
+        # The driver's maps are Mappings whose items() looks every key up again by
+        # serialising it (a quarter of a backfill's CPU in a profile); their `_items`
+        # holds the same (key, value) pairs in the same order.
+        items = value._items if type(value) in _DRIVER_MAPS else value.items()
         return {
             (k if type(k) is str else text_form(k)): (
                 v if type(v) is str or (type(v) is int and -(2**63) <= v < 2**64) else convert(v)
             )
-            for k, v in value.items()
+            for k, v in items
             if v is not None or explicit_nulls
         }
 
@@ -295,6 +303,9 @@ class _Converter:
             for name, item in items
             if item is not None or self.explicit_nulls
         }
+
+
+_DRIVER_MAPS = (OrderedMap, OrderedMapSerializedKey)
 
 
 def _same(value: Any) -> Any:
@@ -340,11 +351,18 @@ class _ValueForms:
 class DocumentBuilder:
     """Builds bulk actions for one table's changes under one mapping."""
 
-    def __init__(self, mapping: TableMapping, table: TableKey) -> None:
+    def __init__(
+        self,
+        mapping: TableMapping,
+        table: TableKey,
+        tokens: Callable[[tuple[Any, ...]], int] | None = None,
+    ) -> None:
         self.mapping = mapping
         self.table = table
+        # The partition's token from a row or partition key (sync.tokens.PartitionTokens).
+        self._tokens = tokens
         spec = mapping.document
-        self._id_positions = self._positions(spec.id or table.key_columns, "document.id")
+        self._id_positions = self._positions(self._id_columns(), "document.id")
         self._routing_positions = (
             self._positions(table.partition_key, "document.routing")
             if spec.routing is Routing.PARTITION
@@ -386,6 +404,26 @@ class DocumentBuilder:
         self._expiry_columns: frozenset[str] | None = (
             None if self.shaper is not None or self._take_unplanned else self._planned
         )
+
+    def _id_columns(self) -> tuple[str, ...]:
+        """The id columns: the whole primary key, in the mapping's order if it gives one.
+
+        An id of only some key columns would give distinct rows one document
+        (the last write wins), and a delete of one would hide the others.
+        """
+        columns = self.mapping.document.id
+        if columns is None:
+            return self.table.key_columns
+        missing = [c for c in self.table.key_columns if c not in columns]
+        if missing and set(columns) <= self.table.key_set:
+            raise ConfigError(
+                f"{self.mapping.path}: document.id leaves out primary-key column(s) "
+                f"{', '.join(missing)} of {self.table.qualified_name}: rows that differ only "
+                "there would share one document, and deleting one would hide the others",
+                hint=f"list every primary-key column, in any order: "
+                f"{', '.join(self.table.key_columns)}",
+            )
+        return columns
 
     def _positions(self, columns: Iterable[str], key: str) -> tuple[int, ...]:
         key_columns = self.table.key_columns
@@ -431,6 +469,12 @@ class DocumentBuilder:
         count = len(self.table.partition_key)
         return ":".join([_quote(text_form(value)) for value in key[:count]])
 
+    def token(self, key: tuple[Any, ...]) -> str | None:
+        """`_ks2os.token` of a row or partition key: its partition's token as text (None
+        without a token function)."""
+        tokens = self._tokens
+        return None if tokens is None else token_text(tokens(key))
+
     @staticmethod
     def partition_doc_id(partition_id: str) -> str:
         """The id of the partition document that holds the partition's static values."""
@@ -473,24 +517,28 @@ class DocumentBuilder:
         """The key as cell values, from which `sync.values.decode_cell` gives it back."""
         return [encode_cell(value) for value in key]
 
-    @staticmethod
-    def mark_body(change: Change) -> dict[str, Any]:
+    def mark_body(self, change: Change) -> dict[str, Any]:
         """The body that marks a row whose change was dead-lettered, at the change's version.
 
         No fields: the alias filter hides the mark, so a search never returns
         the row's older state as if it were current; a newer change replaces it.
         """
-        source = DocumentBuilder.source_kind(change)
+        source = self.source_kind(change)
         meta = {"version": change.version, "source": source, "deleted": False, DEAD_LETTER: True}
+        token = self.token(change.key)
+        if token is not None:
+            meta["token"] = token
         return {META_FIELD: meta}
 
     def carries_statics(self, change: Change) -> bool:
         """Does the change say what the partition's static values are, at its version?
 
         A static-only change does; so does a snapshot row, which reads the
-        partition's statics with the row (a missing one is null); a stream row
-        record only when it has static cells (Keyspaces sends a write that
-        touches statics and row as two records, so normally it has none).
+        partition's statics with the row (a missing one is null), unless its
+        position says it leaves them to the partition document (a repair); a
+        stream row record only when it has static cells (Keyspaces sends a
+        write that touches statics and row as two records, so normally it has
+        none).
         """
         if change.static_only:
             return True
@@ -499,7 +547,7 @@ class DocumentBuilder:
         if change.static_columns is not None:
             return bool(change.static_columns)
         if isinstance(change.source, ScanPosition):
-            return True
+            return change.source.statics
         return any(column in change.image for column in self.table.static)
 
     def stated_statics(self, change: Change) -> frozenset[str]:
@@ -535,8 +583,10 @@ class DocumentBuilder:
             else:
                 shown = self._shaped(shaper, image)
         body: dict[str, Any]
+        meta: dict[str, Any]
         if shown is None:  # a delete, or a row the filter or the hook leaves out
-            body = {META_FIELD: {"version": version, "source": source, "deleted": True}}
+            meta = {"version": version, "source": source, "deleted": True}
+            body = {META_FIELD: meta}
         else:
             body = shown
             expires_at = change.expires_at_ms
@@ -556,6 +606,8 @@ class DocumentBuilder:
                     meta[KEY_CELLS] = self.key_cells(change.key)
             body[META_FIELD] = meta
         key = change.key
+        if self._tokens is not None:
+            meta["token"] = token_text(self._tokens(key))
         routing = self._routing_positions
         return Action(
             _key_text(key, self._id_positions),

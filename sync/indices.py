@@ -44,6 +44,11 @@ META_MAPPING: Mapping[str, Any] = {
         "partition": {"type": "keyword"},
         "static_version": {"type": "long"},
         "statics": {"type": "object", "enabled": False},
+        # The partition's token, fixed-width text (sync.tokens): verify reads by token range.
+        "token": {"type": "keyword"},
+        # Partition-shape documents only (sync.partitions): each row's version and
+        # clustering key, and the deleted rows' tombstones (stored, never searched).
+        "rows": {"type": "object", "enabled": False},
         "static_versions": {"type": "object", "enabled": False},
         # Values that expire before their row (sync.documents): when each does (stored),
         # the earliest (searched by the alias filter), and the key to read the row again.
@@ -95,34 +100,32 @@ def alias_filter() -> dict[str, Any]:
     }
 
 
-def bring_up_to_date(client: OpenSearch, target: Target) -> None:
-    """Give an index made by an older ks2os what this one writes and hides.
+def update_alias_filter(client: OpenSearch, target: Target) -> bool:
+    """Give the alias on an index made by an older ks2os the current filter; True if it did.
 
-    The `_ks2os` fields it lacks are added (an additive mapping change,
-    allowed even under `dynamic = "strict"`), and the alias on the index gets
-    the current filter (re-adding an alias replaces its filter), so values
-    that expired and dead-letter marks are hidden there too.
+    Re-adding an alias replaces its filter, so values that expired and
+    dead-letter marks are hidden there too (the fields it uses are mapped by
+    `add_missing_meta_fields`).
     """
-    body = {"properties": {META_FIELD: copy.deepcopy(dict(META_MAPPING))}}
-    with opensearch_errors(f"adding ks2os's fields to {target.index}"):
-        client.indices.put_mapping(index=target.index, body=body)
     try:
         with opensearch_errors(f"reading alias {target.alias}"):
             found = client.indices.get_alias(index=target.index, name=target.alias)
     except OpenSearchRefused as exc:
         if exc.status == 404:
-            return  # the alias is elsewhere (a reindex fills this index): swapping sets it
+            return False  # the alias is elsewhere (a reindex fills this index): swapping sets it
         raise
     shown = found.get(target.index, {}).get("aliases", {}).get(target.alias)
-    if shown is not None and shown.get("filter") != alias_filter():
-        add: dict[str, Any] = {
-            "index": target.index,
-            "alias": target.alias,
-            "filter": alias_filter(),
-            "is_write_index": bool(shown.get("is_write_index", True)),
-        }
-        with opensearch_errors(f"updating the filter of alias {target.alias}"):
-            client.indices.update_aliases(body={"actions": [{"add": add}]})
+    if shown is None or shown.get("filter") == alias_filter():
+        return False
+    add: dict[str, Any] = {
+        "index": target.index,
+        "alias": target.alias,
+        "filter": alias_filter(),
+        "is_write_index": bool(shown.get("is_write_index", True)),
+    }
+    with opensearch_errors(f"updating the filter of alias {target.alias}"):
+        client.indices.update_aliases(body={"actions": [{"add": add}]})
+    return True
 
 
 def _version_pattern(alias: str) -> re.Pattern[str]:
@@ -229,6 +232,25 @@ def _newest(targets: list[str], alias: str) -> str:
         return int(match.group(1)) if match else -1
 
     return max(targets, key=version_of)
+
+
+def add_missing_meta_fields(client: OpenSearch, index: str) -> list[str]:
+    """Map the `_ks2os` fields an older index lacks (a put-mapping: adding fields is allowed).
+
+    Under `dynamic = "strict"` a document carrying an unmapped `_ks2os` field is
+    refused, and dynamically mapped the token would not be a keyword; so a job
+    adds what is missing before it writes. Returns the fields added.
+    """
+    with opensearch_errors(f"reading the mapping of {index}"):
+        live = client.indices.get_mapping(index=index)
+    properties = next(iter(live.values()))["mappings"].get("properties", {})
+    have = properties.get(META_FIELD, {}).get("properties", {})
+    missing = {name: spec for name, spec in META_MAPPING["properties"].items() if name not in have}
+    if missing:
+        body = {"properties": {META_FIELD: {"properties": missing}}}
+        with opensearch_errors(f"adding {', '.join(missing)} to the mapping of {index}"):
+            client.indices.put_mapping(index=index, body=body)
+    return sorted(missing)
 
 
 def check_mapping_compatible(client: OpenSearch, index: str, mapping: TableMapping) -> None:

@@ -212,7 +212,9 @@ def _layout(session: Session, keyspace: str, table: str) -> tuple[TableKey, tupl
     keys = set(partition) | set(clustering) | set(static)
     regular = tuple(name for name in table_meta.columns if name not in keys)
     types = {name: c.cql_type for name, c in table_meta.columns.items()}
-    return TableKey(keyspace, table, partition, clustering, static, types), regular
+    descending = frozenset(c.name for c in table_meta.clustering_key if c.is_reversed)
+    key = TableKey(keyspace, table, partition, clustering, static, types, descending)
+    return key, regular
 
 
 def _mcs_options(session: Session, keyspace: str, table: str) -> dict[str, Any]:

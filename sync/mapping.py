@@ -12,7 +12,7 @@ A mapping file is TOML::
     mappings = { ... }           # OpenSearch mappings (dynamic, properties...)
 
     [document]
-    id = ["shop", "sku"]         # columns forming the id; default the primary key
+    id = ["sku", "shop"]         # every primary-key column, any order; default: key order
     include = ["name", "price"]  # only these columns (key columns always kept)
     exclude = ["secret"]         # never these columns
     rename = { name = "title" }  # column -> field name
@@ -21,6 +21,9 @@ A mapping file is TOML::
     big_numbers = "string"       # "string" | "number" (decimal and varint)
     nulls = "omit"               # "omit" | "explicit"
     hook = "shop_hooks:product"  # module:function(row, document) -> body or None
+    shape = "row"                # "row" | "partition" (one document per partition)
+    rows_field = "rows"          # partition shape: the nested field holding the rows
+    max_rows = 1000              # partition shape: live rows one document may hold
 
     [document.filter]            # which rows are indexed (a condition, see below)
     and = [{ column = "active", eq = true }, { column = "stock", gt = 0 }]
@@ -36,6 +39,11 @@ A condition is a test of one column (`column` and one or more of `eq ne in
 not_in lt lte gt gte contains is_null`) or `and = [...]`, `or = [...]`,
 `not = {...}`. Literals stay as written here: `sync.shaping` types them
 against the table's columns when a job starts (docs/mapping.md).
+
+With `shape = "partition"` the rows field must be a `nested` property of
+`[index.mappings.properties]`, and `max_rows` may not exceed the index's
+`mapping.nested_objects.limit` (OpenSearch's cap on nested objects per
+document); `sync.partitions` writes those documents.
 
 `load_mapping` validates everything and raises `ConfigError` whose one-line
 message names the file, the key and the form expected. `propose_mapping`
@@ -84,6 +92,17 @@ class Nulls(enum.Enum):
     EXPLICIT = "explicit"
 
 
+class Shape(enum.Enum):
+    ROW = "row"  # one document per row
+    PARTITION = "partition"  # one document per partition, its rows nested in it
+
+
+DEFAULT_ROWS_FIELD = "rows"
+DEFAULT_MAX_ROWS = 1000
+# OpenSearch's default `index.mapping.nested_objects.limit`: nested objects per document.
+NESTED_OBJECTS_LIMIT = 10_000
+
+
 @dataclass(frozen=True)
 class DocumentSpec:
     """How a row becomes a document."""
@@ -99,6 +118,9 @@ class DocumentSpec:
     filter: Condition | None = field(default=None, hash=False)  # None: every row
     computed: tuple[ComputedField, ...] = field(default=(), hash=False)
     hook: str | None = None  # "module:function", imported when a job starts
+    shape: Shape = Shape.ROW
+    rows_field: str = DEFAULT_ROWS_FIELD  # partition shape: the nested field of the rows
+    max_rows: int = DEFAULT_MAX_ROWS  # partition shape: live rows per document, at most
 
 
 # ---------------------------------------------------------- shaping specs
@@ -221,6 +243,9 @@ _SECTIONS: Mapping[str, frozenset[str]] = {
             "filter",
             "computed",
             "hook",
+            "shape",
+            "rows_field",
+            "max_rows",
         }
     ),
 }
@@ -228,6 +253,7 @@ _SECTIONS: Mapping[str, frozenset[str]] = {
 _INDEX_NAME = re.compile(r"[a-z0-9][a-z0-9_\-.]*")
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _HOOK_REF = re.compile(f"{_DOTTED}:{_DOTTED}")
+_FIELD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 
 
 def load_mapping(path: str | Path) -> TableMapping:
@@ -257,27 +283,37 @@ def mapping_from_dict(data: Mapping[str, Any], where: str = "<memory>") -> Table
     alias = checker.string(index, "index", "alias", required=True)
     if not _INDEX_NAME.fullmatch(alias):
         checker.fail("index.alias", 'a lowercase index name such as "demo-products"')
-    settings = checker.table(index, "index", "settings")
+    settings = merge_settings(DEFAULT_SETTINGS, checker.table(index, "index", "settings"))
     mappings = checker.table(index, "index", "mappings")
     return TableMapping(
         keyspace=checker.string(source, "source", "keyspace", required=True),
         table=checker.string(source, "source", "table", required=True),
         alias=alias,
-        settings=merge_settings(DEFAULT_SETTINGS, settings),
+        settings=settings,
         mappings=mappings,
-        document=_document_spec(checker, document, mappings),
+        document=_document_spec(checker, document, mappings, settings),
         path=where,
     )
 
 
 def _document_spec(
-    checker: _Checker, section: Mapping[str, Any], mappings: Mapping[str, Any]
+    checker: _Checker,
+    section: Mapping[str, Any],
+    mappings: Mapping[str, Any],
+    settings: Mapping[str, Any],
 ) -> DocumentSpec:
     rename = checker.table(section, "document", "rename")
     for column, name in rename.items():
         if not isinstance(name, str) or not name:
             checker.fail(f"document.rename.{column}", "a field name string")
     include = checker.names(section, "include")
+    shape = checker.choice(section, "shape", Shape, Shape.ROW)
+    rows_field, max_rows = _partition_keys(checker, section, shape, settings)
+    # Computed fields go where the rows' fields go: into each nested row of a partition.
+    entry_mappings, entry_path = mappings, "index.mappings.properties"
+    if shape is Shape.PARTITION:
+        entry_mappings = _rows_mapping(checker, mappings, rows_field)
+        entry_path = f"index.mappings.properties.{rows_field}.properties"
     return DocumentSpec(
         id=checker.names(section, "id"),
         include=include,
@@ -289,10 +325,69 @@ def _document_spec(
         nulls=checker.choice(section, "nulls", Nulls, Nulls.OMIT),
         filter=None if "filter" not in section else _condition(checker, section["filter"]),
         computed=_computed_fields(
-            checker, checker.table(section, "document", "computed"), mappings
+            checker, checker.table(section, "document", "computed"), entry_mappings, entry_path
         ),
         hook=_hook(checker, section.get("hook")),
+        shape=shape,
+        rows_field=rows_field,
+        max_rows=max_rows,
     )
+
+
+def _partition_keys(
+    checker: _Checker, section: Mapping[str, Any], shape: Shape, settings: Mapping[str, Any]
+) -> tuple[str, int]:
+    """`rows_field` and `max_rows`: only for the partition shape, checked for form."""
+    if shape is Shape.ROW:
+        for key in ("rows_field", "max_rows"):
+            if key in section:
+                checker.fail(f"document.{key}", 'it only beside shape = "partition" (remove it)')
+        return DEFAULT_ROWS_FIELD, DEFAULT_MAX_ROWS
+    rows_field = section.get("rows_field", DEFAULT_ROWS_FIELD)
+    if not isinstance(rows_field, str) or not _FIELD_NAME.fullmatch(rows_field):
+        checker.fail(
+            "document.rows_field", "a field name: letters, digits, _ and -, not starting with _"
+        )
+    max_rows = section.get("max_rows", DEFAULT_MAX_ROWS)
+    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
+        checker.fail("document.max_rows", "a whole number of rows, at least 1", max_rows)
+    limit = _nested_objects_limit(checker, settings)
+    if max_rows > limit:
+        checker.fail(
+            "document.max_rows",
+            f"at most index.mapping.nested_objects.limit ({limit}), the nested objects "
+            "OpenSearch takes in one document (raise that setting in [index.settings] first)",
+            max_rows,
+        )
+    return rows_field, max_rows
+
+
+def _nested_objects_limit(checker: _Checker, settings: Mapping[str, Any]) -> int:
+    value: Any = settings.get("index", {})
+    for part in ("mapping", "nested_objects", "limit"):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if value is None:
+        return NESTED_OBJECTS_LIMIT
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        checker.fail("index.settings.mapping.nested_objects.limit", "a whole number", value)
+
+
+def _rows_mapping(
+    checker: _Checker, mappings: Mapping[str, Any], rows_field: str
+) -> dict[str, Any]:
+    """The nested property the rows go in (its `dynamic` inherited): a one-line error if none."""
+    properties = mappings.get("properties")
+    spec = properties.get(rows_field) if isinstance(properties, Mapping) else None
+    if not isinstance(spec, Mapping) or spec.get("type") != "nested":
+        checker.fail(
+            f"index.mappings.properties.{rows_field}",
+            f'{rows_field} = {{ type = "nested", properties = {{ ... }} }}: document.shape = '
+            '"partition" puts each row of a partition there as a nested object',
+            spec,
+        )
+    return {"dynamic": spec.get("dynamic", mappings.get("dynamic")), **spec}
 
 
 _CONDITION_FORM = (
@@ -358,7 +453,10 @@ def _is_scalar(value: Any) -> bool:
 
 
 def _computed_fields(
-    checker: _Checker, section: Mapping[str, Any], mappings: Mapping[str, Any]
+    checker: _Checker,
+    section: Mapping[str, Any],
+    mappings: Mapping[str, Any],
+    properties_path: str = "index.mappings.properties",
 ) -> tuple[ComputedField, ...]:
     strict = mappings.get("dynamic") == "strict"
     properties = mappings.get("properties")
@@ -369,9 +467,7 @@ def _computed_fields(
         if not name or name.startswith("_"):
             checker.fail(key, "a field name that does not start with _ (OpenSearch's own)")
         if strict and "." not in name and name not in known:
-            checker.fail(
-                key, "a property of that name in [index.mappings.properties] (dynamic is strict)"
-            )
+            checker.fail(key, f"a property of that name in [{properties_path}] (dynamic is strict)")
         fields.append(_computed(checker, name, spec, key))
     return tuple(fields)
 
@@ -753,6 +849,9 @@ def _document_lines(primary_key: list[str], others: list[str]) -> list[str]:
         f"big_numbers = {json.dumps(BigNumbers.STRING.value)}",
         f"# nulls: {_choices(Nulls)} (a null column is left out, or written as null).",
         f"nulls = {json.dumps(Nulls.OMIT.value)}",
+        f"# shape: {_choices(Shape)} (one document per partition, its rows in a nested",
+        "# property named by rows_field, at most max_rows of them: see docs/mapping.md).",
+        f"shape = {json.dumps(Shape.ROW.value)}",
     ]
 
 

@@ -20,6 +20,12 @@ What is checked, in this order:
   such as an `alias`);
 - with `dynamic = "strict"`, every field a document carries has a property.
 
+With `document.shape = "partition"` the table must have clustering columns
+(else each partition is one row: the row shape says the same), `document.id`
+must be the partition key, and the properties are checked on two levels: the
+partition key's and the statics' fields at the top, the rows' fields (and
+computed fields) under the nested rows property.
+
 Pure: no server is needed; the table's layout comes in as a `TableKey`.
 """
 
@@ -31,7 +37,7 @@ from typing import Any
 
 from sync.documents import META_FIELD
 from sync.errors import ConfigError
-from sync.mapping import FIELD_TYPES_URL, TableMapping
+from sync.mapping import FIELD_TYPES_URL, Shape, TableMapping
 from sync.schema import TableKey
 
 # The field types of OpenSearch's "Supported field types" reference
@@ -130,10 +136,78 @@ def check_mapping_against_table(mapping: TableMapping, table: TableKey) -> None:
     checker.field_names(fields)
     checker.field_types()
     computed = {item.name for item in mapping.document.computed}
+    if mapping.document.shape is Shape.PARTITION:
+        _check_partition_shape(checker, fields, computed)
+        return
+    level = _Level(_MAPPINGS, mapping.mappings, checker.columns)
     if mapping.document.hook is None:
         # A hook may add any field, so only a mapping without one can be held to its columns.
-        checker.properties_have_sources(fields, computed)
-    checker.strict_fields_have_properties(fields)
+        checker.properties_have_sources(level, fields, computed)
+    checker.strict_fields_have_properties(level, fields)
+
+
+def _check_partition_shape(
+    checker: _TableChecker, fields: Mapping[str, str], computed: set[str]
+) -> None:
+    """The partition shape's own rules, then the properties on both levels."""
+    mapping, table = checker.mapping, checker.table
+    spec = mapping.document
+    if not table.clustering:
+        raise _error(
+            mapping,
+            "document.shape",
+            f'"partition" groups the rows of a partition, but {table.qualified_name} has no '
+            "clustering columns: each partition is one row",
+            "leave document.shape out (one document per row is the same here)",
+        )
+    if spec.id is not None and spec.id != table.partition_key:
+        raise _error(
+            mapping,
+            "document.id",
+            f"{list(spec.id)} is not the partition key: a partition's document is "
+            f"identified by {list(table.partition_key)}",
+            "leave document.id out, or list the partition-key columns in order",
+        )
+    outer = {name: c for name, c in fields.items() if c in table.partition_key or c in table.static}
+    inner = {name: column for name, column in fields.items() if name not in outer}
+    if spec.rows_field in outer:
+        raise _error(
+            mapping,
+            "document.rows_field",
+            f"{spec.rows_field!r} is also the field of column {outer[spec.rows_field]!r}",
+            "choose another rows_field, or rename that column",
+        )
+    rows = _properties(mapping.mappings)[spec.rows_field]  # mapping.py checked it is nested
+    top_columns = (*table.partition_key, *table.static)
+    top = _Level(_MAPPINGS, mapping.mappings, top_columns, filled_by_ks2os={spec.rows_field})
+    row_columns = tuple(c for c in checker.columns if c not in top_columns)
+    nested = _Level(
+        f"{_MAPPINGS}.properties.{spec.rows_field}",
+        {"dynamic": mapping.mappings.get("dynamic"), **rows},
+        row_columns,
+    )
+    if spec.hook is None:
+        checker.properties_have_sources(top, outer, set())
+        checker.properties_have_sources(nested, inner, computed)
+    checker.strict_fields_have_properties(top, outer)
+    checker.strict_fields_have_properties(nested, inner)
+
+
+class _Level:
+    """One level of properties: the index's own, or a nested property's (the rows')."""
+
+    def __init__(
+        self,
+        key: str,
+        mappings: Mapping[str, Any],
+        columns: Sequence[str],
+        filled_by_ks2os: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
+        self.key = key  # where the file says it: index.mappings or index.mappings.properties.rows
+        self.properties = _properties(mappings)
+        self.strict = mappings.get("dynamic") == "strict"
+        self.columns = columns  # the columns whose fields may fill this level
+        self.filled_by_ks2os = frozenset({META_FIELD, *filled_by_ks2os})
 
 
 def document_fields(mapping: TableMapping, table: TableKey) -> dict[str, str]:
@@ -214,36 +288,37 @@ class _TableChecker:
                     f"field types are listed at {FIELD_TYPES_URL}",
                 )
 
-    def properties_have_sources(self, fields: Mapping[str, str], computed: set[str]) -> None:
-        properties = _properties(self.mapping.mappings)
-        filled = set(fields) | set(self.columns) | computed | _copy_to_targets(properties)
+    def properties_have_sources(
+        self, level: _Level, fields: Mapping[str, str], computed: set[str]
+    ) -> None:
+        properties = level.properties
+        filled = set(fields) | set(level.columns) | computed | _copy_to_targets(properties)
         for name, spec in properties.items():
-            if name in filled or name == META_FIELD:
+            if name in filled or name in level.filled_by_ks2os:
                 continue
             if isinstance(spec, Mapping) and spec.get("type") in _VIRTUAL_TYPES:
                 continue
             raise _error(
                 self.mapping,
-                f"{_MAPPINGS}.properties.{name}",
+                f"{level.key}.properties.{name}",
                 f"no column {name!r} in {self.table.qualified_name}, and no rename, copy_to "
-                f"or computed field fills it{_near(name, self.columns)}",
-                f"columns: {_listing(self.columns)}; rename a column to it with "
+                f"or computed field fills it{_near(name, level.columns)}",
+                f"columns: {_listing(level.columns)}; rename a column to it with "
                 "document.rename, or remove the property",
             )
 
-    def strict_fields_have_properties(self, fields: Mapping[str, str]) -> None:
-        if self.mapping.mappings.get("dynamic") != "strict":
+    def strict_fields_have_properties(self, level: _Level, fields: Mapping[str, str]) -> None:
+        if not level.strict:
             return
-        properties = _properties(self.mapping.mappings)
         for name, column in fields.items():
-            if name not in properties:
+            if name not in level.properties:
                 via = "" if name == column else f" (column {column!r} renamed)"
                 raise _error(
                     self.mapping,
-                    f"{_MAPPINGS}.properties",
+                    f"{level.key}.properties",
                     f'no property {name!r}{via}, and {_MAPPINGS}.dynamic = "strict" makes '
                     "OpenSearch reject every document that carries it",
-                    f'add {name} = {{ type = "..." }} to [index.mappings.properties], or '
+                    f'add {name} = {{ type = "..." }} to [{level.key}.properties], or '
                     f"exclude the column with document.exclude = [{column!r}]",
                 )
 

@@ -26,6 +26,10 @@ class ScanPosition:
     token_start: int  # exclusive
     token_end: int  # inclusive
     read_at_ms: int  # service clock when the range read began
+    # Whether the change states its partition's static values (a scan reads them with
+    # every row). False for verify's repair of a row whose partition document is right:
+    # restating them at a new version would rewrite every row of the partition.
+    statics: bool = True
 
 
 @dataclass(frozen=True, slots=True)

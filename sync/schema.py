@@ -29,7 +29,9 @@ class TableKey:
     `column_types` maps column name to CQL type text (`int`, `set<text>`,
     `frozen<address>`...). It is optional: decoding does not need it, but
     documents use it to tell `varint` from `bigint` (both are Python ints)
-    and to write explicit nulls for columns a row lacks.
+    and to write explicit nulls for columns a row lacks. `descending` names
+    the clustering columns declared `DESC` in `CLUSTERING ORDER BY` (a
+    partition document lists its rows in clustering order).
     """
 
     keyspace: str
@@ -38,6 +40,7 @@ class TableKey:
     clustering: tuple[str, ...] = ()
     static: tuple[str, ...] = ()
     column_types: Mapping[str, str] = field(default_factory=dict, hash=False)
+    descending: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.partition_key:

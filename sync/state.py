@@ -50,7 +50,7 @@ from typing import Any
 
 from opensearchpy import OpenSearch
 
-from sync.bulk import Action, Bulk, Document, Reader, Stamp, Verdict, call
+from sync.bulk import Action, Bulk, Document, Reader, Stamp, Traffic, Verdict, call
 from sync.errors import Ks2osError, OpenSearchRefused, TerminalError
 from sync.retry import RetryPolicy
 
@@ -440,6 +440,7 @@ class StateStore:
         lease_seconds: float = 30.0,
         clock: Callable[[], int] = wall_clock_ms,
         policy: RetryPolicy | None = None,
+        on_write_error: Callable[[int], None] | None = None,
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
@@ -451,6 +452,8 @@ class StateStore:
         self._bulk = Bulk(client, index, self._policy)
         self._reader = Reader(client, index, self._policy)
         self._ensured = False
+        # Told how many write requests failed (retried or not), for the metrics.
+        self._on_write_error = on_write_error or (lambda requests: None)
 
     @property
     def renew_interval_s(self) -> float:
@@ -515,7 +518,13 @@ class StateStore:
         self.ensure()
         if len({action.doc_id for action in actions}) != len(actions):
             raise ValueError("one document twice in one state bulk request")
-        results = self._bulk.send(actions)
+        # Each failed request counts as it happens, not when the retries end.
+        traffic = Traffic(on_retry=lambda reason: self._on_write_error(1))
+        try:
+            results = self._bulk.send(actions, traffic)
+        except Exception:
+            self._on_write_error(1)
+            raise
         stale = [
             a.doc_id for a, r in zip(actions, results, strict=True) if r.verdict is Verdict.STALE
         ]
@@ -751,6 +760,14 @@ class StateStore:
             if exc.status != 404:
                 raise
 
+    def worker_documents(self, table: str, *, expired_before_ms: int) -> list[Document]:
+        """Heartbeats of `table`'s workers that ran out before then (for cleanup). Uses search."""
+        return [
+            doc
+            for doc in self._list("worker", table)
+            if int(doc.body.get("expires_at_ms") or 0) < expired_before_ms
+        ]
+
     def live_workers(self, role: str, table: str) -> set[str]:
         """Workers of `role` on `table` whose heartbeat has not expired."""
         self.ensure()
@@ -807,6 +824,44 @@ class StateStore:
         ids = [range_doc_id(run.table, run.run_id, n) for n in range(run.range_count)]
         docs = self._read(ids)
         return [RangeState.from_body(docs[i].body, docs[i].stamp) for i in ids if i in docs]
+
+    def current_ranges(self, states: Iterable[RangeState]) -> dict[int, RangeState]:
+        """The stored state of these ranges now (real-time reads), by range number."""
+        docs = self._read([s.doc_id for s in states])
+        current = [RangeState.from_body(doc.body, doc.stamp) for doc in docs.values()]
+        return {state.number: state for state in current}
+
+    def get_ranges(self, run: BackfillRun, numbers: Iterable[int]) -> list[RangeState]:
+        """The stored state of these ranges of `run` (one read, whatever the run's size)."""
+        ids = [range_doc_id(run.table, run.run_id, n) for n in numbers]
+        docs = self._read(ids)
+        return [RangeState.from_body(docs[i].body, docs[i].stamp) for i in ids if i in docs]
+
+    def extend_run(
+        self, run: BackfillRun, ranges: list[tuple[int, int]]
+    ) -> tuple[BackfillRun, list[RangeState]]:
+        """Add ranges to `run`, numbered from its range count on (a split of a range's rest).
+
+        The run document is raised first, conditional on `run` as last seen
+        (`LeaseLost` if it changed), so of several workers extending at once
+        exactly one owns the new numbers before any of their documents exists.
+        A crash before the range documents are written leaves numbers without
+        documents, which `list_ranges` skips. Returns the run as stored and the
+        new ranges that were created.
+        """
+        grown = replace(run, range_count=run.range_count + len(ranges))
+        grown = replace(grown, stamp=self._replace(run_doc_id(run.table), grown.body(), run.stamp))
+        states = [
+            RangeState(run.table, run.run_id, n, start, end, False, None, 0, FREE, Stamp(-1, -1))
+            for n, (start, end) in enumerate(ranges, start=run.range_count)
+        ]
+        stamps = self._write_many([Action(s.doc_id, s.body(), create=True) for s in states])
+        created = [
+            replace(s, stamp=stamp)
+            for s, stamp in zip(states, stamps, strict=True)
+            if stamp is not None
+        ]
+        return grown, created
 
     def range_leases(
         self, states: Iterable[RangeState], worker: str, limit: int

@@ -133,6 +133,7 @@ class PartitionWrite:
     values: Mapping[str, Any]  # field -> value
     expiry: Mapping[str, int]  # static column -> epoch ms
     read_from: str  # "scan" or "stream"
+    token: str | None = None  # the partition's token as text (sync.tokens)
 
 
 @dataclass(slots=True)
@@ -145,6 +146,7 @@ class PartitionState:
     expiry: dict[str, int]  # static column -> epoch ms
     source: str = "stream"
     dead_letter: bool = False
+    token: str | None = None  # the partition's token as text (sync.tokens)
 
     def statics(self) -> Statics:
         return Statics(self.revision, dict(self.values), dict(self.expiry))
@@ -162,6 +164,8 @@ class PartitionState:
         meta.update(expiry_meta(self.expiry))
         if self.dead_letter:
             meta[DEAD_LETTER] = True
+        if self.token is not None:
+            meta["token"] = self.token
         return {META_FIELD: meta}
 
 
@@ -180,6 +184,7 @@ class RowWrite:
     routing: str | None
     fields: dict[str, Any]  # the row's fields without statics; empty for a delete
     own_expiry: dict[str, int]  # the row's own values expiring before it (column -> ms)
+    token: str | None = None  # the partition's token as text (sync.tokens)
 
     @property
     def version(self) -> int:
@@ -292,9 +297,10 @@ class StaticMerge:
         change = outcome.change
         partition = builder.partition_id(change.key)
         routing = builder.routing(change.key)
+        token = builder.token(change.key)
         partition_write = None
         if builder.carries_statics(change):
-            partition_write = self._partition_write(outcome, partition, routing)
+            partition_write = self._partition_write(outcome, partition, routing, token)
         if change.static_only:
             return partition_write, None
         # A row the mapping's filter or hook leaves out comes back as a delete (a tombstone).
@@ -302,11 +308,11 @@ class StaticMerge:
         own = builder.value_expiry(row_change)
         doc_id = builder.doc_id(change.key)
         return partition_write, RowWrite(
-            outcome, row_change, doc_id, partition, routing, fields, own
+            outcome, row_change, doc_id, partition, routing, fields, own, token
         )
 
     def _partition_write(
-        self, outcome: Outcome, partition: str, routing: str | None
+        self, outcome: Outcome, partition: str, routing: str | None, token: str | None
     ) -> PartitionWrite:
         change = outcome.change
         image = change.image or {}
@@ -326,6 +332,7 @@ class StaticMerge:
             self.builder.static_values(image),
             expiry,
             self.builder.source_kind(change),
+            token,
         )
 
     # -------------------------------------------------- 2. partition documents
@@ -393,6 +400,7 @@ class StaticMerge:
             {str(k): int(v) for k, v in expiry.items()} if isinstance(expiry, dict) else {},
             str(meta.get("source", "stream")),
             bool(meta.get(DEAD_LETTER)),
+            meta.get("token") if isinstance(meta.get("token"), str) else None,
         )
 
     def _apply(self, state: PartitionState, writes: Iterable[PartitionWrite]) -> set[int]:
@@ -411,6 +419,7 @@ class StaticMerge:
                 self._set_column(state, column, write)
                 newest = max(newest, write.version)
                 state.source = write.read_from
+                state.token = write.token or state.token
         if not owners:
             return set()
         state.dead_letter = False  # a newer statement of the statics replaces a mark
@@ -538,6 +547,8 @@ class StaticMerge:
             "source": self.builder.source_kind(change),
             "partition": write.partition,
         }
+        if write.token is not None:
+            meta["token"] = write.token
         if change.op is Op.DELETE:
             # A tombstone keeps the row's version, so an older write stays refused.
             meta["static_version"] = 0

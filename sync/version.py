@@ -54,6 +54,18 @@ def base(epoch_ms: int) -> int:
     return value
 
 
+def version_ms(version: int) -> int:
+    """The time (epoch ms) a version stands for: `base` undone, tie bits dropped.
+
+    Every age read from a version (how old a tombstone is, how old a change
+    is when written) goes through here, so a change of the layout changes it
+    in one place. For a stream record it is `createdAt` or a little later
+    (ties run ahead), for a snapshot row the read time less the margin; for a
+    derived write, the real version it restates.
+    """
+    return version >> TIE_BITS
+
+
 def _real_above(version: int) -> int:
     """The smallest real version (a multiple of STEP) greater than `version`."""
     return (version // STEP + 1) * STEP

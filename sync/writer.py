@@ -18,29 +18,48 @@ resolved, so the caller may checkpoint exactly the batch it passed.
 Tables with static columns take another path (`sync.statics`): a row
 document there depends on two version lines (the row's and its partition's
 statics), so rows are written with optimistic concurrency and statics kept
-in per-partition documents. `write` chooses by the table; its contract (every
-change applied, stale or dead-lettered when it returns) is the same. That
-path may also ask the job to read some partitions' statics again over CQL
-(`WriteReport.checks`, see `sync.statics.StaticsCheck`): the writer never
-talks CQL.
+in per-partition documents. A mapping with `document.shape = "partition"`
+takes a third (`sync.partitions`): one document per partition, its rows
+nested and merged row by row with optimistic concurrency. `write` chooses by
+the mapping and the table; its contract (every change applied, stale or
+dead-lettered when it returns) is the same. The static path may also ask the
+job to read some partitions' statics again over CQL (`WriteReport.checks`,
+see `sync.statics.StaticsCheck`): the writer never talks CQL.
 
 A dead-lettered change leaves a **mark** in place of its document, at the
 change's version (`DocumentBuilder.mark_body`; the alias filter hides it), so
 a search never returns the row's older state as if it were current; a newer
 change replaces the mark. `mark` does the same for changes the caller could
 not even build (raw stream records that failed to decode, by their key).
+(The partition shape keeps its rows inside one document: no marks there.)
 
 One `BulkWriter` may be shared by several threads, each writing its own
 batches: per-call state is local, the cumulative counters take a lock, and
 opensearch-py's client is thread-safe.
+
+**Too old to write.** `ks2os cleanup` purges tombstones once no replay can
+bring back an older write (docs/versions.md, "Cleanup"). That holds only if
+no writer writes a change older than the purge window, so a job's writer is
+given `max_age_ms` (the window less a margin) and refuses, before sending
+anything, a batch holding a change whose version stands for an older time:
+`ChangeTooOld`, a terminal error, so nothing is checkpointed and the change
+is read again (a backfill range from its last acknowledged token; a stream
+record from the checkpoint, or reported as a gap when the stream no longer
+holds it).
+
+An `observer` (the job's metrics) is told of every retry and its reason as
+it happens, and after every `write` what it cost (bulk request durations)
+and which changes OpenSearch acknowledged.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opensearchpy import OpenSearch
 
@@ -49,9 +68,12 @@ from sync.config import WriterSettings
 from sync.deadletter import DeadLetterStore, Outcome
 from sync.documents import DocumentBuilder
 from sync.errors import DecodeError, TerminalError
+from sync.mapping import Shape
 from sync.model import Change
+from sync.partitions import PartitionWriter
 from sync.retry import RetryPolicy
-from sync.statics import StaticMerge, StaticsCheck
+from sync.statics import MergeReport, StaticMerge, StaticsCheck
+from sync.version import version_ms
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +105,23 @@ class WriteReport:
             "retries": self.retries,
             "bytes": self.bytes,
         }
+
+
+class ChangeTooOld(TerminalError):
+    """A change older than the cleanup window: its tombstone may be purged, so never write it."""
+
+
+class WriteObserver(Protocol):
+    """Told of each retry as it happens (its reason: `sync.bulk.retry_reason`), and after
+    each `write` what it cost and the changes OpenSearch acknowledged (none if it failed)."""
+
+    def retried(self, reason: str) -> None: ...
+
+    def wrote(self, acknowledged: Sequence[Change], traffic: Traffic) -> None: ...
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class WriterCounters:
@@ -119,6 +158,9 @@ class BulkWriter:
         settings: WriterSettings | None = None,
         *,
         stop: threading.Event | None = None,
+        max_age_ms: int | None = None,
+        observer: WriteObserver | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.client = client
         self.index = index
@@ -126,6 +168,9 @@ class BulkWriter:
         self.dead_letters = dead_letters
         self.settings = settings or WriterSettings()
         self.counters = WriterCounters()
+        self.max_age_ms = max_age_ms  # None: any age (tests writing made-up versions)
+        self.observer = observer
+        self._clock = clock_ms
         policy = RetryPolicy.for_opensearch(self.settings, stop)
         self.bulk = Bulk(
             client,
@@ -135,36 +180,61 @@ class BulkWriter:
             max_bytes=self.settings.max_bytes,
             timeout_s=self.settings.timeout_s,
         )
-        self._merge: StaticMerge | None = None
-        if builder.table.static:
-            reader = Reader(
-                client,
-                index,
-                policy,
-                page_size=self.settings.max_docs,
-                timeout_s=self.settings.timeout_s,
-            )
+        self._merge: StaticMerge | PartitionWriter | None = None
+        reader = Reader(
+            client,
+            index,
+            policy,
+            page_size=self.settings.max_docs,
+            timeout_s=self.settings.timeout_s,
+        )
+        if builder.mapping.document.shape is Shape.PARTITION:
+            self._merge = PartitionWriter(self.bulk, reader, builder)
+        elif builder.table.static:
             self._merge = StaticMerge(self.bulk, reader, builder)
 
     def write(self, changes: Sequence[Change]) -> WriteReport:
-        """Apply `changes`; returns once each is applied, stale or dead-lettered."""
+        """Apply `changes`; returns once each is applied, stale or dead-lettered.
+
+        Raises `ChangeTooOld`, writing nothing, when a change is older than `max_age_ms`.
+        """
+        self._refuse_too_old(changes)
         report = WriteReport()
-        traffic = Traffic()
+        traffic = Traffic(on_retry=None if self.observer is None else self.observer.retried)
+        acknowledged: Sequence[Change] = ()
         try:
             if self._merge is not None:
                 merged = self._merge.write(changes, traffic)
-                outcomes = merged.outcomes
-                report.checks = merged.checks
+                if isinstance(merged, MergeReport):
+                    outcomes, report.checks = merged.outcomes, merged.checks
+                else:
+                    outcomes = merged
             else:
                 outcomes = self._write_versioned(changes, traffic)
-                self._mark_versioned(
-                    [o.change for o in outcomes if o.doc_id and _rejected(o)], traffic
-                )
+                self._mark_versioned([o.change for o in outcomes if _rejected(o)], traffic)
             self._count(outcomes, report)
+            acknowledged = changes
         finally:
             report.retries, report.bytes = traffic.retries, traffic.bytes
             self.counters.add(report, traffic.requests)
+            if self.observer is not None:
+                self.observer.wrote(acknowledged, traffic)
         return report
+
+    def _refuse_too_old(self, changes: Sequence[Change]) -> None:
+        if self.max_age_ms is None or not changes:
+            return
+        oldest = min(changes, key=lambda change: change.version)
+        age_ms = self._clock() - version_ms(oldest.version)
+        if age_ms > self.max_age_ms:
+            raise ChangeTooOld(
+                f"a change of {self.builder.table.qualified_name} (key {oldest.key!r}) is "
+                f"{age_ms / 3_600_000:.1f} h old, older than cleanup may keep tombstones "
+                f"({self.max_age_ms / 3_600_000:.1f} h): not written, so no purged delete "
+                "can be undone",
+                hint="run the job again: it reads the change anew (a backfill resumes its "
+                "ranges, a follower its checkpoints, and reports a gap if the stream lost it)",
+            )
 
     def _write_versioned(self, changes: Sequence[Change], traffic: Traffic) -> list[Outcome]:
         """One external-versioned action per change (a tombstone for a delete)."""
@@ -199,9 +269,9 @@ class BulkWriter:
             return
         traffic = Traffic()
         try:
-            if self._merge is not None:
+            if isinstance(self._merge, StaticMerge):
                 self._merge.mark(changes, traffic)
-            else:
+            elif self._merge is None:
                 self._mark_versioned(changes, traffic)
         finally:
             self._add_traffic(traffic)
@@ -209,7 +279,7 @@ class BulkWriter:
     def drop_expired_statics(self, partitions: Mapping[str, str | None], now_ms: int) -> int:
         """Remove static values whose TTL ran out from these partitions (id -> routing) and
         their rows; returns the partition documents rewritten (static tables only)."""
-        if self._merge is None or not partitions:
+        if not isinstance(self._merge, StaticMerge) or not partitions:
             return 0
         traffic = Traffic()
         try:
@@ -219,7 +289,7 @@ class BulkWriter:
 
     def show_current_statics(self, rows: Sequence[Document]) -> None:
         """Bring these stored rows' statics up to their partitions' (static tables only)."""
-        if self._merge is None or not rows:
+        if not isinstance(self._merge, StaticMerge) or not rows:
             return
         traffic = Traffic()
         try:

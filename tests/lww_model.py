@@ -174,6 +174,15 @@ class LwwTable:
             result[key] = values
         return result
 
+    def visible_statics(self, now: float = 0) -> dict[Key, dict[str, Any]]:
+        """Every partition's live static values, rows or not (a partition with none: absent)."""
+        result: dict[Key, dict[str, Any]] = {}
+        for partition, cells in self._static.items():
+            values = {column: cell.value for column, cell in cells.items() if cell.live(now)}
+            if values:
+                result[partition] = values
+        return result
+
     def _survives(self, row: _Row, cell: _Cell) -> bool:
         return row.tombstone_ts is None or cell.ts > row.tombstone_ts
 

@@ -58,6 +58,19 @@ def test_statics_show_on_every_row_of_the_partition() -> None:
     assert t.visible() == {(1, 2): {"p": 1, "c": 2, "a": "y", "s": "shared"}}
 
 
+def test_a_partition_keeps_its_statics_when_its_last_row_goes() -> None:
+    # CQL still returns such a partition: one row, clustering columns null, its statics.
+    t = table()
+    t.insert((1, 1), {"a": "x"}, ts=10)
+    t.update_static((1,), {"s": "shared"}, ts=11)
+    t.update_static((2,), {"s": "alone"}, ts=11)
+    t.update_static((3,), {"s": "gone"}, ts=11)
+    t.update_static((3,), {"s": None}, ts=12)
+    t.delete_row((1, 1), ts=13)
+    assert t.visible() == {}
+    assert t.visible_statics() == {(1,): {"s": "shared"}, (2,): {"s": "alone"}}
+
+
 def test_set_elements_are_cells_and_assignment_clears_older_ones() -> None:
     t = table()
     t.insert((1, 1), {"tags": {"a", "b"}}, ts=10)

@@ -9,6 +9,9 @@ the table's facts, the target index, the state store and a writer factory.
 The target is an argument (by default the index behind the alias), so a
 reindex can fill a new index while a follower keeps the live one current.
 The job's stop event ends every retry wait of its writers and state store.
+Its `metrics` (the process's, or a fresh one) see what its writers, state
+store and dead-letter store do, labelled with the table; its writers refuse
+changes older than the cleanup window (`sync.writer.ChangeTooOld`).
 """
 
 from __future__ import annotations
@@ -24,30 +27,44 @@ from sync.clients import cql_session, opensearch_client
 from sync.config import Config
 from sync.deadletter import DeadLetterStore, FileDeadLetters, IndexDeadLetters
 from sync.documents import DocumentBuilder
-from sync.indices import Target, bring_up_to_date, check_mapping_compatible, current_target
+from sync.indices import (
+    Target,
+    add_missing_meta_fields,
+    check_mapping_compatible,
+    current_target,
+    update_alias_filter,
+)
 from sync.keyspaces import TableInfo, describe_table
 from sync.mapping import TableMapping
 from sync.mapping_check import check_mapping_against_table
+from sync.metrics import Metrics, TableMetrics
 from sync.retry import RetryPolicy
 from sync.state import StateStore
+from sync.tokens import PartitionTokens
 from sync.writer import BulkWriter
 
 log = logging.getLogger(__name__)
 
 
 def dead_letter_store(
-    cfg: Config, client: OpenSearch, mapping: TableMapping, policy: RetryPolicy | None = None
+    cfg: Config,
+    client: OpenSearch,
+    mapping: TableMapping,
+    policy: RetryPolicy | None = None,
+    metrics: TableMetrics | None = None,
 ) -> DeadLetterStore:
+    failed = None if metrics is None else metrics.dead_letter_write_failed
     if cfg.dead_letter == "index":
-        return IndexDeadLetters.for_alias(client, mapping.alias, policy)
-    return FileDeadLetters(cfg.dead_letter)
+        return IndexDeadLetters.for_alias(client, mapping.alias, policy, on_write_error=failed)
+    return FileDeadLetters(cfg.dead_letter, on_write_error=failed)
 
 
 class Job:
     """The connections and facts one job run needs; close it (or use `with`) when done.
 
     `target` is where the job writes (default: the alias's current index,
-    created when there is none); `stop` is the job's stop event.
+    created when there is none); `stop` is the job's stop event; `metrics`
+    the process's series (default: a registry of the job's own).
     """
 
     def __init__(
@@ -59,10 +76,12 @@ class Job:
         stop: threading.Event | None = None,
         session: Session | None = None,
         client: OpenSearch | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.mapping = mapping
         self.stop = stop or threading.Event()
+        self.metrics = metrics or Metrics()
         self.policy = RetryPolicy.for_opensearch(cfg.writer, self.stop)
         self._own_session = session is None
         self._own_client = client is None
@@ -75,22 +94,32 @@ class Job:
             raise
         try:
             self.info: TableInfo = describe_table(self.session, mapping.keyspace, mapping.table)
+            self.table_metrics = self.metrics.table(self.info.qualified_name)
             # Before any write: a mapping the table defeats would dead-letter every row.
             check_mapping_against_table(mapping, self.info.key)
             # First of what needs the table's layout: a filter, computed field or hook the
             # table cannot take is a mistake in the file, refused before any index is made.
-            self.builder = DocumentBuilder(mapping, self.info.key)
+            self.tokens = PartitionTokens(self.session, self.info)
+            self.builder = DocumentBuilder(mapping, self.info.key, tokens=self.tokens.token)
             self.target = target or current_target(self.client, mapping)
             # Refuse before writing: documents shaped for another mapping would all be
             # dead-lettered or, worse, indexed with the wrong field types.
             check_mapping_compatible(self.client, self.target.index, mapping)
-            bring_up_to_date(self.client, self.target)
-            self.dead_letters = dead_letter_store(cfg, self.client, mapping, self.policy)
+            # An index made before a `_ks2os` field existed (the token) gets it mapped.
+            added = add_missing_meta_fields(self.client, self.target.index)
+            if added:
+                log.info("index %s: mapped %s", self.target.index, ", ".join(added))
+            if update_alias_filter(self.client, self.target):
+                log.info("alias %s: the filter of this version of ks2os", self.target.alias)
+            self.dead_letters = dead_letter_store(
+                cfg, self.client, mapping, self.policy, self.table_metrics
+            )
             self.store = StateStore(
                 self.client,
                 cfg.state.index,
                 lease_seconds=cfg.state.lease_seconds,
                 policy=self.policy,
+                on_write_error=self.table_metrics.state_write_failed,
             )
             self.store.ensure()
         except BaseException:
@@ -106,7 +135,10 @@ class Job:
     def worker_id(self) -> str:
         return self.cfg.state.worker_id
 
-    def new_writer(self) -> BulkWriter:
+    def new_writer(self, *, restates: bool = False) -> BulkWriter:
+        """A writer to the target. One that `restates` (the expiry sweep) writes documents
+        read now at their stored version + 1, however old that is: no age limit, since a
+        document read now cannot be a tombstone cleanup purged."""
         return BulkWriter(
             self.client,
             self.target.index,
@@ -114,6 +146,8 @@ class Job:
             self.dead_letters,
             self.cfg.writer,
             stop=self.stop,
+            max_age_ms=None if restates else self.cfg.cleanup.write_max_age_ms,
+            observer=self.table_metrics,
         )
 
     def close(self) -> None:

@@ -40,7 +40,6 @@ from sync.jobs.restate import reread_statics
 from sync.keyspaces import service_now_ms
 from sync.mapping import TableMapping
 from sync.model import ScanPosition
-from sync.sources.cql import read_consistency
 from sync.sources.records import record_key
 from sync.sources.streams import RowLookup
 from sync.values import decode_cell
@@ -117,8 +116,7 @@ class _Replay:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.store: DeadLetterStore = job.dead_letters
-        consistency = read_consistency(job.cfg.keyspaces.read_consistency)
-        self.lookup = RowLookup(job.session, job.info, consistency)
+        self.lookup = RowLookup(job.session, job.info)
         self.reader = Reader(job.client, job.index, job.policy)
         self.margin_ms = job.cfg.backfill.snapshot_margin_ms
 

@@ -36,6 +36,10 @@ never-read parent it no longer lists; and the window between two streams,
 when CDC was off. A DISABLED stream is read to its end, then its successor;
 with no successor the follower stops with a one-line error saying CDC is
 off. A record that cannot become a change goes raw to the dead-letter store.
+
+**What it tells.** Counters and each owned shard's lag go to the job's
+metrics (`sync.metrics`: the lag is 0 at the tip), `/readyz` asks
+`Follower.readiness`, and a status line is logged every `follow.log_interval_s`.
 """
 
 from __future__ import annotations
@@ -56,9 +60,8 @@ from sync.jobs import Job
 from sync.jobs.restate import ExpirySweep, SweepThread, reread_statics
 from sync.keyspaces import describe_table, no_cdc_message, service_now_ms
 from sync.mapping import TableMapping
-from sync.metrics import Metrics, MetricsServer
-from sync.model import Change, Op
-from sync.sources.cql import read_consistency
+from sync.metrics import FollowTotals, Metrics, MetricsServer, Readiness, status_line
+from sync.model import Change, Op, StreamPosition
 from sync.sources.records import record_key
 from sync.sources.streams import (
     BadRecord,
@@ -205,6 +208,7 @@ class ShardWorker(threading.Thread):
         return self.state.shard_id
 
     def run(self) -> None:
+        self.follower.metrics.shard_taken(self.shard_id)
         try:
             self._follow()
         except LeaseLost:
@@ -212,6 +216,7 @@ class ShardWorker(threading.Thread):
         except BaseException as exc:
             self.error = exc
         finally:
+            self.follower.metrics.shard_dropped(self.shard_id)
             self.follower.wake()
 
     def _follow(self) -> None:
@@ -228,7 +233,13 @@ class ShardWorker(threading.Thread):
                 if self._gap(result.gap):
                     return
                 continue
-            metrics.add(self.shard_id, records_read=result.records)
+            metrics.read(
+                self.shard_id,
+                result.records,
+                _first_created_ms(result),
+                result.last_created_at_ms,
+                result.at_tip,
+            )
             batch.add(result, now)
             if result.closed:
                 self._flush(batch, checkpoint=True)
@@ -265,25 +276,23 @@ class ShardWorker(threading.Thread):
         """
         if batch.pending:
             assert batch.last_sequence is not None and batch.last_version is not None
-            dead = 0
-            if batch.changes:
-                report = self.writer.write(batch.changes)
-                self.follower.metrics.add(
-                    self.shard_id,
-                    applied=report.applied,
-                    stale=report.stale,
-                    dead_lettered=report.dead_lettered,
-                )
-                if report.checks:
-                    # Before the checkpoint: a crash replays the batch, and its checks.
-                    self.follower.reread_statics(report.checks, self.writer)
-                dead += report.dead_lettered
+            report = self.writer.write(batch.changes) if batch.changes else None
+            if report is not None and report.checks:
+                # Before the checkpoint: a crash replays the batch, and its checks.
+                self.follower.reread_statics(report.checks, self.writer)
             if batch.bad:
                 self.follower.dead_letter(self.shard_id, batch.bad)
-                dead += len(batch.bad)
+            dead = (report.dead_lettered if report else 0) + len(batch.bad)
+            self.follower.metrics.acknowledged(
+                self.shard_id,
+                applied=report.applied if report else 0,
+                stale=report.stale if report else 0,
+                dead_lettered=dead,
+            )
+            # Too many refused: stop before this batch is checkpointed (a restart, once
+            # the cause is mended, writes it again).
             self.follower.count_dead_letters(len(batch.changes) + len(batch.bad), dead)
             self._written = (batch.last_sequence, batch.last_version)
-            self.follower.metrics.applied_up_to(self.shard_id, batch.last_created_at_ms)
             batch = Batch()
         now = time.monotonic()
         if self._written is not None and (checkpoint or now - self._stored_at >= CHECKPOINT_S):
@@ -335,6 +344,13 @@ class _Stream:
         return self.state is not None and self.state.finished
 
 
+def _first_created_ms(result: ReadResult) -> int | None:
+    """`createdAt` of the first change read (records come in shard order), for the lag."""
+    if result.changes and isinstance(result.changes[0].source, StreamPosition):
+        return result.changes[0].source.created_at_ms
+    return result.last_created_at_ms
+
+
 def _version_ms(version: int) -> int:
     """The `createdAt` (epoch ms) a stream version stands for: versions are `ms << TIE_BITS`."""
     return version >> TIE_BITS
@@ -363,7 +379,6 @@ class Follower:
         job: Job,
         streams: Any,
         *,
-        metrics: Metrics | None = None,
         max_shards: int = MAX_SHARD_THREADS,
     ) -> None:
         self.job = job
@@ -372,7 +387,7 @@ class Follower:
         self.store: StateStore = job.store
         self.table = job.info.qualified_name
         self.worker_id = job.worker_id
-        self.metrics = metrics or Metrics()
+        self.metrics = job.table_metrics
         self.max_shards = max_shards
         self.workers: dict[tuple[str, str], ShardWorker] = {}  # (stream ARN, shard id)
         self.lineage: dict[str, _Stream] = {}  # by stream ARN
@@ -392,6 +407,7 @@ class Follower:
         self._gaps_seen: set[str] = set()
         self._trim_check: bool | None = None  # this plan's answer of `trim_matters`
         self.healthy = True
+        self.planned = False  # the shard graph was read once: readers are running
 
     def new_writer(self) -> BulkWriter:
         # One writer for every shard: it is thread-safe and keeps one set of counters.
@@ -412,6 +428,7 @@ class Follower:
             while not stop.is_set() and not self._abandoned:
                 self._reap()
                 self._plan()
+                self.planned = True
                 self._wake.wait(relist)
                 self._wake.clear()
         finally:
@@ -481,7 +498,7 @@ class Follower:
             self._gaps_seen.add(gap.doc_id)
         self.store.record_gap(gap)
         if first:
-            self.metrics.add(gap.shard_id or label_of(gap.stream_arn), gaps=1)
+            self.metrics.gap()
             log.error(message)
         if self.settings.on_gap == "stop":
             raise StreamGap(message, hint=REBUILD_HINT)
@@ -528,7 +545,8 @@ class Follower:
         return True
 
     def dead_letter(self, shard_id: str, bad: list[BadRecord]) -> None:
-        """Raw records that could not become changes: stored with the reason, and counted.
+        """Raw records that could not become changes: stored with the reason (counted by the
+        caller with the batch).
 
         Where the record's key can be read, its row's document is marked at the
         record's version, so the row's older state is not found as if current.
@@ -546,7 +564,6 @@ class Follower:
                 Change(Op.DELETE, key, None, b.version, b.position, static_only=static_only)
             )
         self.new_writer().mark(marks)
-        self.metrics.add(shard_id, dead_lettered=len(bad))
         for b in bad:
             log.warning(
                 "record %s of shard %s dead-lettered: %s",
@@ -570,8 +587,7 @@ class Follower:
     def _cql_lookup(self) -> RowLookup:
         with self._lock:
             if self._lookup is None:
-                consistency = read_consistency(self.job.cfg.keyspaces.read_consistency)
-                self._lookup = RowLookup(self.job.session, self.job.info, consistency)
+                self._lookup = RowLookup(self.job.session, self.job.info)
             return self._lookup
 
     def _start_sweep(self) -> None:
@@ -579,7 +595,7 @@ class Follower:
         if not self.job.info.ttl_enabled:
             return
         reader = Reader(self.job.client, self.job.index, self.job.policy)
-        sweep = ExpirySweep(reader, self.new_writer(), self._cql_lookup())
+        sweep = ExpirySweep(reader, self.job.new_writer(restates=True), self._cql_lookup())
         self._sweeper = SweepThread(sweep, self.settings.sweep_interval_ms / 1000, self._sweep_stop)
         self._sweeper.start()
 
@@ -836,18 +852,77 @@ class Follower:
         if not self._abandoned:
             self.store.leave(ROLE, self.table, self.worker_id)
 
+    def readiness(self) -> Readiness:
+        """For `/readyz`: started, OpenSearch answering, leases current, lag under the limit.
+
+        A follower holding no shard (more followers than shards: a hot spare) is ready.
+        """
+        problems: list[str] = []
+        if not self.healthy:
+            problems.append("a shard reader failed; the follower is stopping")
+        if not self.planned:
+            problems.append("starting: the streams are not read yet")
+        if not _answers(self.job.client, self.store.index):
+            problems.append("OpenSearch does not answer")
+        now = self.store.now_ms()
+        for worker in list(self.workers.values()):
+            lease = worker.state.lease
+            if not worker.halt.is_set() and lease.owner is not None and now > lease.expires_at_ms:
+                problems.append(
+                    f"the lease on shard {worker.shard_id} ran out {now - lease.expires_at_ms} ms "
+                    "ago: renewing it fails"
+                )
+        limit = self.settings.ready_max_lag_s
+        for shard, lag in sorted(self.metrics.lags_s().items()):
+            if lag is not None and lag > limit:
+                problems.append(
+                    f"shard {shard} lags {lag:.0f} s, more than follow.ready_max_lag_s = {limit:g}"
+                )
+        return Readiness(tuple(problems))
+
     def summary(self, seconds: float) -> FollowSummary:
-        m = self.metrics
+        m = self.metrics.totals()
         return FollowSummary(
-            records_read=m.total("records_read"),
-            applied=m.total("applied"),
-            stale=m.total("stale"),
-            dead_lettered=m.total("dead_lettered"),
-            gaps=m.total("gaps"),
+            records_read=m.records_read,
+            applied=m.applied,
+            stale=m.stale,
+            dead_lettered=m.dead_lettered,
+            gaps=m.gaps,
             shards_finished=self.shards_finished,
             reindex_needed=self.reindex_needed,
             seconds=seconds,
         )
+
+
+def _answers(client: Any, index: str) -> bool:
+    """OpenSearch answers within a probe's patience (False on any failure).
+
+    A HEAD of the state index rather than of `/`: ks2os's IAM policy grants
+    the indexes it uses, not the domain's root (docs/aws.md).
+    """
+    try:
+        return bool(client.indices.exists(index=index, params={"request_timeout": 2}))
+    except Exception:  # readiness is a yes or no; the job's own requests report the why
+        return False
+
+
+class StatusLogger(threading.Thread):
+    """Logs the follower's status line every `interval_s` until `stop` is set."""
+
+    def __init__(self, follower: Follower, interval_s: float, stop: threading.Event) -> None:
+        super().__init__(name="ks2os-follow-status", daemon=True)
+        self._follower, self._interval, self._stop = follower, interval_s, stop
+
+    def run(self) -> None:
+        before, then = FollowTotals(), time.monotonic()
+        while not self._stop.wait(self._interval):
+            metrics = self._follower.metrics
+            now, moment = metrics.totals(), time.monotonic()
+            message, fields = status_line(
+                self._follower.table, now, before, moment - then, metrics.lags_s()
+            )
+            log.info(message, extra=fields)
+            before, then = now, moment
 
 
 def _progress(state: ShardState) -> ShardProgress:
@@ -870,20 +945,26 @@ def run_follow(
     """Follow the mapping's table until `stop` is set; see the module docstring."""
     stop = stop or threading.Event()
     own_job = job is None
-    job = job or Job(cfg, mapping, stop=stop)
+    job = job or Job(cfg, mapping, stop=stop, metrics=metrics)
     started = time.monotonic()
     server: MetricsServer | None = None
+    status_stop = threading.Event()
     try:
         log.info(job.info.version_rule())
         streams = streams_client(cfg)
         # A wrong endpoint or permission: now, in one line. (CDC may be off: a DISABLED
         # stream is still read to its end; the follower says so once it is.)
         check_streams(streams, job.info, stop)
-        follower = Follower(job, streams, metrics=metrics)
+        follower = Follower(job, streams)
         if cfg.follow.metrics_port:
             server = MetricsServer(
-                follower.metrics, cfg.follow.metrics_port, lambda: follower.healthy
+                job.metrics,
+                cfg.follow.metrics_port,
+                lambda: follower.healthy,
+                host=cfg.follow.metrics_host,
+                ready=follower.readiness,
             ).start()
+        StatusLogger(follower, cfg.follow.log_interval_s, status_stop).start()
         follower.run(stop)
         summary = follower.summary(time.monotonic() - started)
         log.info(
@@ -896,6 +977,7 @@ def run_follow(
         )
         return summary
     finally:
+        status_stop.set()
         if server is not None:
             server.stop()
         if own_job:

@@ -9,7 +9,10 @@ by page with the driver's paging state. Before each page the service clock is
 read over CQL, and every row of the page gets
 `snapshot_version(read_at, margin)`: lower than any stream record the read
 could have missed, so the follower always wins over a snapshot row it did not
-see (sync/version.py). Write times are never selected.
+see (sync/version.py). Write times are never selected. Every read is at
+LOCAL_QUORUM and selects TTL()s and decodes rows as `sync.sources.rows` says
+(shared with the stream's row lookup); a partition holding only static values
+comes out as a static-only change.
 
 Memory is bounded: one page of rows (and the changes built from it) per
 worker at a time. A scan can resume from the token of the last row of the
@@ -24,7 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
@@ -40,7 +42,7 @@ from sync.keyspaces import (
     service_now_ms,
 )
 from sync.model import Change, ScanPosition
-from sync.sources.rows import decode_row, expiring_columns, ttl_alias
+from sync.sources.rows import READ_CONSISTENCY, decode_row, expiring_columns, select_list
 from sync.version import snapshot_version
 
 log = logging.getLogger(__name__)
@@ -85,12 +87,6 @@ def ring_for(partitioner: str) -> Ring:
         )
     return ring
 
-
-READ_CONSISTENCY = {
-    "LOCAL_QUORUM": ConsistencyLevel.LOCAL_QUORUM,
-    "LOCAL_ONE": ConsistencyLevel.LOCAL_ONE,
-    "ONE": ConsistencyLevel.ONE,
-}
 
 # Result columns we add after the table's own: the row's token, then TTL()s.
 TOKEN_COLUMN = "ks2os_token"
@@ -147,16 +143,7 @@ class ScanPage:
     changes: list[Change]
     last_token: int | None  # None: the page held no rows
     rows: int
-
-
-def read_consistency(name: str) -> int:
-    """A consistency Keyspaces accepts for reads, or a ConfigError."""
-    try:
-        level: int = READ_CONSISTENCY[name]
-    except KeyError:
-        allowed = ", ".join(READ_CONSISTENCY)
-        raise ConfigError(f"read consistency {name} is not allowed; use one of {allowed}") from None
-    return level
+    tokens: tuple[int, ...] = ()  # each change's partition token, as the server gave it
 
 
 class SnapshotScanner:
@@ -168,20 +155,20 @@ class SnapshotScanner:
         info: TableInfo,
         *,
         page_size: int = 1000,
-        consistency: str = "LOCAL_QUORUM",
         margin_ms: int = 5000,
     ) -> None:
         self._session = session
         self.info = info
         self.page_size = page_size
         self.margin_ms = margin_ms
-        self._consistency = read_consistency(consistency)
         self.ring = ring_for(info.partitioner)
         # TTL() of static and regular columns (key columns have none): the row's expiry
         # and the expiry of each value that leaves before the row does.
         self.ttl_columns: tuple[str, ...] = expiring_columns(info)
         self.selected: tuple[str, ...] = info.columns
-        select = self._select_list()
+        partition = ", ".join(quote(c) for c in info.key.partition_key)
+        token_term = f"token({partition}) AS {quote(TOKEN_COLUMN)}"
+        select = select_list(self.selected, self.ttl_columns, extra=[token_term])
         token = f"token({', '.join(quote(c) for c in info.key.partition_key)})"
         table = qualified(info.keyspace, info.name)
         where = f"FROM {table} WHERE {token} {{op}} ? AND {token} <= ?"
@@ -189,17 +176,10 @@ class SnapshotScanner:
         # Only a ring's first range must include the ring's minimum itself.
         self._from: PreparedStatement = self._prepare(f"SELECT {select} {where.format(op='>=')}")
 
-    def _select_list(self) -> str:
-        partition = ", ".join(quote(c) for c in self.info.key.partition_key)
-        parts = [quote(c) for c in self.selected]
-        parts.append(f"token({partition}) AS {quote(TOKEN_COLUMN)}")
-        parts += [f"TTL({quote(c)}) AS {quote(ttl_alias(c))}" for c in self.ttl_columns]
-        return ", ".join(parts)
-
     def _prepare(self, cql: str) -> PreparedStatement:
         with cql_errors(f"preparing the scan of {self.info.qualified_name}"):
             statement: PreparedStatement = self._session.prepare(cql)
-        statement.consistency_level = self._consistency
+        statement.consistency_level = READ_CONSISTENCY
         statement.fetch_size = self.page_size
         return statement
 
@@ -222,12 +202,14 @@ class SnapshotScanner:
         position = ScanPosition(token_range.start, token_range.end, read_at_ms)
         version = snapshot_version(read_at_ms, self.margin_ms)
         changes: list[Change] = []
+        tokens: list[int] = []
         last: int | None = None
         for row in rows:
             fields = _as_dict(row)
             last = int(fields.pop(TOKEN_COLUMN))
             changes.append(decode_row(fields, self.info.key, position, version, self.ttl_columns))
-        return ScanPage(changes, last, len(rows))
+            tokens.append(last)
+        return ScanPage(changes, last, len(rows), tuple(tokens))
 
 
 def _as_dict(row: Any) -> dict[str, Any]:

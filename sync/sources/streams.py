@@ -50,6 +50,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
+from sync.config import STREAM_RETENTION_S
 from sync.errors import (
     ConfigError,
     DecodeError,
@@ -58,11 +59,25 @@ from sync.errors import (
     TerminalError,
     TransientError,
 )
-from sync.keyspaces import TableInfo, cql_errors, qualified, quote, service_now_ms
+from sync.keyspaces import (
+    TableInfo,
+    cql_errors,
+    qualified,
+    quote,
+    service_now_ms,
+)
 from sync.model import Change, Op, Provenance, StreamPosition
 from sync.retry import RetryPolicy
+from sync.sources.getrecords import raw_get_records
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
-from sync.sources.rows import decode_row, expiring_columns, expiry_ms, ttl_alias
+from sync.sources.rows import (
+    READ_CONSISTENCY,
+    decode_row,
+    expiring_columns,
+    expiry_ms,
+    select_list,
+    ttl_alias,
+)
 from sync.version import lineage_floor, next_stream_version
 
 log = logging.getLogger(__name__)
@@ -91,7 +106,7 @@ class StreamGone(Ks2osError):
 
 
 # Keyspaces keeps stream records 24 hours, and the period cannot be changed.
-RETENTION_MS = 24 * 3600 * 1000
+RETENTION_MS = STREAM_RETENTION_S * 1000
 # Service clocks read through different doors (CQL `now()`, `createdAt`, the
 # stream's trim point, GetStream's creation times) may disagree by a little;
 # every comparison between them gives this much away, in the safe direction.
@@ -435,13 +450,17 @@ class RowLookup:
 
     For KEYS_ONLY and OLD_IMAGE streams, and static-only records of NEW_IMAGE
     streams that do not say which statics were deleted; the follower also
-    re-reads statics and expired rows with it. Reads as the snapshot scan
-    reads: the TTL()s of static and regular columns, dated by the service
-    clock just before the read (`sync.sources.rows`), so the change carries
-    the row's expiry and its values'.
+    re-reads statics and expired rows with it, and `ks2os deadletter replay`
+    dead-lettered rows.
+
+    Read as the snapshot scan reads (`sync.sources.rows`): at LOCAL_QUORUM, so
+    the row is never older than an acknowledged write (a stale replica's row
+    at a delete record's version would bring the deleted row back), and with
+    the TTL()s of its columns, so the change carries the row's expiry, dated
+    by the service clock just before the read.
     """
 
-    def __init__(self, session: Session, info: TableInfo, consistency: int) -> None:
+    def __init__(self, session: Session, info: TableInfo) -> None:
         self._session = session
         self._info = info
         key = info.key
@@ -450,8 +469,8 @@ class RowLookup:
         part_where = " AND ".join(f"{quote(c)} = ?" for c in key.partition_key)
         self._ttl_columns = expiring_columns(info)
         self._static_ttl_columns = tuple(c for c in self._ttl_columns if c in key.static)
-        columns = _select(info.columns, self._ttl_columns)
-        statics = _select(key.partition_key + key.static, self._static_ttl_columns)
+        columns = select_list(info.columns, self._ttl_columns)
+        statics = select_list(key.partition_key + key.static, self._static_ttl_columns)
         with cql_errors(f"preparing the row lookups of {info.qualified_name}"):
             self._row: PreparedStatement = session.prepare(
                 f"SELECT {columns} FROM {table} WHERE {row_where}"
@@ -460,7 +479,7 @@ class RowLookup:
                 f"SELECT {statics} FROM {table} WHERE {part_where} LIMIT 1"
             )
         for statement in (self._row, self._static):
-            statement.consistency_level = consistency
+            statement.consistency_level = READ_CONSISTENCY
 
     def change(self, key: tuple[Any, ...], static_only: bool, base: Change) -> Change:
         """What the row (or the partition's statics) is now, as a change at `base`'s version."""
@@ -470,8 +489,8 @@ class RowLookup:
 
     def row(self, key: tuple[Any, ...], version: int, source: Provenance) -> Change:
         """The row as it is now (an upsert, or a delete when it is gone) at `version`."""
-        read_at_ms = service_now_ms(self._session) if self._ttl_columns else None
         with cql_errors(f"looking up a row of {self._info.qualified_name}"):
+            read_at_ms = service_now_ms(self._session) if self._ttl_columns else None
             row = self._session.execute(self._row, key).one()
         if row is None:
             return Change(Op.DELETE, key, None, version, source)
@@ -481,8 +500,8 @@ class RowLookup:
 
     def statics(self, partition: tuple[Any, ...], version: int, source: Provenance) -> Change:
         """The partition's static values as they are now, all of them, at `version`."""
-        read_at_ms = service_now_ms(self._session) if self._static_ttl_columns else None
-        with cql_errors(f"looking up the statics of {self._info.qualified_name}"):
+        with cql_errors(f"looking up the statics of a partition of {self._info.qualified_name}"):
+            read_at_ms = service_now_ms(self._session) if self._static_ttl_columns else None
             row = self._session.execute(self._static, partition).one()
         key = self._info.key
         fields = {} if row is None else row._asdict()
@@ -498,12 +517,6 @@ class RowLookup:
         return Change(
             Op.UPSERT, partition, image, version, source, static_only=True, value_expiry=expiry
         )
-
-
-def _select(columns: Collection[str], ttl_columns: Collection[str]) -> str:
-    parts = [quote(c) for c in columns]
-    parts += [f"TTL({quote(c)}) AS {quote(ttl_alias(c))}" for c in ttl_columns]
-    return ", ".join(parts)
 
 
 # ---- reading one shard ----------------------------------------------------------------
@@ -608,8 +621,10 @@ class ShardReader:
                 self._iterator = self._new_iterator()
                 if self._iterator is None:
                     return self._close()
+            # The body parsed by orjson, not by botocore's shape parser (its cost was the
+            # follower's ceiling); botocore still signs, sends and parses errors.
             reply = _call(
-                self._client.get_records,
+                raw_get_records(self._client),
                 stop=self._stop,
                 shardIterator=self._iterator,
                 maxResults=self._limit,

@@ -12,7 +12,7 @@ Streams API) unless told to refuse.
 - `bulk_ids`: the document ids of every bulk request, in order (None for an
   action without an id);
 - `cut()`: stop listening, so every new connection is refused (an endpoint
-  that became unreachable).
+  that became unreachable); `restore()`: listen again on the same port.
 """
 
 from __future__ import annotations
@@ -74,11 +74,20 @@ class HttpProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_any
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._handler = Handler
+        self._listen(0)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _listen(self, port: int) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         self._open = True
+
+    def restore(self) -> None:
+        """Listen again, on the same port, after `cut`."""
+        if not self._open:
+            self._listen(int(self.url.rsplit(":", 1)[1]))
 
     def cut(self) -> None:
         """Stop listening: from now on every connection attempt is refused."""

@@ -230,6 +230,38 @@ def test_backfill_refuses_an_index_whose_mapping_conflicts(
     assert opensearch.count(index=f"{alias}_v1")["count"] == 0
 
 
+def test_a_document_id_of_part_of_the_key_is_refused_at_start(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path, opensearch: Any
+) -> None:
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."t" ("shop" int, "sku" text, "n" int, '
+        'PRIMARY KEY ("shop", "sku"))'
+    )
+    cql.execute(f'INSERT INTO "{keyspace}"."t" ("shop", "sku", "n") VALUES (1, \'a\', 1)')
+    mapping = tmp_path / "t.toml"
+    mapping.write_text(
+        f'[source]\nkeyspace = "{keyspace}"\ntable = "t"\n[index]\nalias = "{keyspace}-t"\n'
+        '[document]\nid = ["shop"]\n'
+    )
+    config = _config_file(make_config, tmp_path, mapping)
+    line = one_line_error(ks2os("--config", str(config), "backfill", cwd=tmp_path, env=_aws_env()))
+    assert "document.id leaves out primary-key column(s) sku" in line
+    assert not opensearch.indices.exists(index=f"{keyspace}-t")  # refused before any write
+
+
+def test_a_weak_read_consistency_is_refused_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "ks2os.toml").write_text("[keyspaces]\nread_consistency = 'LOCAL_ONE'\n")
+    line = one_line_error(ks2os("config", "check", cwd=tmp_path))
+    assert "keyspaces.read_consistency must be 'LOCAL_QUORUM', got 'LOCAL_ONE'" in line
+    assert "resurrect a deleted row" in line
+
+
+def test_a_negative_snapshot_margin_is_refused_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "ks2os.toml").write_text("[backfill]\nsnapshot_margin_ms = -5000\n")
+    line = one_line_error(ks2os("config", "check", cwd=tmp_path))
+    assert "backfill.snapshot_margin_ms must be 1000-3600000, got -5000" in line
+
+
 def _aws_env() -> dict[str, str]:
     return {
         "AWS_ACCESS_KEY_ID": "test",
@@ -522,3 +554,70 @@ def _until(condition: Any, process: subprocess.Popen[str], timeout_s: float = 60
             raise AssertionError(f"ks2os exited early with {process.returncode}")
         time.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+# ---- verify: exit 0 when the index matches, 1 when it differs ---------------------------------
+
+
+def test_verify_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "ks2os.toml").write_text("")
+    line = one_line_error(ks2os("verify", "--sample", "0", cwd=tmp_path))
+    assert "'0' is not a whole number of rows above 0" in line
+    line = one_line_error(ks2os("verify", "--fraction", "1.5", cwd=tmp_path))
+    assert "not a share of the ranges in (0, 1]" in line
+    line = one_line_error(ks2os("verify", "--sample", "5", "--fraction", "0.5", cwd=tmp_path))
+    assert "not allowed with argument" in line
+
+
+def test_verify_of_an_alias_without_an_index_is_one_line_and_exit_1(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path
+) -> None:
+    mapping = cdc_table(cql, keyspace, tmp_path)
+    _config_file(make_config, tmp_path, mapping)
+    line = failure(ks2os("--config", "ks2os.toml", "verify", cwd=tmp_path, env=_aws_env()), 1)
+    assert f"alias {keyspace}-t points at no index" in line and "ks2os backfill" in line
+
+
+def test_verify_exits_0_when_the_index_matches_1_when_not_and_repair_mends_it(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path, opensearch: Any
+) -> None:
+    mapping = cdc_table(cql, keyspace, tmp_path)
+    for n in range(10):
+        cql.execute(f'INSERT INTO "{keyspace}"."t" (id, n) VALUES ({n}, {n})')
+    _config_file(make_config, tmp_path, mapping)
+    base = ["--config", "ks2os.toml"]
+    assert ks2os(*base, "backfill", cwd=tmp_path, env=_aws_env()).returncode == 0
+
+    matching = ks2os(*base, "verify", "--settle", "0.2", cwd=tmp_path, env=_aws_env())
+    assert matching.returncode == 0, matching.stderr
+    assert matching.stdout.startswith(f"verify {keyspace}.t: index {keyspace}-t_v1")
+    assert "compared 10 rows with 10 documents in 64 of 64 token ranges" in matching.stdout
+    assert matching.stdout.rstrip().endswith("result: the index matches the table")
+
+    opensearch.delete(index=f"{keyspace}-t_v1", id="4")
+    json_run = ks2os(*base, "verify", "--json", "--settle", "0.2", cwd=tmp_path, env=_aws_env())
+    assert json_run.returncode == 1, json_run.stderr
+    report = orjson.loads(json_run.stdout)
+    assert set(report) == {
+        "ok", "complete", "table", "alias", "index", "sampled", "ranges", "ranges_total",
+        "rows", "documents", "divergent", "counts", "examples", "settled", "unsettled",
+        "repaired", "unrepaired", "seconds",
+    }  # fmt: skip
+    assert report["ok"] is False and report["divergent"] == 1
+    assert report["counts"] == {
+        "missing": 1, "extra": 0, "mismatch": 0, "expired_visible": 0, "dead_letter": 0,
+        "no_token": 0,
+    }  # fmt: skip
+    (example,) = report["examples"]["missing"]
+    assert example["doc_id"] == "4" and isinstance(example["token"], str)
+
+    text = ks2os(*base, "verify", "--settle", "0.2", cwd=tmp_path, env=_aws_env())
+    assert text.returncode == 1
+    assert "  missing          1\n      4  the row exists; the index has no document" in text.stdout
+    assert "ks2os verify --repair rewrites them" in text.stdout
+
+    mended = ks2os(*base, "verify", "--repair", "--settle", "0.2", cwd=tmp_path, env=_aws_env())
+    assert mended.returncode == 0, mended.stdout + mended.stderr
+    assert "repaired 1 of 1 divergent documents" in mended.stdout
+    again = ks2os(*base, "verify", "--sample", "5", "--settle", "0.2", cwd=tmp_path, env=_aws_env())
+    assert again.returncode == 0 and "(a sample)" in again.stdout

@@ -79,7 +79,7 @@ def test_describe_masks_secrets() -> None:
         ("[keyspacez]\n", {}, "unknown key keyspacez"),
         ("[keyspaces]\nport = 'x'\n", {}, "keyspaces.port must be an integer, got str 'x'"),
         ("[keyspaces]\ntls = 'yes'\n", {}, "keyspaces.tls must be true or false"),
-        ("[backfill]\nworkers = -1\n", {}, "backfill.workers must not be negative"),
+        ("[backfill]\nworkers = -1\n", {}, "backfill.workers must be 1-32, got -1: each worker"),
         ("[follow]\non_gap = 'ignore'\n", {}, "follow.on_gap must be one of 'stop' | 'continue'"),
         ("[opensearch]\nhosts = 'x'\n", {}, "opensearch.hosts must be a list"),
         ("keyspaces = 1\n", {}, "[keyspaces] must be a table"),
@@ -248,3 +248,113 @@ def test_auth_settings_are_checked_as_a_whole(
 )
 def test_consistent_auth_settings_load(tmp_path: Path, text: str) -> None:
     load_config(write(tmp_path, text), env={})
+
+
+@pytest.mark.parametrize("level", ["LOCAL_ONE", "ONE", "QUORUM"])
+def test_a_read_consistency_below_local_quorum_is_refused_saying_why(
+    tmp_path: Path, level: str
+) -> None:
+    """A weaker read may hit a stale replica: a lookup for a delete record would then
+    write the deleted row back at the delete's version."""
+    path = write(tmp_path, f"[keyspaces]\nread_consistency = '{level}'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert f"keyspaces.read_consistency must be 'LOCAL_QUORUM', got '{level}'" in message
+    assert "reflects every acknowledged write" in message
+    assert "resurrect a deleted row" in message
+    assert "\n" not in message
+    env = {"KS2OS_KEYSPACES_READ_CONSISTENCY": level}
+    with pytest.raises(ConfigError, match=r"^KS2OS_KEYSPACES_READ_CONSISTENCY: "):
+        load_config(None, env=env)
+    assert load_config(None, env={}).keyspaces.read_consistency == "LOCAL_QUORUM"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[backfill]\nsnapshot_margin_ms = -5\n",
+            "backfill.snapshot_margin_ms must be 1000-3600000, got -5: a smaller margin lets a "
+            "snapshot row beat a newer stream record it never saw",
+        ),
+        ("[backfill]\nsnapshot_margin_ms = 999\n", "snapshot_margin_ms must be 1000-3600000"),
+        ("[backfill]\nworkers = 0\n", "backfill.workers must be 1-32, got 0"),
+        ("[backfill]\nranges = 0\n", "backfill.ranges must be 1-65536, got 0"),
+        ("[backfill]\npage_size = 0\n", "backfill.page_size must be 1-10000, got 0"),
+        ("[keyspaces]\nport = 0\n", "keyspaces.port must be 1-65535, got 0: a TCP port"),
+        ("[keyspaces]\nport = 70000\n", "keyspaces.port must be 1-65535, got 70000"),
+        ("[follow]\nmetrics_port = 65536\n", "follow.metrics_port must be 1-65535"),
+        ("[keyspaces]\nrequest_timeout_s = 0\n", "keyspaces.request_timeout_s must be > 0"),
+        ("[opensearch]\ntimeout_s = -1\n", "opensearch.timeout_s must be > 0, got -1.0"),
+        ("[writer]\ntimeout_s = 0\n", "writer.timeout_s must be > 0"),
+        ("[writer]\nmax_docs = 0\n", "writer.max_docs must be >= 1, got 0"),
+        ("[writer]\nmax_bytes = 200000000\n", "http.max_content_length"),
+        ("[writer]\nmax_retry_seconds = 0\n", "writer.max_retry_seconds must be > 0"),
+        ("[writer]\ninitial_backoff = 0\n", "writer.initial_backoff must be > 0"),
+        (
+            "[writer]\ninitial_backoff = 5.0\nmax_backoff = 1.0\n",
+            "writer.max_backoff must be >= writer.initial_backoff (5.0), got 1.0",
+        ),
+        ("[follow]\nget_records_limit = 0\n", "follow.get_records_limit must be 1-1000, got 0"),
+        ("[follow]\nget_records_limit = 1001\n", "GetRecords accepts maxResults 1-1000"),
+        ("[follow]\nflush_interval_ms = -1\n", "follow.flush_interval_ms must be 0-60000"),
+        ("[follow]\nmax_batch_records = 0\n", "follow.max_batch_records must be >= 1"),
+        ("[follow]\nmax_batch_bytes = 0\n", "follow.max_batch_bytes must be >= 1"),
+        ("[follow]\nidle_poll_ms = 0\n", "follow.idle_poll_ms must be 10-60000, got 0: polling"),
+        ("[state]\nlease_seconds = 1\n", "state.lease_seconds must be 2-86400, got 1: a lease"),
+    ],
+)
+def test_numeric_settings_outside_their_safe_range_are_refused(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and expected in message
+    assert "\n" not in message
+
+
+def test_a_range_error_names_the_variable_it_came_from(tmp_path: Path) -> None:
+    path = write(tmp_path, "[backfill]\nworkers = 2\n")
+    env = {"KS2OS_BACKFILL_SNAPSHOT_MARGIN_MS": "-1"}
+    with pytest.raises(
+        ConfigError, match=r"^KS2OS_BACKFILL_SNAPSHOT_MARGIN_MS: backfill\.snapshot"
+    ):
+        load_config(path, env=env)
+
+
+def test_every_numeric_setting_carries_its_range_and_why_next_to_its_doc() -> None:
+    """The ranges live in the field metadata, where a config reference can be made from."""
+    import dataclasses
+    import typing
+
+    from sync.config import Bounds
+
+    checked = 0
+    for section in dataclasses.fields(Config):
+        section_type = typing.get_type_hints(Config)[section.name]
+        if not dataclasses.is_dataclass(section_type):
+            continue
+        hints = typing.get_type_hints(section_type)
+        for f in dataclasses.fields(section_type):
+            kinds = {a for a in typing.get_args(hints[f.name]) if a is not type(None)}
+            if hints[f.name] in (int, float) or kinds & {int, float}:
+                bounds = f.metadata.get("bounds")
+                assert isinstance(bounds, Bounds), f"{section.name}.{f.name} has no range"
+                assert bounds.why and bounds.text() and f.metadata["doc"]
+                default = getattr(section_type(), f.name)
+                assert default is None or bounds.admits(default)
+                checked += 1
+    assert checked >= 20
+
+
+def test_ranges_read_as_a_person_would_write_them() -> None:
+    from sync.config import Bounds
+
+    assert Bounds("x", low=1, high=65535).text() == "1-65535"
+    assert Bounds("x", above=0).text() == "> 0"
+    assert Bounds("x", low=1).text() == ">= 1"
+    assert Bounds("x", above=0, high=2.5).text() == "> 0 and <= 2.5"
+    assert Bounds("x", above=0).admits(0.001) and not Bounds("x", above=0).admits(0)

@@ -30,7 +30,6 @@ from sync.sources.cql import (
     Ring,
     SnapshotScanner,
     TokenRange,
-    read_consistency,
     ring_for,
     split_ring,
 )
@@ -111,13 +110,6 @@ def test_on_each_ring_a_resumed_range_keeps_its_last_token_and_progress_stays_in
     assert rest.start < last or (rest is whole and last <= whole.start + 1)
     assert 0.0 <= whole.fraction_done(last) <= 1.0
     assert whole.fraction_done(whole.end) == 1.0
-
-
-def test_only_the_read_consistencies_keyspaces_accepts() -> None:
-    for name in ("LOCAL_QUORUM", "LOCAL_ONE", "ONE"):
-        read_consistency(name)
-    with pytest.raises(ConfigError, match="QUORUM is not allowed"):
-        read_consistency("QUORUM")
 
 
 def test_ttl_is_selected_for_scalars_and_frozen_values_only() -> None:
@@ -247,6 +239,70 @@ def test_rows_with_a_ttl_carry_their_expiry(cql: Any, keyspace: str) -> None:
     assert changes[(1,)].image == {"id": 1, "user": "a", "hits": 1}  # no TTL() columns leak
 
 
+def test_a_partition_with_only_static_values_scans_as_a_static_only_change(
+    cql: Any, keyspace: str, table: str
+) -> None:
+    """`UPDATE ... SET total = 5 WHERE pk = 99` on an empty partition: the scan returns a
+    row with null clustering keys; it is the partition's statics, as the stream says them."""
+    model = _write_rows(cql, keyspace, 6)
+    cql.execute(f'UPDATE "{keyspace}"."items" SET "total" = 5 WHERE "pk" = 99')
+    cql.execute(f'UPDATE "{keyspace}"."items" SET "total" = 7 WHERE "pk" = 0')
+    scanner = _scanner(cql, keyspace, table, page_size=4)
+    changes = [c for r in split_ring(3) for page in scanner.scan(r) for c in page.changes]
+    statics = [c for c in changes if c.static_only]
+    assert [(c.key, c.image, c.op) for c in statics] == [((99,), {"pk": 99, "total": 5}, Op.UPSERT)]
+    assert statics[0].expires_at_ms is None
+    rows = {c.key: c for c in changes if not c.static_only}
+    assert set(rows) == set(model)  # no row made up for partition 99
+    assert all(
+        c.image is not None and c.image.get("total") == 7 for c in rows.values() if c.key[0] == 0
+    )
+
+
+def test_every_read_of_the_table_is_at_local_quorum(keyspace: str, cql: Any, emulator: Any) -> None:
+    """Whatever the session's default (the driver's is LOCAL_ONE), the scan reads at
+    LOCAL_QUORUM: a weaker read may miss an acknowledged write or delete."""
+    from cassandra import ConsistencyLevel
+    from cassandra.cluster import Cluster
+
+    from sync.keyspaces import describe_table
+
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."items" ("pk" int, "ck" int, "name" text, '
+        '"total" bigint STATIC, PRIMARY KEY ("pk", "ck"))'
+    )
+    _write_rows_without_tags(cql, keyspace, 10)
+    cluster = Cluster(["127.0.0.1"], port=emulator.cql_port, protocol_version=4)
+    try:
+        session = cluster.connect()
+        assert session.default_consistency_level == ConsistencyLevel.LOCAL_ONE
+        levels: list[tuple[str, int]] = []
+        session.add_request_init_listener(
+            lambda future: levels.append(
+                (_query_text(future.query), future.message.consistency_level)
+            )
+        )
+        scanner = SnapshotScanner(session, describe_table(session, keyspace, "items"), page_size=3)
+        rows = [c for r in split_ring(2) for page in scanner.scan(r) for c in page.changes]
+        assert len(rows) == 10
+        table_reads = [level for text, level in levels if '"items"' in text]
+        assert len(table_reads) >= 4  # every page of both ranges
+        assert set(table_reads) == {ConsistencyLevel.LOCAL_QUORUM}
+    finally:
+        cluster.shutdown()
+
+
+def _write_rows_without_tags(cql: Any, keyspace: str, count: int) -> None:
+    insert = cql.prepare(f'INSERT INTO "{keyspace}"."items" ("pk", "ck", "name") VALUES (?, ?, ?)')
+    for n in range(count):
+        cql.execute(insert, (n // 3, n % 3, f"row {n}"))
+
+
+def _query_text(statement: Any) -> str:
+    prepared = getattr(statement, "prepared_statement", None)
+    return str(prepared.query_string if prepared is not None else statement.query_string)
+
+
 def test_a_missing_table_is_a_config_error(cql: Any, keyspace: str) -> None:
     from sync.keyspaces import describe_table
 
@@ -355,3 +411,16 @@ def test_a_scanner_refuses_a_partitioner_without_a_known_ring(
     info = replace(describe_table(cql, keyspace, table), partitioner="com.example.Partitioner")
     with pytest.raises(ConfigError, match=r"com\.example\.Partitioner"):
         SnapshotScanner(cql, info)
+
+
+def test_the_clustering_order_is_read_over_cql(cql: Any, keyspace: str) -> None:
+    from sync.keyspaces import describe_table
+
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."events" ("p" int, "day" date, "seq" int, "at" int, '
+        'PRIMARY KEY ("p", "day", "seq", "at")) WITH CLUSTERING ORDER BY ("day" DESC, "seq" ASC, '
+        '"at" DESC)'
+    )
+    info = describe_table(cql, keyspace, "events")
+    assert info.key.clustering == ("day", "seq", "at")
+    assert info.key.descending == frozenset({"day", "at"})

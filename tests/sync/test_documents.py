@@ -175,9 +175,9 @@ def test_ids_are_url_safe_and_unambiguous_for_awkward_keys() -> None:
 
 
 def test_ids_and_routing_follow_the_mapping() -> None:
-    b = builder(id=["sku", "shop"], routing="partition")
+    b = builder(id=["sku", "shop", "day"], routing="partition")
     action = b.action_for(upsert({}, key=("s p", Date(0), SKU)))
-    assert action.doc_id == f"{SKU}:s%20p"
+    assert action.doc_id == f"{SKU}:s%20p:1970-01-01"
     assert action.routing == "s%20p:1970-01-01"
     assert builder().action_for(upsert({})).routing is None
 
@@ -185,6 +185,24 @@ def test_ids_and_routing_follow_the_mapping() -> None:
 def test_id_columns_must_be_key_columns() -> None:
     with pytest.raises(ConfigError, match=r"document.id.*'n'"):
         builder(id=["n"])
+
+
+def test_an_id_of_only_some_key_columns_is_refused_naming_the_missing_ones() -> None:
+    """Rows that differ only in a left-out column would share one document, and a delete
+    of one would hide the others."""
+    with pytest.raises(ConfigError) as caught:
+        builder(id=["sku", "shop"])
+    message = str(caught.value)
+    assert "document.id leaves out primary-key column(s) day of demo.t" in message
+    assert "\n" not in message and "shop, day, sku" in caught.value.hint
+    with pytest.raises(ConfigError, match=r"column\(s\) day, sku of demo.t"):
+        builder(id=["shop"])
+
+
+def test_any_order_of_the_whole_key_is_an_id() -> None:
+    key = ("s", Date(0), SKU)
+    assert builder(id=["sku", "day", "shop"]).doc_id(key) == f"{SKU}:1970-01-01:s"
+    assert builder().doc_id(key) == f"s:1970-01-01:{SKU}"
 
 
 def test_key_text_forms_are_canonical() -> None:
@@ -398,3 +416,26 @@ def test_on_a_static_table_a_row_left_out_is_written_as_a_delete_of_it() -> None
     kept = Change(Op.UPSERT, (1, 2), {"p": 1, "c": 2, "s": "x", "a": "keep"}, 5, SCAN)
     assert b.row_document(kept) == (kept, {"p": 1, "c": 2, "a": "keep"})
     assert b.carries_statics(change)  # the statics it read still count for the partition
+
+
+def test_a_driver_map_gives_the_bytes_of_the_same_dict() -> None:
+    """The driver's OrderedMapSerializedKey (what a CQL read returns) is read by its pairs;
+    the document keeps their order, keys' text forms and the values, as a dict would."""
+    from cassandra import cqltypes
+
+    types = cqltypes._cqltypes
+    read = {}
+    for column, (key_type, value) in {
+        "counts": (types["text"], {"b": 2, "a": 1, "c": None}),
+        "by_day": (types["date"], {Date(1): 10, Date(0): 5}),
+        "by_id": (types["uuid"], {SKU: "x"}),
+    }.items():
+        value_type = types["int"] if column != "by_id" else types["text"]
+        cql_type = types["map"].apply_parameters([key_type, value_type])
+        written = {k: v for k, v in value.items() if v is not None}
+        read[column] = cql_type.from_binary(cql_type.to_binary(written, 4), 4)
+        assert type(read[column]).__name__ == "OrderedMapSerializedKey"
+    as_dicts = {column: dict(value.items()) for column, value in read.items()}
+    driver_doc = builder().action_for(upsert(read)).body
+    assert driver_doc == builder().action_for(upsert(as_dicts)).body
+    assert orjson.loads(driver_doc)["by_day"] == {"1970-01-01": 5, "1970-01-02": 10}

@@ -85,8 +85,16 @@ def write_files(tmp_path: Path, stack: Emulator, search_url: str, keyspace: str)
 class Workload:
     """Random operations applied to the table (over CQL) and to the model alike."""
 
-    def __init__(self, session: Session, keyspace: str, client_timestamps: bool, seed: int):
+    def __init__(
+        self,
+        session: Session,
+        keyspace: str,
+        client_timestamps: bool,
+        seed: int,
+        shape: tuple[int, int] = (PARTITIONS, ROWS),  # partitions, rows per partition
+    ):
         self.session = session
+        self.partitions, self.rows = shape
         self.table = f'"{keyspace}"."items"'
         self.client_timestamps = client_timestamps
         self.rng = random.Random(seed)
@@ -109,7 +117,7 @@ class Workload:
         return f" USING {' AND '.join(parts)}" if parts else ""
 
     def step(self) -> None:
-        p, c = self.rng.randrange(PARTITIONS), self.rng.randrange(ROWS)
+        p, c = self.rng.randrange(self.partitions), self.rng.randrange(self.rows)
         ts_clause, ts = self._timestamp()
         now = time.time()
         roll = self.rng.random()

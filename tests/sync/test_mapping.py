@@ -21,6 +21,7 @@ from sync.mapping import (
     Not,
     Nulls,
     Routing,
+    Shape,
     Split,
     Timestamps,
     field_for_cql_type,
@@ -33,6 +34,10 @@ pytestmark = pytest.mark.unit
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "mappings" / "example.toml"
 MINIMAL = '[source]\nkeyspace = "demo"\ntable = "t"\n[index]\nalias = "demo-t"\n'
+PARTITION = (
+    MINIMAL + '[index.mappings.properties]\nrows = { type = "nested" }\n'
+    '[document]\nshape = "partition"\n'
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -195,6 +200,55 @@ def test_user_settings_merge_over_the_defaults(tmp_path: Path) -> None:
         # the hook
         (MINIMAL + '[document]\nhook = "module.function"\n', "document.hook", '"module:function"'),
         (MINIMAL + "[document]\nhook = 3\n", "document.hook", '"module:function"'),
+        # the partition shape
+        (MINIMAL + '[document]\nshape = "rows"\n', "document.shape", '"row" or "partition"'),
+        (
+            MINIMAL + "[document]\nmax_rows = 10\n",
+            "document.max_rows",
+            'beside shape = "partition"',
+        ),
+        (
+            MINIMAL + '[document]\nrows_field = "lines"\n',
+            "document.rows_field",
+            'beside shape = "partition"',
+        ),
+        (
+            MINIMAL + '[document]\nshape = "partition"\n',
+            "index.mappings.properties.rows",
+            'rows = { type = "nested", properties = { ... } }',
+        ),
+        (
+            MINIMAL
+            + '[index.mappings.properties]\nrows = { type = "object" }\n'
+            + '[document]\nshape = "partition"\n',
+            "index.mappings.properties.rows",
+            '{ type = "nested"',
+        ),
+        (PARTITION + "max_rows = 0\n", "document.max_rows", "at least 1"),
+        (PARTITION + "max_rows = true\n", "document.max_rows", "at least 1"),
+        (
+            PARTITION + "max_rows = 20000\n",
+            "document.max_rows",
+            "at most index.mapping.nested_objects.limit (10000)",
+        ),
+        (
+            PARTITION.replace(
+                "[document]", '[index.settings]\n"mapping.nested_objects.limit" = 500\n[document]'
+            )
+            + "max_rows = 501\n",
+            "document.max_rows",
+            "at most index.mapping.nested_objects.limit (500)",
+        ),
+        (PARTITION + 'rows_field = "_rows"\n', "document.rows_field", "not starting with _"),
+        (PARTITION + 'rows_field = "a.b"\n', "document.rows_field", "a field name"),
+        (
+            MINIMAL
+            + '[index.mappings]\ndynamic = "strict"\n[index.mappings.properties]\n'
+            + 'x = { type = "keyword" }\nrows = { type = "nested" }\n'
+            + '[document]\nshape = "partition"\n[document.computed]\nx = { copy = "a" }\n',
+            "document.computed.x",
+            "a property of that name in [index.mappings.properties.rows.properties]",
+        ),
     ],
 )
 def test_every_mistake_is_one_line_naming_file_and_key(
@@ -213,6 +267,15 @@ def test_every_mistake_is_one_line_naming_file_and_key(
         assert key in message
     assert expected in message
     assert raised.value.hint
+
+
+def test_the_partition_shape_loads_with_its_defaults_and_its_own_keys(tmp_path: Path) -> None:
+    spec = load_mapping(write(tmp_path, PARTITION)).document
+    assert (spec.shape, spec.rows_field, spec.max_rows) == (Shape.PARTITION, "rows", 1000)
+    text = PARTITION.replace("rows = {", "lines = {") + 'rows_field = "lines"\nmax_rows = 50\n'
+    spec = load_mapping(write(tmp_path, text)).document
+    assert (spec.rows_field, spec.max_rows) == ("lines", 50)
+    assert load_mapping(write(tmp_path, MINIMAL)).document.shape is Shape.ROW
 
 
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
@@ -298,7 +361,7 @@ def test_a_proposal_lists_the_choices_each_section_offers() -> None:
         "demo", "t", [("id", "int", "partition_key"), ("name", "text", "regular")]
     )
     comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
-    for kind in (Routing, Timestamps, BigNumbers, Nulls):
+    for kind in (Routing, Timestamps, BigNumbers, Nulls, Shape):
         for member in kind:
             assert f'"{member.value}"' in comments, member
     for key in ("include", "exclude", "rename", "dynamic", "alias", "number_of_replicas"):

@@ -217,3 +217,100 @@ def test_the_field_type_list_holds_what_proposals_use() -> None:
 
     for cql_type in ("text", "uuid", "inet", "int", "decimal", "blob", "map<text, int>", "udt"):
         assert field_for_cql_type(cql_type)["type"] in OPENSEARCH_FIELD_TYPES
+
+
+# ---- the partition shape: two levels of properties ---------------------------------------
+
+PARTITION = (
+    '[index.mappings]\ndynamic = "strict"\n[index.mappings.properties]\n'
+    'id = { type = "keyword" }\nbanner = { type = "text" }\n'
+    "[index.mappings.properties.rows]\n"
+    'type = "nested"\n'
+    'properties = { placed = { type = "date" }, name = { type = "text" }, '
+    'total = { type = "keyword" }, items = { type = "flat_object" } }\n'
+    '[document]\nshape = "partition"\n'
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        PARTITION,
+        PARTITION + 'id = ["id"]\nrouting = "partition"\n',
+        # a computed field goes into each row, beside the row's columns
+        PARTITION.replace("items = {", 'label = { type = "keyword" }, items = {')
+        + '[document.computed]\nlabel = { concat = ["name", "total"] }\n',
+        # the rows' own dynamic setting holds for them
+        PARTITION.replace('type = "nested"\n', 'type = "nested"\ndynamic = true\n').replace(
+            'name = { type = "text" }, ', ""
+        ),
+    ],
+)
+def test_partition_mappings_the_table_can_fill_pass(text: str) -> None:
+    check(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        (
+            PARTITION + 'id = ["id", "placed"]\n',
+            "document.id",
+            "['id', 'placed'] is not the partition key: a partition's document is identified "
+            "by ['id']",
+        ),
+        (
+            PARTITION.replace("name = { type", "nmae = { type"),
+            "index.mappings.properties.rows.properties.nmae",
+            "no column 'nmae' in shop.orders",
+        ),
+        (
+            # a row column's property at the top is filled by nothing: rows hold it
+            PARTITION.replace(
+                'banner = { type = "text" }', 'banner = { type = "text" }\nname = { type = "text" }'
+            ),
+            "index.mappings.properties.name",
+            "no column 'name' in shop.orders",
+        ),
+        (
+            PARTITION.replace('name = { type = "text" }, ', ""),
+            "index.mappings.properties.rows.properties",
+            "no property 'name', and index.mappings.dynamic = \"strict\"",
+        ),
+        (
+            PARTITION.replace('banner = { type = "text" }\n', ""),
+            "index.mappings.properties",
+            "no property 'banner'",
+        ),
+        (
+            PARTITION.replace(
+                "[index.mappings.properties.rows]", "[index.mappings.properties.banner2]"
+            )
+            .replace('banner = { type = "text" }\n', "")
+            .replace('[document]\nshape = "partition"\n', "")
+            + '[index.mappings.properties.rows]\ntype = "nested"\n'
+            '[document]\nshape = "partition"\nrename = { banner = "rows" }\n',
+            "document.rows_field",
+            "'rows' is also the field of column 'banner'",
+        ),
+    ],
+)
+def test_each_partition_shape_mistake_is_one_line_naming_the_key(
+    text: str, key: str, expected: str
+) -> None:
+    test_each_mistake_is_one_line_naming_the_key(text, key, expected)
+
+
+def test_the_partition_shape_is_refused_for_a_table_without_clustering_columns() -> None:
+    table = TableKey.from_columns(
+        "shop", "orders", [("id", "uuid", "partition_key"), ("name", "text", "regular")]
+    )
+    text = (
+        '[index.mappings.properties]\nrows = { type = "nested" }\n[document]\nshape = "partition"\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        check_mapping_against_table(mapping(text), table)  # type: ignore[arg-type]
+    message = str(raised.value)
+    assert message.startswith("orders.toml: document.shape: ")
+    assert "shop.orders has no clustering columns: each partition is one row" in message
+    assert raised.value.hint == "leave document.shape out (one document per row is the same here)"

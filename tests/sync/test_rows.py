@@ -150,8 +150,25 @@ def test_null_columns_are_left_out_like_a_cdc_image_leaves_them_out() -> None:
 
 
 def test_a_row_without_its_key_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="region"):
+        decode_row({"shop": "s", "sku": UUID}, TABLE, SCAN, 1)
+    no_statics = TableKey("demo", "plain", ("shop",), ("sku",))
     with pytest.raises(DecodeError, match="sku"):
-        decode_row({"shop": "s", "region": 1}, TABLE, SCAN, 1)
+        decode_row({"shop": "s"}, no_statics, SCAN, 1)
+
+
+def test_a_partitions_static_row_is_a_static_only_change_like_its_stream_record() -> None:
+    # CQL returns a partition with statics and no rows as one row, clustering columns null.
+    row = {"shop": "s", "region": 1, "sku": None, "banner": "Sale", "a_int": None}
+    change = decode_row(row, TABLE, SCAN, 10)
+    static_record = {
+        "partitionKeys": {"shop": {"textT": "s"}, "region": {"intT": "1"}},
+        "newImage": {"staticCells": {"banner": {"value": {"textT": "Sale"}}}},
+    }
+    from_stream = decode_record(static_record, TABLE, STREAM, 10)
+    assert change.static_only and from_stream.static_only
+    assert change.key == from_stream.key == ("s", 1)
+    assert change.image == from_stream.image == {"shop": "s", "region": 1, "banner": "Sale"}
 
 
 def test_expiry_from_selected_ttls() -> None:
@@ -223,3 +240,38 @@ def test_an_expiry_read_from_ttl_is_never_later_than_the_real_one(
     ttl = expires_s - row_read // 1000
     assert expiry_ms(clock_read, ttl) <= expires_s * 1000
     assert expiry_ms(clock_read, ttl) > expires_s * 1000 - 1000 - read_took_ms
+
+
+def test_a_looked_up_row_dates_its_expiry_by_the_read_not_the_record() -> None:
+    """The stream's row lookup decodes with the same code: the expiry counts from the
+    service clock before the lookup, whatever the record's own time."""
+    row = {"shop": "s", "region": 1, "sku": UUID, "a_int": 1, ttl_alias("a_int"): 60}
+    change = decode_row(row, TABLE, STREAM, 9, ttl_columns=["a_int"], read_at_ms=5_000_000)
+    assert change.expires_at_ms == 5_060_000
+    assert change.source == STREAM and change.version == 9
+    with pytest.raises(ValueError, match="time of the read"):
+        decode_row(row, TABLE, STREAM, 9, ttl_columns=["a_int"])
+
+
+def test_a_partition_with_only_statics_is_a_static_only_change_like_the_streams() -> None:
+    """A scanned partition with statics and no rows (null clustering keys) decodes as the
+    stream's static-only record of the same state does: partition key and statics."""
+    row = {
+        "shop": "s",
+        "region": 1,
+        "sku": None,
+        "banner": "Sale",
+        "a_int": None,
+        ttl_alias("a_int"): None,
+    }
+    from_scan = decode_row(row, TABLE, SCAN, 10, ttl_columns=["a_int"])
+    record = {
+        "partitionKeys": {"shop": {"textT": "s"}, "region": {"intT": "1"}},
+        "newImage": {"staticCells": {"banner": {"value": {"textT": "Sale"}}}},
+    }
+    from_stream = decode_record(record, TABLE, STREAM, 10)
+    assert from_scan.static_only and from_stream.static_only
+    assert from_scan.op is from_stream.op is Op.UPSERT
+    assert from_scan.key == from_stream.key == ("s", 1)
+    assert from_scan.image == from_stream.image == {"shop": "s", "region": 1, "banner": "Sale"}
+    assert from_scan.expires_at_ms is None

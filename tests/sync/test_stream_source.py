@@ -18,7 +18,6 @@ import pytest
 from sync.errors import ConfigError
 from sync.keyspaces import TableInfo, describe_table
 from sync.model import Change, Op
-from sync.sources.cql import read_consistency
 from sync.sources.streams import (
     GapKind,
     ReadResult,
@@ -333,11 +332,74 @@ def test_a_shard_read_from_its_start_proves_nothing_was_trimmed(
 def test_a_keys_only_stream_reads_the_row_over_cql(cql: Any, streams: Any, keyspace: str) -> None:
     info = _create(cql, keyspace, view="KEYS_ONLY")
     _rows(cql, info, [("upsert", 1, 1, "kept"), ("upsert", 2, 2, "gone"), ("delete", 2, 2, None)])
-    lookup = RowLookup(cql, info, read_consistency("LOCAL_QUORUM"))
+    lookup = RowLookup(cql, info)
     changes = Drain(streams, info, lookup).to_tip()
     final = _final_state(changes)
     assert final[(1, 1)][1]["body"] == "kept"
     assert final[(2, 2)][1] is None
+
+
+@pytest.mark.parametrize("view", ["KEYS_ONLY", "OLD_IMAGE"])
+def test_a_looked_up_row_carries_its_expiry(
+    cql: Any, streams: Any, keyspace: str, view: str
+) -> None:
+    """Streams without new images re-read the row; the row's TTL must come with it, or a
+    row with a TTL stays searchable after it expires (and a backfill's expiry is erased)."""
+    from sync.keyspaces import service_now_ms
+
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."events" ("id" int, "seq" int, "body" text, "n" int, '
+        'PRIMARY KEY ("id", "seq")) WITH cdc = true AND CUSTOM_PROPERTIES = '
+        f"{{'cdc_specification': {{'view_type': '{view}'}}, 'ttl': {{'status': 'enabled'}}}}"
+    )
+    info = describe_table(cql, keyspace, "events")
+    table = f'"{keyspace}"."events"'
+    before = service_now_ms(cql)
+    cql.execute(
+        f'INSERT INTO {table} ("id", "seq", "body", "n") VALUES (1, 1, \'a\', 1) USING TTL 600'
+    )
+    cql.execute(f'INSERT INTO {table} ("id", "seq", "body", "n") VALUES (2, 2, \'b\', 2)')
+    cql.execute(f'INSERT INTO {table} ("id", "seq", "body") VALUES (3, 3, \'c\') USING TTL 900')
+    cql.execute(f'UPDATE {table} USING TTL 1200 SET "n" = 3 WHERE "id" = 3 AND "seq" = 3')
+    changes = Drain(streams, info, RowLookup(cql, info)).to_tip()
+    after = service_now_ms(cql)
+    final = {c.key: c for c in changes}  # the lookups read the rows as they are now
+    assert final[(1, 1)].image == {"id": 1, "seq": 1, "body": "a", "n": 1}  # no TTL() leaks
+    expires = final[(1, 1)].expires_at_ms
+    assert expires is not None and before + 599_000 <= expires <= after + 600_000
+    assert final[(2, 2)].expires_at_ms is None
+    last = final[(3, 3)].expires_at_ms  # the row lives as long as its longest-lived cell
+    assert last is not None and before + 1_199_000 <= last <= after + 1_200_000
+
+
+def test_a_lookup_reads_at_local_quorum_whatever_the_sessions_default(
+    streams: Any, keyspace: str, cql: Any, emulator: Any
+) -> None:
+    """A lookup for a delete record that hit a stale replica would write the deleted row
+    back at the delete's version: lookups read at LOCAL_QUORUM, never the driver's LOCAL_ONE."""
+    from cassandra import ConsistencyLevel
+    from cassandra.cluster import Cluster
+
+    info = _create(cql, keyspace, view="KEYS_ONLY")
+    _rows(cql, info, [("upsert", 1, 1, "kept"), ("upsert", 2, 2, "gone"), ("delete", 2, 2, None)])
+    cql.execute(f'UPDATE "{keyspace}"."events" SET "body" = \'x\' WHERE "id" = 1 AND "seq" = 1')
+    cluster = Cluster(["127.0.0.1"], port=emulator.cql_port, protocol_version=4)
+    try:
+        session = cluster.connect()
+        assert session.default_consistency_level == ConsistencyLevel.LOCAL_ONE
+        levels: list[int] = []
+
+        def record(future: Any) -> None:
+            query = getattr(future.query, "prepared_statement", future.query)
+            if '"events"' in str(query.query_string):
+                levels.append(future.message.consistency_level)
+
+        session.add_request_init_listener(record)
+        changes = Drain(streams, info, RowLookup(session, info)).to_tip()
+        assert len(changes) == 4 and len(levels) == 4
+        assert set(levels) == {ConsistencyLevel.LOCAL_QUORUM}
+    finally:
+        cluster.shutdown()
 
 
 def test_a_table_without_cdc_says_how_to_enable_it(cql: Any, streams: Any, keyspace: str) -> None:

@@ -28,7 +28,6 @@ from sync.jobs.backfill import run_backfill
 from sync.jobs.restate import ExpirySweep
 from sync.mapping import TableMapping, mapping_from_dict
 from sync.model import Change, Op, StreamPosition
-from sync.sources.cql import read_consistency
 from sync.sources.streams import RowLookup
 from sync.version import STEP
 from tests.sync.jobs.follow_helpers import following, until
@@ -235,7 +234,7 @@ def test_the_sweeps_rewrite_beats_the_stored_document_and_loses_to_a_newer_chang
             snapshot + STEP,
             StreamPosition("arn", "shard", "1", 0),
         )
-        lookup = RowLookup(job.session, job.info, read_consistency("LOCAL_QUORUM"))
+        lookup = RowLookup(job.session, job.info)
         racing = RacingLookup(lookup, (5, 2), lambda: writer.write([newer]))
         report = ExpirySweep(reader, writer, racing).run_once()  # type: ignore[arg-type]
         after = reader.get({"5:1": "5", "5:2": "5"})

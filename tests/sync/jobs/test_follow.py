@@ -103,12 +103,12 @@ def test_follow_applies_inserts_updates_and_deletes(
     assert summary[0].records_read == table.writes
     assert summary[0].dead_lettered == 0
     read = [
-        int(line.rsplit(" ", 1)[1])
+        float(line.rsplit(" ", 1)[1])
         for line in exposition.splitlines()
         if line.startswith("ks2os_follow_records_read_total{")
     ]
     assert sum(read) == table.writes
-    assert "ks2os_follow_lag_ms{" in exposition
+    assert "ks2os_follow_lag_seconds{" in exposition
 
 
 def _free_port() -> int:

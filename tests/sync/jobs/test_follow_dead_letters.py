@@ -122,7 +122,7 @@ def test_an_undecodable_record_is_dead_lettered_raw_and_the_shard_goes_on(
         table.insert(20, 20, "after the bad record", 1)  # its shard, or any other, goes on
         until(lambda: "20:20" in indexed(opensearch, mapping.alias), "a later row arrives")
     assert follower.summary(0).dead_lettered == 1
-    assert "ks2os_follow_dead_lettered_total" in follower.metrics.exposition()
+    assert "ks2os_follow_dead_lettered_total" in job.metrics.exposition()
     (entry,) = _entries(dead)
     assert entry["op"] is None and entry["doc_id"] is None
     assert "amount" in entry["reason"] and "twelve" in entry["reason"]

@@ -103,3 +103,48 @@ def test_a_job_brings_an_index_made_by_an_older_ks2os_up_to_date(
     assert stored["value_expiry"].keys() == {"m"}
     shown = opensearch.indices.get_alias(index=index, name=alias)[index]["aliases"][alias]
     assert "value_expires_at" in str(shown["filter"])
+
+
+def test_a_job_maps_the_meta_fields_an_older_strict_index_lacks_and_writes_tokens(
+    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+) -> None:
+    """An index made before `_ks2os.token` existed would refuse every write under strict."""
+    from sync.documents import META_FIELD
+    from sync.indices import META_MAPPING
+    from sync.keyspaces import describe_table
+    from sync.sources.cql import SnapshotScanner, TokenRange, ring_for
+    from sync.tokens import token_text
+
+    mapping = _table(cql, keyspace)
+    old_meta = {k: v for k, v in META_MAPPING["properties"].items() if k != "token"}
+    opensearch.indices.create(
+        index=f"{mapping.alias}_v1",
+        body={
+            "mappings": {
+                "dynamic": "strict",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "n": {"type": "integer"},
+                    META_FIELD: {"properties": old_meta},
+                },
+            },
+            "aliases": {mapping.alias: {}},
+        },
+    )
+    cfg = make_config()
+    summary = run_backfill(cfg, mapping)
+    assert summary.written == 5 and summary.dead_lettered == 0
+
+    live = opensearch.indices.get_mapping(index=f"{mapping.alias}_v1")
+    meta = live[f"{mapping.alias}_v1"]["mappings"]["properties"][META_FIELD]["properties"]
+    assert meta["token"] == {"type": "keyword"}
+    info = describe_table(cql, keyspace, "t")
+    ring = ring_for(info.partitioner)
+    server = {
+        str(change.key[0]): token_text(token)
+        for page in SnapshotScanner(cql, info).scan(TokenRange(ring.minimum, ring.maximum))
+        for change, token in zip(page.changes, page.tokens, strict=True)
+    }
+    opensearch.indices.refresh(index=mapping.alias)
+    hits = opensearch.search(index=mapping.alias, body={"size": 100})["hits"]["hits"]
+    assert {hit["_id"]: hit["_source"][META_FIELD]["token"] for hit in hits} == server
