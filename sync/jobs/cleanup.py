@@ -17,6 +17,10 @@ Four kinds of document pile up while ks2os runs for months:
   and every finished shard of a stream that is read to its end;
 - **dead workers' heartbeats**, expired for longer than a lease.
 
+It also runs the follower's expiry sweep once over the alias's index
+(`sync.jobs.restate.ExpirySweep`): documents hidden because one of their
+values expired are restated without it, should no follower be running.
+
 Every removal is a bulk `delete` conditional on the document's
 `_seq_no`/`_primary_term` as read (`sync.bulk.Action.delete_of`): a
 document another worker rewrote since (a row written again, a heartbeat
@@ -43,10 +47,11 @@ from sync.config import CleanupConfig, Config
 from sync.documents import META_FIELD, PARTITION_KIND
 from sync.indices import index_versions
 from sync.jobs import Job
+from sync.jobs.restate import ExpirySweep
 from sync.keyspaces import service_now_ms
 from sync.mapping import TableMapping
 from sync.retry import RetryPolicy
-from sync.sources.streams import Shard, StreamGone, describe_stream
+from sync.sources.streams import RowLookup, Shard, StreamGone, describe_stream
 from sync.state import ShardState, StateStore
 from sync.version import base, version_ms
 
@@ -60,6 +65,7 @@ class CleanupSummary:
     shards: int = 0  # finished shards' state documents pruned
     workers: int = 0  # dead workers' heartbeats pruned
     changed: int = 0  # candidates rewritten since they were read: left alone
+    restated: int = 0  # documents restated without the values that expired
     dry_run: bool = False  # counted, not removed
     seconds: float = 0.0
 
@@ -234,6 +240,30 @@ class Cleaner:
         return [Document(s.doc_id, s.body(), s.stamp) for s in prunable]
 
 
+# Each sweep round takes one page of what is due: enough rounds for a large backlog,
+# bounded so a document that cannot be restated yet (its read still shows the value)
+# does not keep cleanup going.
+_SWEEP_ROUNDS = 100
+
+
+def _restate_expired(job: Job) -> int:
+    """Restate the index's documents whose values expired (as the follower's sweep does)."""
+    if not job.info.ttl_enabled:
+        return 0
+    sweep = ExpirySweep(
+        Reader(job.client, job.index, job.policy),
+        job.new_writer(restates=True),
+        RowLookup(job.session, job.info),
+    )
+    restated = 0
+    for _ in range(_SWEEP_ROUNDS):
+        report = sweep.run_once()
+        if not report.partitions and not report.rows:
+            break
+        restated += report.partitions + report.rows
+    return restated
+
+
 def run_cleanup(
     cfg: Config,
     mapping: TableMapping,
@@ -260,6 +290,8 @@ def run_cleanup(
             summary.tombstones += tombstones.removed
             summary.expired += expired.removed
             summary.changed += tombstones.changed + expired.changed
+        if not dry_run:
+            summary.restated = _restate_expired(job)
         shards, workers = cleaner.prune_state(
             job.store, job.info.qualified_name, streams or streams_client(cfg)
         )

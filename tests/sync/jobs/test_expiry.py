@@ -245,3 +245,23 @@ def test_the_sweeps_rewrite_beats_the_stored_document_and_loses_to_a_newer_chang
     # 5:2: the newer change wins over the sweep's rewrite.
     assert after["5:2"].body["_ks2os"]["version"] == snapshot + STEP
     assert after["5:2"].body["b"] == 99
+
+
+def test_cleanup_restates_rows_whose_values_expired_when_no_follower_runs(
+    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+) -> None:
+    from sync.jobs.cleanup import run_cleanup
+
+    table = create(cql, keyspace, "NEW_AND_OLD_IMAGES", client_timestamps=False)
+    mapping = notes_mapping(keyspace)
+    cql.execute(f"INSERT INTO {table} (k, c, a, b) VALUES (6, 1, 'public', 6)")
+    expires = expire(
+        cql, f"UPDATE {table} USING TTL {TTL_S} SET a = 'secret' WHERE k = 6 AND c = 1"
+    )
+    cfg = make_config(backfill={"ranges": 4, "workers": 1})
+    assert run_backfill(cfg, mapping).complete
+    until(lambda: time.time() > expires, "the value expired in Keyspaces")
+    assert search(opensearch, mapping.alias) == {}  # hidden
+    summary = run_cleanup(cfg, mapping)
+    assert summary.restated == 1
+    assert search(opensearch, mapping.alias) == {"6:1": {"k": 6, "c": 1, "b": 6}}
