@@ -187,6 +187,7 @@ class _Replay:
             refusals,
             self.job.cfg.writer,
             stop=self.job.stop,
+            max_age_ms=self.job.cfg.cleanup.write_max_age_ms,
         )
         report = writer.write([change])
         if report.checks:
