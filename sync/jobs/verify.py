@@ -767,6 +767,7 @@ def _row_only(change: Change) -> Change:
         change.version,
         replace(position, statics=False),
         change.expires_at_ms,
+        value_expiry=change.value_expiry,
     )
 
 
@@ -775,8 +776,15 @@ def _static_only(table: TableKey, change: Change) -> Change:
     image = change.image or {}
     count = len(table.partition_key)
     statics = {name: image[name] for name in (*table.partition_key, *table.static) if name in image}
+    expiry = {c: at for c, at in (change.value_expiry or {}).items() if c in table.static}
     return Change(
-        Op.UPSERT, change.key[:count], statics, change.version, change.source, static_only=True
+        Op.UPSERT,
+        change.key[:count],
+        statics,
+        change.version,
+        change.source,
+        static_only=True,
+        value_expiry=expiry,
     )
 
 
