@@ -158,7 +158,7 @@ def test_select_tables_narrows_to_one_with_table_or_takes_mapping_instead(
     cfg = config(tmp_path, 'mappings = ["m"]')
     assert [table_name(m) for m in select_tables(cfg, table="orders")] == ["shop.orders"]
     assert [table_name(m) for m in select_tables(cfg, mapping=str(other))] == ["crm.users"]
-    with pytest.raises(ConfigError, match="no table 'shop.orders'"):
+    with pytest.raises(ConfigError, match=r"no table 'shop\.orders'"):
         select_tables(cfg, mapping=str(other), table="shop.orders")
 
 
