@@ -5,10 +5,12 @@ filter on `shard`, `table` or `rows` without parsing prose.
 
 **The table of every line.** With several tables in one process, a line that
 concerns one must say which. A runner wraps each table's job in
-`table_context(name)`; every line logged inside it (by ks2os or a driver)
-gets the field `table` unless it set one itself. The job's own threads are
-`ContextThread`s, which run in a copy of their creator's context (as Python
-3.14 can make every thread do), so their lines say it too.
+`table_context(name)`; every line logged inside it, by ks2os or by a library
+called from that thread, gets the field `table` unless it set one itself.
+The job's own threads are `ContextThread`s, which run in a copy of their
+creator's context (as Python 3.14 can make every thread do), so their lines
+say it too. The drivers' own threads (cassandra-driver's event loop) are not
+the job's and say none.
 """
 
 from __future__ import annotations
