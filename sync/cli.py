@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -415,7 +415,10 @@ def _print_outcome(run: TableRun[Any]) -> int:
 
 
 def _fields(result: object) -> dict[str, Any]:
-    """A job's result as JSON fields: a report's own `to_json`, else the dataclass's fields."""
+    """A job's result as JSON fields: a mapping as it is, a report's own `to_json`, else the
+    dataclass's fields."""
+    if isinstance(result, Mapping):
+        return dict(result)
     to_json = getattr(result, "to_json", None)
     fields = to_json() if callable(to_json) else _plain(result)
     return dict(fields)
