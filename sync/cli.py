@@ -9,6 +9,15 @@ ends as one line and exit code 1. Every library's exceptions are converted
 where ks2os calls it (see `sync.errors`), so tracebacks are for bugs only.
 `verify` exits 0 when the index matches the table and 1 when it does not,
 its report on stdout (a run that could not go on has no report).
+
+The commands that take tables (`backfill`, `follow`, `verify`, `cleanup`)
+run on every mapping the config names, or the one `--table` picks
+(`sync.tables`; `_mapping_option` and `_selected_tables` for a new command,
+`_load_table_mapping` for one that takes a single table); `sync.jobs.multi`
+runs them. Each table's outcome is one JSON line on stdout: `table`,
+`alias`, `outcome` (`done`, `failed` or `skipped`), then the job's summary
+or the `error`. Each failure is one line on stderr, led by its table when
+several ran, and the exit code is the worst of the tables'.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import signal
 import sys
 import threading
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -32,9 +41,11 @@ import orjson
 from sync import __version__
 from sync.config import Config, config_source, describe, load_config
 from sync.errors import ConfigError, Ks2osError
+from sync.errors import one_line as one_line  # spark's entry point and others import it here
 from sync.logs import configure_logging
 
 if TYPE_CHECKING:
+    from sync.jobs.multi import TableRun
     from sync.mapping import TableMapping
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -198,23 +209,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _mapping_option(parser: argparse.ArgumentParser) -> None:
+    """--mapping and --table: which tables a command runs on (`_selected_tables`)."""
     parser.add_argument(
         "--mapping",
         metavar="FILE",
-        help="the table's mapping file (default: `mapping` in the config)",
+        help="this mapping file instead of the config's `mapping` or `mappings`",
+    )
+    parser.add_argument(
+        "--table",
+        metavar="KEYSPACE.TABLE",
+        help="only this table of the config's mappings (or the one with this alias); "
+        "default: every table",
     )
 
 
-def _load_table_mapping(args: argparse.Namespace, cfg: Config) -> TableMapping:
-    from sync.mapping import load_mapping
+def _selected_tables(args: argparse.Namespace, cfg: Config) -> list[TableMapping]:
+    """The tables a command runs on: every mapping the config names, or --mapping, or --table."""
+    from sync.tables import select_tables
 
-    path = args.mapping or cfg.mapping
-    if not path:
-        raise ConfigError(
-            "no mapping file given",
-            hint='pass --mapping FILE or set mapping = "FILE" in the config',
-        )
-    return load_mapping(path)
+    return select_tables(cfg, mapping=args.mapping, table=args.table)
+
+
+def _load_table_mapping(args: argparse.Namespace, cfg: Config) -> TableMapping:
+    """For a command that takes one table: the one selected, else a one-line error."""
+    from sync.tables import only_table
+
+    return only_table(_selected_tables(args, cfg), f"ks2os {args.command}")
 
 
 def _freeze_start_up_objects() -> None:
@@ -230,27 +250,25 @@ def _freeze_start_up_objects() -> None:
 
 
 def _backfill(args: argparse.Namespace, cfg: Config) -> int:
-    from sync.jobs.backfill import run_backfill
+    from sync.jobs.multi import backfill_tables
 
-    mapping = _load_table_mapping(args, cfg)
+    tables = _selected_tables(args, cfg)
     _freeze_start_up_objects()
     with stop_on_signals() as stop:
-        summary = run_backfill(
-            cfg, mapping, restart=args.restart, stop=stop, require_cdc=not args.no_cdc
+        runs = backfill_tables(
+            cfg, tables, restart=args.restart, stop=stop, require_cdc=not args.no_cdc
         )
-    _print_summary(summary)
-    return EXIT_OK
+    return _finish(runs, _print_outcome)
 
 
 def _follow(args: argparse.Namespace, cfg: Config) -> int:
-    from sync.jobs.follow import run_follow
+    from sync.jobs.multi import follow_tables
 
-    mapping = _load_table_mapping(args, cfg)
+    tables = _selected_tables(args, cfg)
     _freeze_start_up_objects()
     with stop_on_signals() as stop:
-        summary = run_follow(cfg, mapping, stop=stop)
-    _print_summary(summary)
-    return EXIT_OK
+        runs = follow_tables(cfg, tables, stop=stop)
+    return _finish(runs, _print_outcome)
 
 
 def _deadletter_list(args: argparse.Namespace, cfg: Config) -> int:
@@ -301,11 +319,13 @@ def _deadletter_replay(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _verify(args: argparse.Namespace, cfg: Config) -> int:
-    from sync.jobs.verify import run_verify
+    from sync.jobs.multi import one_after_another
+    from sync.jobs.verify import VerifyReport, run_verify
 
-    mapping = _load_table_mapping(args, cfg)
-    with stop_on_signals() as stop:
-        report = run_verify(
+    tables = _selected_tables(args, cfg)
+
+    def verify(mapping: TableMapping) -> VerifyReport:
+        return run_verify(
             cfg,
             mapping,
             sample=args.sample,
@@ -314,11 +334,19 @@ def _verify(args: argparse.Namespace, cfg: Config) -> int:
             settle_s=args.settle,
             stop=stop,
         )
-    if args.json:
-        sys.stdout.write(orjson.dumps(report.to_json()).decode() + "\n")
-    else:
-        sys.stdout.write(report.text() + "\n")
-    return EXIT_OK if report.ok else EXIT_DIVERGENT
+
+    def show(run: TableRun[VerifyReport]) -> int:
+        if args.json:
+            _print_outcome(run)
+        elif run.result is not None:
+            sys.stdout.write(run.result.text() + "\n")
+        elif not run.begun:
+            sys.stdout.write(f"verify {run.table}: not run: {NOT_BEGUN}\n")
+        return EXIT_DIVERGENT if run.result is not None and not run.result.ok else EXIT_OK
+
+    with stop_on_signals() as stop:
+        runs = one_after_another(tables, verify, on_failure=cfg.on_table_failure, stop=stop)
+    return _finish(runs, show)
 
 
 def _positive_int(text: str) -> int:
@@ -353,12 +381,17 @@ def _seconds(text: str) -> float:
 
 def _cleanup(args: argparse.Namespace, cfg: Config) -> int:
     from sync.jobs.cleanup import run_cleanup
+    from sync.jobs.multi import one_after_another
 
-    mapping = _load_table_mapping(args, cfg)
+    tables = _selected_tables(args, cfg)
     with stop_on_signals() as stop:
-        summary = run_cleanup(cfg, mapping, dry_run=args.dry_run, stop=stop)
-    _print_summary(summary)
-    return EXIT_OK
+        runs = one_after_another(
+            tables,
+            lambda mapping: run_cleanup(cfg, mapping, dry_run=args.dry_run, stop=stop),
+            on_failure=cfg.on_table_failure,
+            stop=stop,
+        )
+    return _finish(runs, _print_outcome)
 
 
 def _mapping_generate(args: argparse.Namespace, cfg: Config) -> int:
@@ -408,6 +441,57 @@ def _write_new(path: str, text: str, *, overwrite: bool) -> None:
         ) from None
 
 
+NOT_BEGUN = "the run stopped before this table"
+
+
+def _finish(runs: Sequence[TableRun[Any]], show: Callable[[TableRun[Any]], int]) -> int:
+    """Each table's outcome shown (`show` gives its exit code), each failure one line on
+    stderr; the run's exit code is the worst: 2 when a table's configuration is wrong, else
+    1 when a table failed (or, for verify, differs), else 0.
+
+    Run on one table, a failure reads as it always did; on several, each line starts with
+    its table. A bug (not a `Ks2osError`) of a lone table is raised, traceback and all.
+    """
+    several = len(runs) > 1
+    code = EXIT_OK
+    for run in runs:
+        code = max(code, show(run))
+    for run in runs:
+        if run.error is None:
+            continue
+        if not several and not isinstance(run.error, Ks2osError):
+            raise run.error
+        usage = isinstance(run.error, ConfigError)
+        prefix = "ks2os: error: " if usage else "ks2os: "
+        table = f"{run.table}: " if several else ""
+        sys.stderr.write(f"{prefix}{table}{run.error_line()}\n")
+        code = max(code, EXIT_USAGE if usage else EXIT_FAILED)
+    return code
+
+
+def _print_outcome(run: TableRun[Any]) -> int:
+    """One table's outcome as one JSON line on stdout: its summary, its error, or not run."""
+    head: dict[str, Any] = {"table": run.table, "alias": run.mapping.alias}
+    if run.error is not None:
+        line = {**head, "outcome": "failed", "error": run.error_line()}
+    elif not run.begun or run.result is None:
+        line = {**head, "outcome": "skipped", "reason": NOT_BEGUN}
+    else:
+        line = {**head, "outcome": "done", **_fields(run.result)}
+    _print_summary(line)
+    return EXIT_OK
+
+
+def _fields(result: object) -> dict[str, Any]:
+    """A job's result as JSON fields: a mapping as it is, a report's own `to_json`, else the
+    dataclass's fields."""
+    if isinstance(result, Mapping):
+        return dict(result)
+    to_json = getattr(result, "to_json", None)
+    fields = to_json() if callable(to_json) else _plain(result)
+    return dict(fields)
+
+
 def _print_summary(summary: object) -> None:
     """A job's summary as one JSON line on stdout (logs go to stderr)."""
     sys.stdout.write(orjson.dumps(summary, default=_plain).decode() + "\n")
@@ -428,6 +512,7 @@ def _config_check(args: argparse.Namespace, cfg: Config) -> int:
             hint="pass --config FILE, or `config check --defaults` to check the defaults "
             "with the KS2OS_* variables alone",
         )
+    tables = _table_lines(cfg)  # a mistake in them is the one line, before any report
     source = config_source(path)
     if source.path is None:
         file_line = "none: defaults (--defaults)"
@@ -438,8 +523,18 @@ def _config_check(args: argparse.Namespace, cfg: Config) -> int:
     sys.stderr.write(f"ks2os: config file: {file_line}\n")
     variables = ", ".join(source.variables) or "none"
     sys.stderr.write(f"ks2os: KS2OS_* variables read: {variables}\n")
+    sys.stderr.writelines(f"ks2os: {line}\n" for line in tables)
     sys.stdout.write(orjson.dumps(describe(cfg), option=orjson.OPT_INDENT_2).decode() + "\n")
     return EXIT_OK
+
+
+def _table_lines(cfg: Config) -> list[str]:
+    """The mapping files the config names, read and checked as a set: a line per table."""
+    from sync.tables import select_tables, table_name
+
+    if not cfg.mapping and not cfg.mappings:
+        return ["tables: none named (set mapping or mappings)"]
+    return [f"table {table_name(m)} -> alias {m.alias} ({m.path})" for m in select_tables(cfg)]
 
 
 def _config_path(args: argparse.Namespace) -> str | None:
@@ -467,12 +562,6 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def one_line(exc: Ks2osError) -> str:
-    """The error and how to mend it, on one line."""
-    text = " ".join(str(exc).split())
-    return f"{text}: {exc.hint}" if exc.hint else text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

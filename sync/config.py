@@ -10,11 +10,13 @@ as it builds: an unknown key, a value of the wrong type, a value outside its
 allowed set or range raises `ConfigError`, one line naming the key, the
 expected form and (for a range) why.
 
-Paths in the file (`mapping`, a `dead_letter` file, the `ca_file`s) are
-relative to the file's directory, so a config works from any working
-directory; paths from the environment are taken as given. The auth settings
-are checked as a whole once built (`check_auth`): credentials that the chosen
-`auth` needs must be there, and credentials it would ignore must not be.
+Paths in the file (`mapping`, the `mappings`, a `dead_letter` file, the
+`ca_file`s) are relative to the file's directory, so a config works from any
+working directory; paths from the environment are taken as given. The auth
+settings are checked as a whole once built (`check_auth`): credentials that
+the chosen `auth` needs must be there, and credentials it would ignore must
+not be. `mapping` (one table) and `mappings` (several) exclude each other
+(`check_mapping_keys`); the mapping files themselves are `sync.tables`' to read.
 
 Secrets (passwords) are best given through the environment; `describe`
 never prints them, and `config_source` names the variables read, never their
@@ -45,6 +47,7 @@ SECRET_KEYS = frozenset({"password"})
 # Keys holding a file path; in a config file they are relative to the file's directory.
 PATH_KEYS: tuple[tuple[str | None, str], ...] = (
     (None, "mapping"),
+    (None, "mappings"),
     (None, "dead_letter"),
     ("keyspaces", "ca_file"),
     ("opensearch", "ca_file"),
@@ -469,7 +472,19 @@ class CleanupConfig:
 
 @dataclass(frozen=True)
 class Config:
-    mapping: str | None = _doc("the table's mapping file (see mappings/)", None)
+    mapping: str | None = _doc(
+        "the table's mapping file (see mappings/); for several tables, `mappings`", None
+    )
+    mappings: list[str] = _doc(
+        "several tables in one process: mapping files, directories (every `*.toml` in them) "
+        "or glob patterns; each table once, each alias once (instead of `mapping`)",
+        default_factory=list,
+    )
+    on_table_failure: Literal["continue", "stop"] = _doc(
+        "with several tables, when one table's job fails: continue with the others (the exit "
+        "code still says it failed), or stop them all",
+        "continue",
+    )
     dead_letter: str = _doc(
         "where rejected documents go: 'index' (<alias>-deadletter) or an NDJSON file path",
         "index",
@@ -528,7 +543,12 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     overlay = _environment_overlay(os.environ if env is None else env)
     merged = _merge(raw, overlay)
     cfg: Config = _build(Config, merged, source, prefix="")
-    check_auth(cfg, lambda key: _origin(merged, key, source))
+
+    def origin(key: str) -> str:
+        return _origin(merged, key, source)
+
+    check_auth(cfg, origin)
+    check_mapping_keys(cfg, origin)
     return cfg
 
 
@@ -629,6 +649,25 @@ def _origin(raw: Mapping[str, Any], dotted: str, source: str) -> str:
     return value.variable if isinstance(value, _EnvValue) else source
 
 
+# ---- the tables: one mapping, or several -------------------------------------------------
+
+
+def check_mapping_keys(cfg: Config, origin: Callable[[str], str] | None = None) -> None:
+    """`mapping` (one table) and `mappings` (several) exclude each other.
+
+    Which files they name, and whether those make a set ks2os can run, is
+    `sync.tables`' to check: it reads the mapping files, which this module never does.
+    """
+    where = origin or (lambda key: "config")
+    if cfg.mapping and cfg.mappings:
+        named = {where("mapping"), where("mappings")}
+        raise ConfigError(
+            f"{' and '.join(sorted(named))}: mapping and mappings are both set",
+            hint='keep one: mapping = "FILE" for one table, mappings = ["FILE", "DIR", '
+            '"GLOB", ...] for several',
+        )
+
+
 # ---- paths relative to the file --------------------------------------------------------
 
 
@@ -643,13 +682,23 @@ def _relative_to(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             if not isinstance(table, dict):
                 continue  # missing, or not a table: _build reports the latter
             table = resolved[section] = dict(table)
-        value = table.get(key)
-        if not isinstance(value, str) or not value:
-            continue  # wrong types are _build's to report
+        if key not in table:
+            continue
+        value = table[key]
+        if isinstance(value, list):
+            table[key] = [_joined(base, item) for item in value]
+            continue
         if section is None and key == "dead_letter" and value == DEAD_LETTER_INDEX:
             continue
-        table[key] = str(base / Path(value).expanduser())
+        table[key] = _joined(base, value)
     return resolved
+
+
+def _joined(base: Path, value: Any) -> Any:
+    """A relative path joined to `base`; anything else (wrong types: `_build`'s) as it is."""
+    if not isinstance(value, str) or not value:
+        return value
+    return str(base / Path(value).expanduser())
 
 
 def describe(cfg: Config) -> dict[str, Any]:

@@ -52,9 +52,13 @@ ks2os reads one TOML file and then the environment:
   booleans are `true`/`false` (also `1`/`0`, `yes`/`no`); an empty value unsets
   an optional key. An unknown `{ENV_PREFIX}*` variable is an error (a typo
   would otherwise be ignored).
-- **Paths** in the file (`mapping`, a `dead_letter` file, the `ca_file`s)
-  are relative to the file's directory; paths from the environment are taken
-  as given (relative to the working directory).
+- **Paths** in the file (`mapping`, the `mappings`, a `dead_letter` file,
+  the `ca_file`s) are relative to the file's directory; paths from the
+  environment are taken as given (relative to the working directory).
+- **Several tables**: `mappings` names their mapping files (files,
+  directories, glob patterns) instead of `mapping`; both at once is an
+  error, as are two files mapping one table or one alias. `--table` picks
+  one for a command (README, "Several tables in one process").
 - **Secrets** (`password` keys) belong in the environment
   (`{env_name("keyspaces", "password")}`, `{env_name("opensearch", "password")}`);
   no output of ks2os shows them.

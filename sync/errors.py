@@ -34,8 +34,9 @@ The contract, kept at every boundary with a library:
 - `DecodeError` means the same wherever it is raised: that one record, row or
   value is bad input. The code that was decoding it dead-letters it with the
   error as the reason and goes on; it is never a reason to stop a job.
-- `sync.cli.main` turns every `Ks2osError` into one line on stderr, the hint
-  after a colon, with exit code 2 for a `ConfigError` and 1 for the others.
+- `sync.cli.main` turns every `Ks2osError` into one line on stderr
+  (`one_line`: the hint after a colon), with exit code 2 for a `ConfigError`
+  and 1 for the others.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ class Ks2osError(Exception):
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.hint = hint
+
+
+def one_line(exc: Ks2osError) -> str:
+    """The error and how to mend it, on one line."""
+    text = " ".join(str(exc).split())
+    return f"{text}: {exc.hint}" if exc.hint else text
 
 
 class ConfigError(Ks2osError):

@@ -2,13 +2,26 @@
 
 Fields passed with `extra={...}` become keys of the line, so a log shipper can
 filter on `shard`, `table` or `rows` without parsing prose.
+
+**The table of every line.** With several tables in one process, a line that
+concerns one must say which. A runner wraps each table's job in
+`table_context(name)`; every line logged inside it, by ks2os or by a library
+called from that thread, gets the field `table` unless it set one itself.
+The job's own threads are `ContextThread`s, which run in a copy of their
+creator's context (as Python 3.14 can make every thread do), so their lines
+say it too. The drivers' own threads (cassandra-driver's event loop) are not
+the job's and say none.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -22,6 +35,53 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+_TABLE: contextvars.ContextVar[str | None] = contextvars.ContextVar("ks2os_table", default=None)
+
+
+@contextmanager
+def table_context(name: str) -> Iterator[None]:
+    """Every line logged inside (and in `ContextThread`s started inside) names table `name`."""
+    token = _TABLE.set(name)
+    try:
+        yield
+    finally:
+        _TABLE.reset(token)
+
+
+def current_table() -> str | None:
+    """The table of the `table_context` this runs in, if any."""
+    return _TABLE.get()
+
+
+class ContextThread(threading.Thread):
+    """A thread that runs in a copy of its creator's context: it logs for the same table.
+
+    The copy is taken at `start`, in the creating thread; `run` (a subclass's
+    or the `target`) then runs inside it.
+    """
+
+    def start(self) -> None:
+        context = contextvars.copy_context()
+        run = self.run
+
+        def run_in_context() -> None:
+            context.run(run)
+
+        self.run = run_in_context  # type: ignore[method-assign]
+        super().start()
+
+
+class TableField(logging.Filter):
+    """Adds `table` (from `table_context`) to a line that does not name one itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "table"):
+            table = _TABLE.get()
+            if table is not None:
+                record.table = table
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -78,6 +138,7 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter() if chosen == "text" else JsonFormatter())
     handler.addFilter(NoDriverTracebacks())
+    handler.addFilter(TableField())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -227,6 +227,13 @@ class Metrics:
             by_table,
             registry=r,
         )
+        self.table_failed = Gauge(
+            "ks2os_table_failed",
+            "1 once this table's job stopped on an error while the process goes on with its "
+            "other tables (on_table_failure = continue); 0 while it runs",
+            by_table,
+            registry=r,
+        )
         self.registry.register(_ShardCollector(self))
 
     def table(self, name: str) -> TableMetrics:
@@ -376,6 +383,14 @@ class TableMetrics:
 
         lags: dict[str, float | None] = self.metrics._with_table(self.name, read)
         return lags
+
+    def job_started(self) -> None:
+        """The table's job runs: `ks2os_table_failed` is 0 (and the series exists)."""
+        self.metrics.table_failed.labels(self.name).set(0)
+
+    def job_failed(self) -> None:
+        """The table's job stopped on an error (the process may go on with other tables)."""
+        self.metrics.table_failed.labels(self.name).set(1)
 
     # ---- writers (WriteObserver) and the stores --------------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from sync.logs import ContextThread
 from sync.sources.cql import TokenRange
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def render_bar(fraction: float, rate: float, eta: float | None, width: int = 30)
     )
 
 
-class Reporter(threading.Thread):
+class Reporter(ContextThread):
     """Shows `progress` until `done` is set: a bar on a terminal, else a log line every 5 s.
 
     `job` names the job in the thread's name and in the log line ("backfill", "verify");

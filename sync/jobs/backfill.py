@@ -62,6 +62,7 @@ from sync.deadletter import DeadLetterShare
 from sync.errors import ConfigError
 from sync.jobs import Job
 from sync.keyspaces import no_cdc_message, service_now_ms
+from sync.logs import ContextThread
 from sync.mapping import TableMapping
 from sync.metrics import BackfillProgress, Metrics, MetricsServer, Readiness
 from sync.model import Change
@@ -290,7 +291,7 @@ class _Backfill:
             raise share.error(f"backfill of {self.job.info.qualified_name}")
 
 
-class _Renewer(threading.Thread):
+class _Renewer(ContextThread):
     """Records every worker's acknowledged progress and renews its leases, on its own clock.
 
     A worker thread can spend longer than a lease inside one bulk request to
@@ -690,9 +691,7 @@ def run_backfill(
         renewer = _Renewer(backfill, min(PROGRESS_INTERVAL_S, job.store.renew_interval_s))
         renewer.start()
         workers = [
-            threading.Thread(
-                target=backfill.work, args=(i,), name=f"ks2os-backfill-{i}", daemon=True
-            )
+            ContextThread(target=backfill.work, args=(i,), name=f"ks2os-backfill-{i}", daemon=True)
             for i in range(max(cfg.backfill.workers, 1))
         ]
         for worker in workers:

@@ -48,6 +48,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,7 @@ from sync.errors import ConfigError, DecodeError
 from sync.jobs import Job
 from sync.jobs.restate import ExpirySweep, SweepThread, reread_statics
 from sync.keyspaces import describe_table, no_cdc_message, service_now_ms
+from sync.logs import ContextThread
 from sync.mapping import TableMapping
 from sync.metrics import FollowTotals, Metrics, MetricsServer, Readiness, status_line
 from sync.model import Change, Op, StreamPosition
@@ -187,7 +189,7 @@ class IdlePacer:
 # ---- one shard ------------------------------------------------------------------------------
 
 
-class ShardWorker(threading.Thread):
+class ShardWorker(ContextThread):
     """Reads one leased shard until it ends, we are halted, or the lease is lost."""
 
     def __init__(self, follower: Follower, state: ShardState, reader: ShardReader) -> None:
@@ -906,7 +908,7 @@ def _answers(client: Any, index: str) -> bool:
         return False
 
 
-class StatusLogger(threading.Thread):
+class StatusLogger(ContextThread):
     """Logs the follower's status line every `interval_s` until `stop` is set."""
 
     def __init__(self, follower: Follower, interval_s: float, stop: threading.Event) -> None:
@@ -941,8 +943,13 @@ def run_follow(
     stop: threading.Event | None = None,
     job: Job | None = None,
     metrics: Metrics | None = None,
+    on_start: Callable[[Follower], None] | None = None,
 ) -> FollowSummary:
-    """Follow the mapping's table until `stop` is set; see the module docstring."""
+    """Follow the mapping's table until `stop` is set; see the module docstring.
+
+    `on_start` is called with the follower before it reads (a runner of several
+    tables serves their readiness together: `sync.jobs.multi`).
+    """
     stop = stop or threading.Event()
     own_job = job is None
     job = job or Job(cfg, mapping, stop=stop, metrics=metrics)
@@ -956,6 +963,8 @@ def run_follow(
         # stream is still read to its end; the follower says so once it is.)
         check_streams(streams, job.info, stop)
         follower = Follower(job, streams)
+        if on_start is not None:
+            on_start(follower)
         if cfg.follow.metrics_port:
             server = MetricsServer(
                 job.metrics,

@@ -78,6 +78,7 @@ from sync.errors import TerminalError
 from sync.indices import Target, alias_targets, ensure_index
 from sync.jobs import Job
 from sync.keyspaces import service_now_ms
+from sync.logs import ContextThread
 from sync.mapping import TableMapping
 from sync.model import Change, Op, ScanPosition
 from sync.progress import Progress, Reporter
@@ -389,7 +390,7 @@ class _Verify:
         reporter = Reporter(progress, done, "verify")
         reporter.start()
         workers = [
-            threading.Thread(
+            ContextThread(
                 target=self._work,
                 args=(work, budget, progress),
                 name=f"ks2os-verify-{n}",

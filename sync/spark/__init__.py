@@ -32,6 +32,7 @@ def backfill(
     config: str | None = None,
     *,
     mapping: str | None = None,
+    table: str | None = None,
     restart: bool = False,
     require_cdc: bool = False,
     stop: threading.Event | None = None,
@@ -40,19 +41,15 @@ def backfill(
 
     `config` is the TOML file read on the driver, overlaid with the driver's
     `KS2OS_*` environment (None: defaults and environment only); `mapping`
-    overrides the file's `mapping`. Secrets are never shipped to the
-    executors: they read theirs from their own environment (docs/spark.md).
+    overrides the file's `mapping`, and `table` picks one of its `mappings`.
+    Secrets are never shipped to the executors: they read theirs from their
+    own environment (docs/spark.md).
     """
     from sync.config import load_config
-    from sync.errors import ConfigError
-    from sync.mapping import load_mapping
+    from sync.tables import only_table, select_tables
 
     cfg = load_config(config)
-    path = mapping or cfg.mapping
-    if not path:
-        raise ConfigError(
-            "no mapping file given", hint='pass mapping="FILE" or set mapping in the config'
-        )
+    chosen = only_table(select_tables(cfg, mapping=mapping, table=table), "backfill(spark, ...)")
     return run_spark_backfill(
-        spark, cfg, load_mapping(path), restart=restart, require_cdc=require_cdc, stop=stop
+        spark, cfg, chosen, restart=restart, require_cdc=require_cdc, stop=stop
     )

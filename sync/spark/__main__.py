@@ -1,6 +1,6 @@
 """`python -m sync.spark`: the Spark driver of a backfill, for spark-submit and local runs.
 
-    python -m sync.spark --config ks2os.toml [--mapping FILE] [--restart] [--no-cdc]
+    python -m sync.spark --config ks2os.toml [--mapping FILE | --table T] [--restart] [--no-cdc]
     spark-submit [spark options] deploy/spark/ks2os_spark.py --config ks2os.toml
 
 The same arguments, exit codes and one-line JSON summary as `ks2os backfill`
@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mapping", metavar="FILE", help="the table's mapping file (default: from the config)"
+    )
+    parser.add_argument(
+        "--table",
+        metavar="KEYSPACE.TABLE",
+        help="the table (or alias) of the config's mappings when it names several",
     )
     parser.add_argument(
         "--restart", action="store_true", help="start a new run instead of resuming"
@@ -101,18 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from sync.config import load_config
-    from sync.mapping import load_mapping
     from sync.spark.driver import run_spark_backfill
     from sync.spark.shipping import check_for_spark
+    from sync.tables import only_table, select_tables
 
     cfg = load_config(_config_path(args))
-    path = args.mapping or cfg.mapping
-    if not path:
-        raise ConfigError(
-            "no mapping file given",
-            hint='pass --mapping FILE or set mapping = "FILE" in the config',
-        )
-    mapping = load_mapping(path)
+    # One table per Spark run: the tasks already spread it over the cluster.
+    tables = select_tables(cfg, mapping=args.mapping, table=args.table)
+    mapping = only_table(tables, "python -m sync.spark")
     check_for_spark(cfg)  # before a Spark session costs anything
     try:
         from pyspark.sql import SparkSession

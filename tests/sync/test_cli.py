@@ -108,6 +108,10 @@ def test_config_check_resolves_paths_against_the_file_named_by_ks2os_config(
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "ks2os.toml").write_text('mapping = "mappings/orders.toml"\n')
+    (conf / "mappings").mkdir()
+    (conf / "mappings" / "orders.toml").write_text(
+        '[source]\nkeyspace = "shop"\ntable = "orders"\n[index]\nalias = "orders"\n'
+    )
     work = tmp_path / "work"
     work.mkdir()
     result = ks2os("config", "check", cwd=work, env={"KS2OS_CONFIG": "../conf/ks2os.toml"})
@@ -115,6 +119,7 @@ def test_config_check_resolves_paths_against_the_file_named_by_ks2os_config(
     assert f"config file: {conf / 'ks2os.toml'} (named by KS2OS_CONFIG)" in result.stderr
     mapping = orjson.loads(result.stdout)["mapping"]
     assert (work / mapping).resolve() == conf / "mappings" / "orders.toml"
+    assert "table shop.orders -> alias orders" in result.stderr  # the file was read
 
 
 def _config_file(make_config: Any, tmp_path: Path, mapping: Path | None = None) -> Path:
@@ -599,7 +604,7 @@ def test_verify_exits_0_when_the_index_matches_1_when_not_and_repair_mends_it(
     assert json_run.returncode == 1, json_run.stderr
     report = orjson.loads(json_run.stdout)
     assert set(report) == {
-        "ok", "complete", "table", "alias", "index", "sampled", "ranges", "ranges_total",
+        "outcome", "ok", "complete", "table", "alias", "index", "sampled", "ranges", "ranges_total",
         "rows", "documents", "divergent", "counts", "examples", "settled", "unsettled",
         "repaired", "unrepaired", "seconds",
     }  # fmt: skip

@@ -173,7 +173,9 @@ def test_a_backfill_that_dead_letters_too_much_stops_with_one_line(
     (line,) = result.stderr.strip().splitlines()[-1:]
     assert line.startswith("ks2os: backfill of ") and "dead-lettered" in line
     assert "more than dead_letter_max_share 10%" in line and "deadletter replay" in line
-    assert result.stdout == ""  # no summary: the run did not succeed
+    (outcome,) = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert outcome["outcome"] == "failed" and "dead-lettered" in outcome["error"]
+    assert "summary" not in outcome and "written" not in outcome  # the run did not succeed
 
 
 def test_a_follower_whose_recent_records_are_dead_lettered_stops(
