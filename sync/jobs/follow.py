@@ -589,6 +589,8 @@ class Follower:
         return [k for k, w in self.workers.items() if not w.halt.is_set()]
 
     def _reap(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            return  # stopping: a write cut short by the stop is no failure of the run
         if self.stage.error is not None:
             self.healthy = False
             raise self.stage.error

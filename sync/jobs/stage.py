@@ -222,7 +222,9 @@ class Packer:
 
 
 class StageShard(Protocol):
-    """A shard reader as the stage knows it."""
+    """A shard reader as the stage knows it (by identity)."""
+
+    def __hash__(self) -> int: ...
 
     @property
     def shard_id(self) -> str: ...
