@@ -373,8 +373,9 @@ class FollowConfig:
     )
     max_pending_bytes: int = _doc(
         "changes read and not yet acknowledged by OpenSearch, all shards together, at most "
-        "(estimated bytes); readers pause above it",
-        50_000_000,
+        "(estimated as a batch is); readers pause above it, so memory stays bounded "
+        "while OpenSearch is slower than the stream",
+        16_000_000,
         bounds=Bounds("the readers need room for at least one record", low=1),
     )
     get_records_limit: int = _doc(

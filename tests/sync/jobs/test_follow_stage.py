@@ -230,3 +230,41 @@ def test_a_stop_while_an_item_is_retried_checkpoints_only_what_was_acknowledged(
             watch.job = again
             until(lambda: watch.check() == watch.last(), "every shard checkpointed to its end")
     assert set(indexed(opensearch, mapping.alias)) == set(table.model)
+
+
+def test_readers_pause_while_the_stage_holds_more_than_its_budget(
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    proxy: HttpProxy,
+) -> None:
+    table = Table(cql, keyspace)
+    mapping = orders_mapping(keyspace)
+    cfg = make_config(
+        opensearch={"hosts": [proxy.url]},
+        writer={"initial_backoff": 0.05, "max_backoff": 0.1},
+        follow={"max_pending_bytes": 1},  # one change waiting is already over it
+    )
+    proxy.refuse_items[HELD] = [429] * 100_000
+
+    def attempts() -> int:
+        return sum(HELD in ids for ids in list(proxy.bulk_ids))
+
+    with (
+        Job(cfg, mapping, stop=threading.Event()) as job,
+        running(Follower(job, streams_client(cfg))) as follower,
+    ):
+        table.insert(0, 0, "held", 0)
+        until(lambda: attempts() > 0, "the held item is sent")
+        for n in range(1, 21):
+            table.insert(n, n, "new", n)
+        tried = attempts()
+        until(lambda: attempts() >= tried + 10, "the held item is retried ten times more")
+        assert follower.metrics.totals().records_read == 1  # nobody read on meanwhile
+        with proxy.lock:
+            proxy.refuse_items[HELD].clear()
+        until(
+            lambda: readable(opensearch, job.index, set(table.model)) == set(table.model),
+            "every row is written once the held one is",
+        )
