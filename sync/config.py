@@ -344,9 +344,10 @@ class FollowConfig:
     SECTION: ClassVar[str] = "follow"
 
     flush_interval_ms: int = _doc(
-        "a shard's partial batch is handed to the writer after this long (at once when "
-        "the shard is at its tip)",
-        200,
+        "how long a shard holds back a partial batch before handing it to the writer stage "
+        "(at its tip: never). 0: each GetRecords page at once; the stage packs every "
+        "shard's batches into full bulk requests itself, so holding them only adds latency",
+        0,
         bounds=Bounds(
             "every change waits up to this long before it is searchable", low=0, high=60_000
         ),
@@ -374,8 +375,9 @@ class FollowConfig:
     max_pending_bytes: int = _doc(
         "changes read and not yet acknowledged by OpenSearch, all shards together, at most "
         "(estimated as a batch is); readers pause above it, so memory stays bounded "
-        "while OpenSearch is slower than the stream",
-        16_000_000,
+        "while OpenSearch is slower than the stream. Leave room for bulk_senders + 1 "
+        "requests of writer.max_bytes",
+        32_000_000,
         bounds=Bounds("the readers need room for at least one record", low=1),
     )
     get_records_limit: int = _doc(

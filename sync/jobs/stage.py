@@ -41,13 +41,20 @@ from sync.statics import StaticsCheck
 from sync.writer import BulkWriter, WriteReport
 
 # A rough in-memory size of a change, to bound batches and the stage in bytes without
-# serialising it twice (the writer measures the real bulk bytes).
+# serialising it twice (the writer measures the real bulk bytes): a fixed cost per change
+# and per column, plus the length of text and blob values, which make up most of a wide row.
 _CHANGE_OVERHEAD = 200
 _BYTES_PER_COLUMN = 64
 
 
 def approx_size(change: Change) -> int:
-    return _CHANGE_OVERHEAD + _BYTES_PER_COLUMN * (len(change.image) if change.image else 0)
+    size = _CHANGE_OVERHEAD
+    if change.image:
+        for value in change.image.values():
+            size += _BYTES_PER_COLUMN
+            if isinstance(value, str | bytes):
+                size += len(value)
+    return size
 
 
 @dataclass
@@ -174,6 +181,13 @@ class Packer:
             parcel = self._queue[0]
             changes = parcel.batch.changes
             start = end = parcel.taken
+            fits = docs + len(changes) <= max_docs and size + parcel.batch.approx_bytes <= max_bytes
+            if start == 0 and fits:  # the common case: the whole batch, without a look inside
+                docs, size, end = (
+                    docs + len(changes),
+                    size + parcel.batch.approx_bytes,
+                    len(changes),
+                )
             while end < len(changes) and docs < max_docs and size < max_bytes:
                 size += approx_size(changes[end])
                 docs += 1

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from sync.jobs.stage import Batch, Load, Packer
+from sync.jobs.stage import Batch, Load, Packer, approx_size
 from sync.model import Change, Op, StreamPosition
 from sync.sources.streams import BadRecord
 
@@ -32,7 +32,7 @@ def batch(shard: str, first: int, count: int, *, bad: int = 0) -> Batch:
     end = last + bad
     out.last_sequence, out.last_version = f"{end:021d}", end
     out.first_created_at_ms = 1_000 + first
-    out.approx_bytes = 10 * (count + bad)
+    out.approx_bytes = sum(approx_size(c) for c in out.changes)
     out.first_at = 0.0
     return out
 
@@ -100,15 +100,21 @@ def test_a_batch_of_bad_or_skipped_records_only_keeps_its_place_in_line() -> Non
 def test_bytes_bound_a_load_and_are_held_until_acknowledged() -> None:
     packer = Packer()
     packer.put("a", batch("a", 0, 10))
-    assert packer.held_bytes == 100
-    load = packer.take(max_docs=100, max_bytes=500)  # a change is estimated at 264 bytes
+    assert packer.held_bytes == 10 * 264  # a change of one small column is estimated at 264
+    load = packer.take(max_docs=100, max_bytes=500)
     assert load is not None and len(load.changes()) == 2
-    assert packer.held_bytes == 100
     rest = packer.take(max_docs=100, max_bytes=10**9)
-    assert rest is not None
+    assert rest is not None and len(rest.changes()) == 8
     packer.done(load)
+    assert packer.held_bytes == 10 * 264  # the batch is not acknowledged until all of it is
     packer.done(rest)
     assert packer.held_bytes == 0
+
+
+def test_text_counts_in_the_estimate() -> None:
+    position = StreamPosition("arn", "a", "1", 1)
+    wide = Change(Op.UPSERT, ("a", 1), {"n": 1, "text": "x" * 10_000}, 1, position)
+    assert approx_size(wide) == 200 + 2 * 64 + 10_000
 
 
 @pytest.mark.parametrize("seed", range(20))
