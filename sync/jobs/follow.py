@@ -245,8 +245,8 @@ class ShardWorker(ContextThread):
         """Hand the batch over, wait until the stage acknowledged everything of this shard,
         and checkpoint it. If the stage broke first, what it did acknowledge is still
         checkpointed, then its error raised."""
-        self.stage.hand_over(self, batch)
         try:
+            self.stage.hand_over(self, batch)
             while not self.stage.settled(self):
                 if self.abandoned:
                     raise StageAbandoned("abandoned")
