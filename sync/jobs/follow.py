@@ -231,7 +231,7 @@ class ShardWorker(ContextThread):
                 batch = Batch()
             self._checkpoint()
             if result.at_tip and not result.records:
-                self.halt.wait(pacer.idle())
+                self._idle(pacer)
             else:
                 pacer.busy()
         if self.abandoned:
@@ -240,6 +240,18 @@ class ShardWorker(ContextThread):
         self._settle(batch)
         self.follower.store.release_shard(self.state)
         log.info("released shard %s", self.shard_id)
+
+    def _idle(self, pacer: IdlePacer) -> None:
+        """At the tip with nothing new: poll again once this shard's records in the stage
+        are written (a record read sooner would only queue behind them), else after the
+        pacer's pause. So a follower whose OpenSearch is behind does not poll idle shards."""
+        if self.stage.settled(self):
+            self.halt.wait(pacer.idle())
+            return
+        while not self.halt.is_set() and not self.stage.settled(self):
+            self.stage.wait(PRESSURE_WAIT_S)
+            self._checkpoint()
+        pacer.busy()  # written just now: look for what came meanwhile at once
 
     def _settle(self, batch: Batch) -> Batch:
         """Hand the batch over, wait until the stage acknowledged everything of this shard,
