@@ -439,6 +439,36 @@ def test_an_unreachable_streams_endpoint_is_one_line_at_start_and_exit_1(
     assert "keyspaces.streams_endpoint" in line
 
 
+def test_status_prints_each_table_and_never_fails_with_a_traceback(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path, opensearch: Any
+) -> None:
+    mapping = cdc_table(cql, keyspace, tmp_path)
+    make_config(str(mapping))
+    never = ks2os("--config", "ks2os.toml", "status", cwd=tmp_path, env=_aws_env())
+    assert never.returncode == 0, never.stderr
+    assert never.stdout.startswith(f"status {keyspace}.t: alias {keyspace}-t -> none\n")
+    assert "never run" in never.stdout
+    assert ks2os("--config", "ks2os.toml", "backfill", cwd=tmp_path, env=_aws_env()).returncode == 0
+    shown = ks2os("--config", "ks2os.toml", "status", "--json", cwd=tmp_path, env=_aws_env())
+    assert shown.returncode == 0, shown.stderr
+    (line,) = shown.stdout.splitlines()
+    status = orjson.loads(line)
+    assert (status["table"], status["alias"], status["outcome"]) == (
+        f"{keyspace}.t",
+        f"{keyspace}-t",
+        "done",
+    )
+    assert status["index"] == f"{keyspace}-t_v1" and status["backfills"][0]["finished"]
+
+    port = free_port()
+    make_config(str(mapping), opensearch={"hosts": [f"http://127.0.0.1:{port}"]})
+    line = failure(ks2os("--config", "ks2os.toml", "status", cwd=tmp_path, env=_aws_env()), 1)
+    assert "cannot reach OpenSearch" in line and "opensearch.hosts" in line
+    make_config(str(mapping), keyspaces={"streams_endpoint": f"http://127.0.0.1:{port}"})
+    line = failure(ks2os("--config", "ks2os.toml", "status", cwd=tmp_path, env=_aws_env()), 1)
+    assert "cannot reach Keyspaces Streams" in line and "keyspaces.streams_endpoint" in line
+
+
 @pytest.fixture(scope="module")
 def guarded_emulator() -> Iterator[Any]:
     """A keyspaces_local that asks for a password (PasswordAuthenticator)."""
