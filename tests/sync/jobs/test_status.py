@@ -142,6 +142,17 @@ def test_status_after_a_backfill_and_a_follower_shows_where_everything_stands(
     for shard in later.streams[0].shards:
         assert shard.shard_id in text and (shard.checkpoint or "-") in text
 
+    assert "rebuild       none in progress" in text
+
+    # A reindex under way shows with its phase, both indexes and the new index's fill.
+    old, new = f"{mapping.alias}_v1", f"{mapping.alias}_v2"
+    store.begin_rebuild(table_name, mapping.alias, old, new, "reindex-1")
+    rebuilding = run_status(cfg, mapping)
+    assert rebuilding.rebuild is not None and rebuilding.rebuild.in_progress
+    assert (rebuilding.rebuild.phase, rebuilding.rebuild.new_index) == ("building", new)
+    assert rebuilding.rebuild.owner == "reindex-1" and rebuilding.rebuild.lease_live
+    assert f"rebuild       building: {old} -> {new}" in rebuilding.text()
+
     shown = orjson.loads(orjson.dumps(later.to_json()))
     assert shown["streams"][0]["shards_not_begun"] == 0
     assert shown["gaps"][0]["kind"] == "trimmed" and shown["dead_letters"] == stored
