@@ -366,4 +366,11 @@ def normalised(value: Any) -> Any:
 def same(live: Any, file: Any) -> bool:
     if live is _UNKNOWN:
         return False
-    return bool(normalised(live) == normalised(file))
+    have, want = normalised(live), normalised(file)
+    # A one-element list and its element are one value (`copy_to = "all"` comes back
+    # as ["all"]).
+    if isinstance(have, list) and len(have) == 1 and not isinstance(want, list):
+        have = have[0]
+    if isinstance(want, list) and len(want) == 1 and not isinstance(have, list):
+        want = want[0]
+    return bool(have == want)

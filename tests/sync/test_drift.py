@@ -59,6 +59,13 @@ def test_a_file_stating_defaults_opensearch_leaves_out_is_no_drift() -> None:
     assert drift(file_mappings()).identical
 
 
+def test_a_value_opensearch_reports_in_another_form_is_no_drift() -> None:
+    live = {"properties": {"n": {"type": "integer", "copy_to": ["all"], "boost": 2.0}}}
+    wanted = {"properties": {"n": {"type": "integer", "copy_to": "all", "boost": 2}}}
+    settings = {"index": {"number_of_replicas": "1", "refresh_interval": "1s"}}
+    assert compare(live, LIVE_SETTINGS, wanted, settings).identical
+
+
 def test_a_new_field_and_a_new_sub_field_are_added_in_place() -> None:
     title = {
         "type": "text",
