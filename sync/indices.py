@@ -1,4 +1,4 @@
-"""Versioned indexes and their alias: create `<alias>_v<N>`, swap atomically, check mappings.
+"""Versioned indexes and their alias: create `<alias>_v<N>`, swap atomically, reconcile mappings.
 
 Searches always go through the alias. Its filter hides tombstones (deleted
 rows), partition documents (a static table's per-partition static values,
@@ -267,22 +267,7 @@ def reconcile_mapping(client: OpenSearch, index: str, mapping: TableMapping) -> 
     runs it on its target before writing; an index just created from the file
     needs no check.
     """
-    with opensearch_errors(f"reading the mapping of {index}"):
-        live = client.indices.get_mapping(index=index)
-        settings = client.indices.get_settings(
-            index=index, params={"flat_settings": "true", "include_defaults": "true"}
-        )
-    live_mappings = next(iter(live.values()))["mappings"]
-    found = next(iter(settings.values()))
-    live_settings = {**found.get("defaults", {}), **found.get("settings", {})}
-    wanted = index_settings_and_mappings(mapping)
-    drift = compare(live_mappings, live_settings, wanted["mappings"], wanted["settings"])
-    if drift.conflict is not None:
-        c = drift.conflict
-        raise MappingConflict(
-            f"index {index}: {c.where} is {c.live} in OpenSearch but {c.file} in {mapping.path}",
-            hint="run `ks2os reindex` to build a new index with this mapping",
-        )
+    drift = mapping_drift(client, index, mapping)
     if drift.mapping_update:
         with opensearch_errors(f"adding {', '.join(drift.added_fields)} to the mapping of {index}"):
             client.indices.put_mapping(index=index, body=drift.mapping_update)
@@ -300,3 +285,31 @@ def reconcile_mapping(client: OpenSearch, index: str, mapping: TableMapping) -> 
             client.indices.put_settings(index=index, body=drift.settings_update)
         log.info("index %s: settings changed to %s from %s", index, shown, mapping.path)
     return drift
+
+
+def mapping_drift(client: OpenSearch, index: str, mapping: TableMapping) -> Drift:
+    """How `index` differs from the mapping file (`sync.drift`); raises `MappingConflict`
+    when only a new index can take the file. Reads, writes nothing."""
+    with opensearch_errors(f"reading the mapping of {index}"):
+        live = client.indices.get_mapping(index=index)
+        settings = client.indices.get_settings(
+            index=index, params={"flat_settings": "true", "include_defaults": "true"}
+        )
+    live_mappings = next(iter(live.values()))["mappings"]
+    found = next(iter(settings.values()))
+    live_settings = {**found.get("defaults", {}), **found.get("settings", {})}
+    wanted = index_settings_and_mappings(mapping)
+    drift = compare(live_mappings, live_settings, wanted["mappings"], wanted["settings"])
+    if drift.conflict is not None:
+        c = drift.conflict
+        raise MappingConflict(
+            f"index {index}: {c.where} is {c.live} in OpenSearch but {c.file} in {mapping.path}",
+            hint="run `ks2os reindex` to build a new index with this mapping",
+        )
+    return drift
+
+
+def check_mapping_compatible(client: OpenSearch, index: str, mapping: TableMapping) -> None:
+    """`MappingConflict` when the file asks for what only a new index can take; additions
+    are not applied here (`reconcile_mapping` applies them)."""
+    mapping_drift(client, index, mapping)

@@ -18,6 +18,7 @@ from opensearchpy import OpenSearch
 
 from sync.config import Config
 from sync.errors import MappingConflict
+from sync.indices import check_mapping_compatible
 from sync.jobs.backfill import run_backfill
 from sync.mapping import TableMapping, mapping_from_dict
 from tests.conftest import table_options
@@ -82,6 +83,8 @@ def test_a_new_field_is_added_in_place_then_indexed_not_dead_lettered(
     cfg = make_config()
     index = _first(cql, keyspace, cfg)
     grown = _mapping(keyspace, {**BASE, "colour": {"type": "keyword"}})
+    check_mapping_compatible(opensearch, index, grown)  # the read-only check: no conflict...
+    assert "colour" not in _live_properties(opensearch, index)  # ...and nothing applied
 
     with caplog.at_level(logging.INFO, logger="sync.indices"):
         summary = run_backfill(cfg, grown, restart=True)
