@@ -16,8 +16,8 @@ Status reads that record with one GetRecords per unfinished shard
 (`sync.sources.streams.peek_after`); it takes no lease.
 
 **It writes nothing**: no state index, no index, no dead-letter index is
-created, no lease taken, no heartbeat. A table whose state index does not
-exist has never run, and says so. The first requests (the alias, ListStreams)
+created, no lease taken, no heartbeat. A table that left nothing in the state
+index (or with no state index at all) has never run, and says so. The first requests (the alias, ListStreams)
 are not retried, so an unreachable OpenSearch or Streams endpoint is one line
 at once (exit 1).
 
@@ -57,7 +57,7 @@ from sync.tables import table_name
 # module needs PySpark's extras) and the owner prefix of the ranges its tasks lease.
 SPARK_ROLE = "backfill-spark"
 SPARK_OWNER_PREFIX = "spark:"
-NEVER_RUN = "never run: no state index"
+NEVER_RUN = "never run: nothing of this table in the state index"
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ class TableStatus:
         index = self.index or "none"
         lines = [f"status {self.table}: alias {self.alias} -> {index}"]
         if self.never_run:
-            lines.append(f"  {NEVER_RUN}: ks2os backfill and ks2os follow have not run yet")
+            lines.append(f"  {NEVER_RUN} (ks2os backfill and follow have not run)")
         lines += self._stream_lines()
         lines += self._worker_lines()
         lines += self._backfill_lines()
@@ -419,6 +419,8 @@ def build_status(
     rebuild = store.get_rebuild(table)
     if rebuild is not None:
         status.rebuild = _rebuild_status(rebuild, status.backfills, now)
+    # The state index is shared by every table: this one has run once it left anything there.
+    status.never_run = not (shards or begun or status.backfills or status.gaps or rebuild)
     return status
 
 

@@ -460,6 +460,28 @@ def test_status_prints_each_table_and_never_fails_with_a_traceback(
     )
     assert status["index"] == f"{keyspace}-t_v1" and status["backfills"][0]["finished"]
 
+    # Several tables: one line each, in the config's order.
+    other = tmp_path / "u.toml"
+    other.write_text(
+        f'[source]\nkeyspace = "{keyspace}"\ntable = "u"\n[index]\nalias = "{keyspace}-u"\n'
+    )
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."u" (id int PRIMARY KEY) WITH cdc = true AND '
+        "CUSTOM_PROPERTIES = {'cdc_specification': {'view_type': 'NEW_AND_OLD_IMAGES'}}"
+    )
+    config = tmp_path / "ks2os.toml"
+    config.write_text(
+        config.read_text().replace(f'mapping = "{mapping}"', f'mappings = ["{mapping}", "{other}"]')
+    )
+    both = ks2os("--config", "ks2os.toml", "status", "--json", cwd=tmp_path, env=_aws_env())
+    assert both.returncode == 0, both.stderr
+    lines = [orjson.loads(line) for line in both.stdout.splitlines()]
+    assert [(s["table"], s["never_run"]) for s in lines] == [
+        (f"{keyspace}.t", False),
+        (f"{keyspace}.u", True),  # the state index exists; nothing of u is in it
+    ]
+    assert lines[1]["backfills"] == [] and lines[1]["streams"][0]["shards"] == []
+
     port = free_port()
     make_config(str(mapping), opensearch={"hosts": [f"http://127.0.0.1:{port}"]})
     line = failure(ks2os("--config", "ks2os.toml", "status", cwd=tmp_path, env=_aws_env()), 1)

@@ -144,6 +144,15 @@ def test_status_after_a_backfill_and_a_follower_shows_where_everything_stands(
 
     assert "rebuild       none in progress" in text
 
+    # With no follower running, a change made since shows as lag on its shard.
+    table.update(1, 1, "late")
+    behind = {k: v for k, v in _last_sequences(streams, arn).items() if v != expected[k]}
+    assert len(behind) == 1
+    lagging = {s.shard_id: s for s in run_status(cfg, mapping).streams[0].shards}
+    (shard_id,) = behind
+    assert lagging[shard_id].lag_s is not None and lagging[shard_id].lag_s > 0
+    assert all(s.lag_s in (None, 0) for k, s in lagging.items() if k != shard_id)
+
     # A reindex under way shows with its phase, both indexes and the new index's fill.
     old, new = f"{mapping.alias}_v1", f"{mapping.alias}_v2"
     store.begin_rebuild(table_name, mapping.alias, old, new, "reindex-1")
