@@ -17,9 +17,9 @@ Status reads that record with one GetRecords per unfinished shard
 
 **It writes nothing**: no state index, no index, no dead-letter index is
 created, no lease taken, no heartbeat. A table that left nothing in the state
-index (or with no state index at all) has never run, and says so. The first requests (the alias, ListStreams)
-are not retried, so an unreachable OpenSearch or Streams endpoint is one line
-at once (exit 1).
+index (or with no state index at all) has never run, and says so. The first
+requests (the alias, ListStreams) are not retried, so an unreachable
+OpenSearch or Streams endpoint is one line at once (exit 1).
 
 `build_status` gathers a `TableStatus`; its `text()` is for a person, its
 `to_json()` for `--json` (one line per table, as every command prints).
