@@ -150,7 +150,8 @@ def compare(
 
     `live_mappings` is the `mappings` object of a get-mapping answer;
     `live_settings` flat settings (`index.number_of_shards` -> "1"), explicit
-    ones over the defaults; `wanted_*` what the file makes an index from.
+    ones over the defaults; `wanted_mappings` what the file makes an index
+    from, `wanted_settings` the settings the file names.
     """
     drift = Drift()
     _compare_mapping_root(live_mappings, wanted_mappings, drift)

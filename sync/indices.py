@@ -299,7 +299,9 @@ def mapping_drift(client: OpenSearch, index: str, mapping: TableMapping) -> Drif
     found = next(iter(settings.values()))
     live_settings = {**found.get("defaults", {}), **found.get("settings", {})}
     wanted = index_settings_and_mappings(mapping)
-    drift = compare(live_mappings, live_settings, wanted["mappings"], wanted["settings"])
+    # Settings: only those the file names (ks2os's defaults apply when an index is made;
+    # a live index keeps what an operator changed by hand, unless the file says otherwise).
+    drift = compare(live_mappings, live_settings, wanted["mappings"], mapping.stated_settings)
     if drift.conflict is not None:
         c = drift.conflict
         raise MappingConflict(

@@ -160,10 +160,12 @@ def test_a_live_setting_is_applied_and_a_static_one_stops(
 ) -> None:
     cfg = make_config()
     index = _first(cql, keyspace, cfg)
+    # An operator's change the file does not name is left alone.
+    opensearch.indices.put_settings(index=index, body={"index": {"number_of_replicas": 0}})
     slower = _mapping(keyspace, BASE, {"refresh_interval": "5s"}, exclude=["colour"])
     assert run_backfill(cfg, slower, restart=True).complete
     shown = opensearch.indices.get_settings(index=index)[index]["settings"]["index"]
-    assert shown["refresh_interval"] == "5s"
+    assert (shown["refresh_interval"], shown["number_of_replicas"]) == ("5s", "0")
 
     sharded = _mapping(
         keyspace, BASE, {"refresh_interval": "5s", "number_of_shards": 3}, exclude=["colour"]
