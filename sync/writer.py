@@ -289,8 +289,8 @@ class BulkWriter:
         if not call(self._policy, f"checking index {index}", exists, traffic):
             raise OpenSearchRefused(
                 f"index {index} does not exist",
-                hint="ks2os creates its indexes at start; check the alias and the rebuild "
-                "(`ks2os status`)",
+                hint="a rebuild still names it: record the rebuild aborted (or done) before "
+                "deleting its index, then start the follower again",
                 status=404,
                 error_type="index_not_found_exception",
             )

@@ -35,6 +35,7 @@ from sync.clients import streams_client
 from sync.config import Config
 from sync.deadletter import FileDeadLetters
 from sync.documents import META_FIELD, PARTITION_KIND, DocumentBuilder
+from sync.errors import OpenSearchRefused
 from sync.indices import alias_filter, create_next_index, current_target, swap_alias
 from sync.jobs.follow import ROLE
 from sync.mapping import TableMapping, mapping_from_dict
@@ -46,7 +47,7 @@ from sync.state import Rebuild, StateStore
 from sync.targets import WriteTargets
 from sync.writer import BulkWriter, WriterSettings
 from tests.sync.faults import HttpProxy
-from tests.sync.jobs.follow_helpers import Table, following, orders_mapping, until
+from tests.sync.jobs.follow_helpers import Table, following, orders_mapping, stopped_by, until
 from tests.sync.jobs.test_statics_follow import Shelves
 
 REINDEX = "reindex-under-test"
@@ -205,6 +206,21 @@ def test_after_an_abort_the_follower_goes_on_with_the_old_index_alone(
         )
         assert not opensearch.indices.exists(index=rebuild.new_index)  # never made anew
     # `following` re-raises the follower's error, had it stopped with one.
+
+
+def test_a_new_index_deleted_while_the_rebuild_still_names_it_stops_the_follower(
+    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+) -> None:
+    table = Table(cql, keyspace)
+    mapping = orders_mapping(keyspace)
+    cfg = make_config()
+    rebuild = begin_rebuild(opensearch, state_store(opensearch, cfg), mapping)
+    opensearch.indices.delete(index=rebuild.new_index)  # the record still says `building`
+    table.insert(1, 1, "lost?", 1)
+    error = stopped_by(cfg, mapping)
+    assert isinstance(error, OpenSearchRefused) and rebuild.new_index in str(error)
+    assert "record the rebuild aborted" in error.hint
+    assert not opensearch.indices.exists(index=rebuild.new_index)  # not made anew
 
 
 # ---- checkpoints wait for both indexes ------------------------------------------------------
