@@ -437,7 +437,7 @@ class Follower:
         self._stop = stop
         try:
             self._begin()
-            self._follow_rebuild()
+            self.follow_rebuild()
             self._start_sweep()
             while not stop.is_set() and not self._abandoned:
                 self._reap()
@@ -620,8 +620,9 @@ class Follower:
 
     # ---- a rebuild (ks2os reindex) --------------------------------------------------------
 
-    def _follow_rebuild(self) -> None:
-        """Write where the table's rebuild record says; see the module docstring."""
+    def follow_rebuild(self) -> None:
+        """Write where the table's rebuild record says (each plan does); see the module
+        docstring. The heartbeat after it names the indexes (`WriteTargets.writes_to`)."""
         before = self.targets.indexes
         if not self.targets.set(self._targets_now()):
             return
@@ -635,9 +636,13 @@ class Follower:
         rebuild = self.store.get_rebuild(self.table)
         if rebuild is not None and rebuild.writes_both:
             return rebuild.targets
-        if len(self.targets.indexes) == 1:
-            return self.targets.indexes  # no rebuild ended since the alias was read
-        # Done: the alias is on the new index; aborted: it stayed on the old one.
+        now = self.targets.indexes
+        if len(now) == 1 and (
+            rebuild is None or rebuild.phase == "aborted" or rebuild.new_index in now
+        ):
+            return now  # no rebuild moved the alias since it was read
+        # Done: the alias is on the new index (even if this follower, paused, never saw
+        # the rebuild begin); aborted while both were written: it stayed on the old one.
         return (current_target(self.job.client, self.job.mapping).index,)
 
     def _take_up(self, index: str) -> None:
@@ -667,7 +672,7 @@ class Follower:
 
     def _plan(self) -> None:
         """Read the first stream of the lineage not finished; past the last, see if CDC is off."""
-        self._follow_rebuild()
+        self.follow_rebuild()
         self.store.heartbeat(ROLE, self.table, self.worker_id, self.targets.writes_to())
         self._trim_check = None
         floor, previous = 0, None

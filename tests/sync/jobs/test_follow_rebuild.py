@@ -37,7 +37,8 @@ from sync.deadletter import FileDeadLetters
 from sync.documents import META_FIELD, PARTITION_KIND, DocumentBuilder
 from sync.errors import OpenSearchRefused
 from sync.indices import alias_filter, create_next_index, current_target, swap_alias
-from sync.jobs.follow import ROLE
+from sync.jobs import Job
+from sync.jobs.follow import ROLE, Follower
 from sync.mapping import TableMapping, mapping_from_dict
 from sync.model import Change, Op, StreamPosition
 from sync.schema import TableKey
@@ -178,6 +179,23 @@ def test_after_the_swap_new_changes_go_to_the_new_index_alone(
         assert visible_in(opensearch, done.old_index) == old_state
         # The new index is the follower's own now: it records what the index needs.
         assert store.get_coverage(done.table, done.new_index) is not None
+
+
+def test_a_follower_that_never_saw_a_rebuild_begin_follows_the_alias_once_it_is_done(
+    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+) -> None:
+    # A follower paused past its heartbeat's expiry: the rebuild went on without it.
+    Table(cql, keyspace)
+    mapping = orders_mapping(keyspace)
+    cfg = make_config()
+    with Job(cfg, mapping) as job:
+        follower = Follower(job, streams_client(cfg))
+        old = job.index
+        rebuild = begin_rebuild(opensearch, job.store, mapping)
+        done = finish(opensearch, job.store, rebuild)
+        follower.follow_rebuild()  # its next plan
+        assert follower.targets.indexes == (done.new_index,) and job.index == done.new_index
+        assert old == done.old_index
 
 
 def test_after_an_abort_the_follower_goes_on_with_the_old_index_alone(
