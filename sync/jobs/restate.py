@@ -97,6 +97,8 @@ class SweepReport:
 
 
 class Sweep(Protocol):
+    """What `SweepThread` runs each round: an `ExpirySweep`, or `SweepEach` of several."""
+
     def run_once(self, now_ms: int | None = None) -> SweepReport: ...
 
 
@@ -206,9 +208,9 @@ class SweepEach:
         report = SweepReport()
         with self.targets.writing() as indexes:
             for index in indexes:
-                sweep = self._sweeps.get(index) or self._sweeps.setdefault(
-                    index, self._sweep_of(index)
-                )
+                sweep = self._sweeps.get(index)
+                if sweep is None:
+                    sweep = self._sweeps[index] = self._sweep_of(index)
                 try:
                     report.add(sweep.run_once(now_ms))
                 except OpenSearchRefused as exc:
