@@ -53,6 +53,7 @@ metrics (`sync.metrics`: the lag is 0 at the tip), `/readyz` asks
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -60,7 +61,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync.bulk import Reader
+from sync.bulk import Reader, call
 from sync.clients import streams_client
 from sync.config import Config, FollowConfig
 from sync.deadletter import DeadLetter, DeadLetterShare
@@ -634,9 +635,12 @@ class Follower:
     def _targets_now(self) -> tuple[str, ...]:
         """Both indexes while the rebuild record `writes_both`; after it, the alias's index."""
         rebuild = self.store.get_rebuild(self.table)
-        if rebuild is not None and rebuild.writes_both:
-            return rebuild.targets
         now = self.targets.indexes
+        if rebuild is not None and rebuild.writes_both:
+            if rebuild.new_index not in now and not self._exists(rebuild.new_index):
+                # Recorded before it is made: not written, so not named, until it exists.
+                return (rebuild.old_index,)
+            return rebuild.targets
         if len(now) == 1 and (
             rebuild is None or rebuild.phase == "aborted" or rebuild.new_index in now
         ):
@@ -644,6 +648,10 @@ class Follower:
         # Done: the alias is on the new index (even if this follower, paused, never saw
         # the rebuild begin); aborted while both were written: it stayed on the old one.
         return (current_target(self.job.client, self.job.mapping).index,)
+
+    def _exists(self, index: str) -> bool:
+        exists = functools.partial(self.job.client.indices.exists, index=index)
+        return bool(call(self.job.policy, f"checking index {index}", exists))
 
     def _take_up(self, index: str) -> None:
         """Follow `index` as the job's own from now on (coverage, the expiry sweep)."""

@@ -48,7 +48,7 @@ from sync.state import Rebuild, StateStore
 from sync.targets import WriteTargets
 from sync.writer import BulkWriter, WriterSettings
 from tests.sync.faults import HttpProxy
-from tests.sync.jobs.follow_helpers import Table, following, orders_mapping, stopped_by, until
+from tests.sync.jobs.follow_helpers import Table, following, orders_mapping, until
 from tests.sync.jobs.test_statics_follow import Shelves
 
 REINDEX = "reindex-under-test"
@@ -226,18 +226,48 @@ def test_after_an_abort_the_follower_goes_on_with_the_old_index_alone(
     # `following` re-raises the follower's error, had it stopped with one.
 
 
+def test_a_rebuild_recorded_before_its_index_exists_is_acknowledged_once_it_does(
+    cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
+) -> None:
+    table = Table(cql, keyspace)
+    mapping = orders_mapping(keyspace)
+    cfg = make_config()
+    store = state_store(opensearch, cfg)
+    old = current_target(opensearch, mapping).index
+    new = f"{mapping.alias}_v2"
+    rebuild = store.begin_rebuild(f"{keyspace}.orders", mapping.alias, old, new, REINDEX)
+    with following(cfg, mapping):
+        table.insert(1, 1, "before", 1)
+        until(holds(opensearch, old, table.model), "the row reaches the old index")
+        assert writes_to(store, rebuild.table) == {frozenset({old})}
+        assert not opensearch.indices.exists(index=new)  # not made by a write either
+        create_next_index(opensearch, mapping)
+        until(
+            lambda: writes_to(store, rebuild.table) == {frozenset({old, new})},
+            "the follower names the new index once it exists",
+        )
+        table.update(1, 1, "after")
+        until(holds(opensearch, new, table.model), "changes reach it")
+
+
 def test_a_new_index_deleted_while_the_rebuild_still_names_it_stops_the_follower(
     cql: Any, keyspace: str, opensearch: OpenSearch, make_config: Callable[..., Config]
 ) -> None:
     table = Table(cql, keyspace)
     mapping = orders_mapping(keyspace)
     cfg = make_config()
-    rebuild = begin_rebuild(opensearch, state_store(opensearch, cfg), mapping)
-    opensearch.indices.delete(index=rebuild.new_index)  # the record still says `building`
-    table.insert(1, 1, "lost?", 1)
-    error = stopped_by(cfg, mapping)
-    assert isinstance(error, OpenSearchRefused) and rebuild.new_index in str(error)
-    assert "record the rebuild aborted" in error.hint
+    store = state_store(opensearch, cfg)
+    rebuild = begin_rebuild(opensearch, store, mapping)
+    with pytest.raises(OpenSearchRefused) as stopped, following(cfg, mapping):
+        until(
+            lambda: writes_to(store, rebuild.table) == {frozenset(rebuild.targets)},
+            "the follower writes both indexes",
+        )
+        opensearch.indices.delete(index=rebuild.new_index)  # still `building`
+        table.insert(1, 1, "lost?", 1)
+        until(lambda: not writes_to(store, rebuild.table), "the follower stopped")
+    assert rebuild.new_index in str(stopped.value)
+    assert "record the rebuild aborted" in stopped.value.hint
     assert not opensearch.indices.exists(index=rebuild.new_index)  # not made anew
 
 
