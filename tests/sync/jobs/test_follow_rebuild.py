@@ -58,7 +58,8 @@ REINDEX = "reindex-under-test"
 
 
 def begin_rebuild(client: OpenSearch, store: StateStore, mapping: TableMapping) -> Rebuild:
-    """What `ks2os reindex` records first: a new `<alias>_v<N+1>` and the rebuild record."""
+    """A new `<alias>_v<N+1>` and the rebuild record naming it (the reindex may record it
+    first: see the test of a record made before its index)."""
     old = current_target(client, mapping).index
     new = create_next_index(client, mapping)
     table = f"{mapping.keyspace}.{mapping.table}"
