@@ -177,7 +177,7 @@ class ControlOperations:
 
     def faults(self, body: JsonBody) -> JsonBody:
         settings = self.control.set_faults(body)
-        return {"faults": asdict(settings)}
+        return {"faults": asdict(settings), "injected": self.control.faults.injected()}
 
     def sweep(self, body: JsonBody) -> JsonBody:
         return {"ttlRecords": self.control.sweep_expired()}
