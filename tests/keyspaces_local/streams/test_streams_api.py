@@ -435,3 +435,25 @@ def test_injected_throttles_are_counted(stack: Any) -> None:
             stack.client.list_streams()
     assert stack.control.faults.injected() == {"throttle": 3}
 
+
+def test_a_client_killed_mid_request_leaves_no_traceback_and_the_server_serves_on(
+    stack: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer SIGKILLed while sending (a body cut short) or before reading the answer
+    (a reset) is routine for a streams endpoint: no error answer, no traceback."""
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    address = urlsplit(stack.api.url)
+    for body in (b'{"streamArn": "arn:aws:cassandra:us-east-1:1', b"{}"):
+        with socket.create_connection((address.hostname, address.port)) as conn:
+            conn.sendall(
+                b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: KeyspacesStreams.GetRecords\r\n"
+                b"Content-Length: 200\r\n\r\n" + body
+            )
+            # Close with a reset, as the kernel does for a killed process with unread data.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert stack.client.list_streams()["streams"] == []
+    assert "Traceback" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
