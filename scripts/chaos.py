@@ -5,16 +5,16 @@ Run from the repository root as `python -m scripts.chaos [--minutes M] [--seed N
 the fault proxy `tests/sync/faults.py` as the tests do, without copies).
 
 It starts its own stack: keyspaces_local as a subprocess, an osmem-server, and
-a fault proxy between ks2os and OpenSearch. On four tables (client-side
-timestamps on and off, with and without static columns, one with a default
-TTL) a writer thread per table drives random inserts, updates, column, row and
-partition deletes, set and static changes and TTL writes through the real
-cassandra-driver, and records every acknowledged write in the model. Meanwhile
-`ks2os backfill` and `ks2os follow` run as real subprocesses and are SIGKILLed
-and restarted at random moments, a second follower comes and goes, the proxy
-answers 429 and 503, resets connections and adds latency, and the emulator's
-Streams API throttles, fails, expires iterators, returns empty pages and splits
-and merges shards.
+a fault proxy between ks2os and OpenSearch. On five tables (client-side
+timestamps on and off, with and without static columns, one with a default TTL,
+one with a KEYS_ONLY stream) a writer thread per table drives random inserts,
+updates, column, row and partition deletes, set and static changes and TTL
+writes through the real cassandra-driver, and records every acknowledged write
+in the model. Meanwhile `ks2os backfill` and `ks2os follow` run as real
+subprocesses and are SIGKILLed and restarted at random moments, a second
+follower comes and goes, the proxy answers 429 and 503, resets connections and
+adds latency, and the emulator's Streams API throttles, fails, expires
+iterators, returns empty pages and splits and merges shards.
 
 Then the writers stop, the faults stop, and the follower must bring every
 index to what the model says its table holds (waited for with a deadline).
@@ -111,6 +111,8 @@ TABLES = (
     TableSpec("sts_statics", client_timestamps=False, statics=True),
     TableSpec("cts_plain", client_timestamps=True, statics=False, view_type="NEW_IMAGE"),
     TableSpec("sts_ttl", client_timestamps=False, statics=False, default_ttl=DEFAULT_TTL),
+    # Every record of a KEYS_ONLY stream is read again over CQL (a row lookup).
+    TableSpec("sts_keys", client_timestamps=False, statics=True, view_type="KEYS_ONLY"),
 )
 
 
@@ -567,8 +569,10 @@ class Chaos:
             self.tally.rescans += 1
 
     def rebuild(self) -> None:
-        """The place for a rebuild (`ks2os reindex`) at a random moment: ks2os has no
-        reindex command yet, so this does nothing until it lands."""
+        """The place for a rebuild (`ks2os reindex`) at a random moment, racing the
+        writers and the follower: ks2os has no reindex command yet. When it lands, run
+        it here as a `Ks2os` process (killed at times too), count it in
+        `tally.rebuilds`, and add "rebuild" to `_random_event`."""
 
     # -- the schedule
 
@@ -585,13 +589,30 @@ class Chaos:
             self.supervise()
             now = time.monotonic()
             if pending and now >= pending[0][0]:
-                self.event(pending.pop(0)[1])
+                name = pending.pop(0)[1]
+                if self._start_to_kill(name):  # a must kill of a process not running
+                    pending.insert(0, (now + self.rng.uniform(2.0, 5.0), name))
+                else:
+                    self.event(name)
             elif now >= next_random:
                 self.event(self._random_event())
                 next_random = now + self.rng.uniform(1.0, 4.0)
             time.sleep(0.1)  # the schedule's tick, not a wait for a condition
 
+    def _start_to_kill(self, name: str) -> bool:
+        """Start the process a kill event names if it is not running (a finished
+        backfill rescans); True if it had to be started."""
+        role = {"kill_backfill": "backfill", "kill_follower_b": "follower_b"}.get(name)
+        if role is None or self.processes[role].running:
+            return False
+        if role == "backfill":
+            self.rescan()
+        else:
+            self.toggle_second_follower()
+        return True
+
     def _random_event(self) -> str:
+        # A rebuild ("rebuild", `Chaos.rebuild`) joins these once ks2os has `reindex`.
         return self.rng.choices(
             (
                 "kill_follower_a",
@@ -603,9 +624,8 @@ class Chaos:
                 "stream_faults",
                 "calm",
                 "rescan",
-                "rebuild",
             ),
-            (10, 5, 6, 5, 12, 6, 6, 2, 1, 1),
+            (10, 5, 6, 5, 12, 6, 6, 2, 1),
         )[0]
 
     def event(self, name: str) -> None:
