@@ -670,11 +670,14 @@ class Chaos:
 
 @dataclass
 class Invariant:
+    """One check of one table: `count` violations among `of` `unit` (e.g. 0 of 12 expired)."""
+
     table: str
     name: str
     count: int
-    of: int
+    unit: str
     examples: list[str]
+    of: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -682,7 +685,9 @@ class Invariant:
 
     def line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        text = f"{verdict} {self.table:<12} {self.name:<34} {self.count} of {self.of}"
+        among = f"{self.count} of {self.of} {self.unit}" if self.of is not None else ""
+        among = among or f"{self.count} {self.unit}"
+        text = f"{verdict} {self.table:<12} {self.name:<32} {among}"
         return text + (f": {'; '.join(self.examples)}" if self.examples else "")
 
 
@@ -763,20 +768,37 @@ def check(search: OpenSearch, session: Session, writer: Writer) -> list[Invarian
         ]
 
     oracle_examples = [f"{k} model {want.get(k)} table {table.get(k)}" for k in oracle[:3]]
+    # What each check had to go on: rows deleted and not written since, rows (or values)
+    # whose TTL ran out.
+    gone = {k for k in ignoring_ttl if k not in want}
+    deleted = {
+        k
+        for k in writer.deleted_rows
+        | {(p, c) for p in writer.deleted_partitions for c in range(ROWS)}
+        if k not in want and k not in gone
+    }
+    expired = gone | {k for k in want if want[k] != ignoring_ttl.get(k)}
     return [
-        Invariant(name, "the table equals the model", len(oracle), len(want), oracle_examples),
-        Invariant(name, "no missing document", len(missing), len(want), show(missing)),
-        Invariant(name, "no extra document", len(extra), len(docs), show(extra)),
-        Invariant(name, "no stale document", len(stale), len(want), show(stale)),
-        Invariant(name, "no resurrected row", len(resurrected), len(docs), show(resurrected)),
+        Invariant(
+            name, "the table equals the model", len(oracle), "rows", oracle_examples, len(want)
+        ),
+        Invariant(name, "no missing document", len(missing), "rows", show(missing), len(want)),
+        Invariant(name, "no extra document", len(extra), "documents", show(extra), len(docs)),
+        Invariant(name, "no stale document", len(stale), "rows", show(stale), len(want)),
+        Invariant(
+            name, "no resurrected row", len(resurrected), "deleted", show(resurrected), len(deleted)
+        ),
         Invariant(
             name,
             "no expired row or value visible",
             len(expired_rows) + len(expired_values),
-            len(docs),
+            "expired",
             show(expired_rows + expired_values),
+            len(expired),
         ),
-        Invariant(name, "dead-letter store empty", dead_letters(search, writer.spec.alias), 0, []),
+        Invariant(
+            name, "dead-letter store empty", dead_letters(search, writer.spec.alias), "entries", []
+        ),
     ]
 
 
