@@ -31,6 +31,12 @@ Besides the leased units, three kinds of document carry no lease:
   which the index needs every stream record (the earliest backfill or
   follower start; earlier changes reached it through the backfill).
 
+A **rebuild** document per table (leased by the `ks2os reindex` run that
+owns it) says a new index is being built for the alias: while its phase
+`writes_both`, every follower of the table writes each change to the old and
+the new index, and says so in its heartbeat (`writes_to`), so the rebuild
+knows when every live follower has seen it.
+
 Units are found by id (real-time mget), never by search, so nothing here
 waits for an index refresh; only the `list_*` methods and the list of live
 workers search (after a refresh), for overviews and for a follower's start.
@@ -46,7 +52,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from opensearchpy import OpenSearch
 
@@ -387,6 +393,84 @@ class Coverage:
         return cls(body["table"], body["index"], int(body["since_ms"]), stamp)
 
 
+RebuildPhase = Literal["building", "swapped", "done", "aborted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuild:
+    """A reindex of `table` into `new_index` while `old_index` serves the alias.
+
+    Phases: `building` (the new index exists and is being filled), `swapped`
+    (the alias is being, or has been, moved to the new index: recorded
+    *before* the move, so no follower ever writes only the index the alias
+    is leaving), then `done` or `aborted`. While `writes_both`, followers
+    write every change to both indexes. `snapshot_from_ms` is when the
+    snapshot began (the new index needs every stream record from then on);
+    `keep_old_until_ms` when the old index may be deleted after the swap.
+    """
+
+    table: str
+    alias: str
+    old_index: str
+    new_index: str
+    phase: RebuildPhase
+    started_ms: int
+    lease: Lease
+    stamp: Stamp
+    snapshot_from_ms: int | None = None
+    swapped_ms: int | None = None
+    keep_old_until_ms: int | None = None
+
+    @property
+    def doc_id(self) -> str:
+        return rebuild_doc_id(self.table)
+
+    @property
+    def writes_both(self) -> bool:
+        return self.phase in ("building", "swapped")
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The indexes a follower writes while this rebuild lasts."""
+        return (self.old_index, self.new_index) if self.writes_both else ()
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "job": "rebuild",
+            "table": self.table,
+            "alias": self.alias,
+            "old_index": self.old_index,
+            "new_index": self.new_index,
+            "phase": self.phase,
+            "started_ms": self.started_ms,
+            "owner": self.lease.owner,
+            "expires_at_ms": self.lease.expires_at_ms,
+            "snapshot_from_ms": self.snapshot_from_ms,
+            "swapped_ms": self.swapped_ms,
+            "keep_old_until_ms": self.keep_old_until_ms,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], stamp: Stamp) -> Rebuild:
+        def optional_int(name: str) -> int | None:
+            value = body.get(name)
+            return None if value is None else int(value)
+
+        return cls(
+            table=body["table"],
+            alias=body["alias"],
+            old_index=body["old_index"],
+            new_index=body["new_index"],
+            phase=body["phase"],
+            started_ms=int(body["started_ms"]),
+            lease=Lease(body.get("owner"), int(body.get("expires_at_ms") or 0)),
+            stamp=stamp,
+            snapshot_from_ms=optional_int("snapshot_from_ms"),
+            swapped_ms=optional_int("swapped_ms"),
+            keep_old_until_ms=optional_int("keep_old_until_ms"),
+        )
+
+
 def _digest(*parts: str) -> str:
     # Stream ARNs hold slashes and colons; a digest keeps ids short and URL-safe.
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
@@ -421,6 +505,10 @@ def gap_doc_id(
 
 def coverage_doc_id(table: str, index: str) -> str:
     return f"coverage-{_digest(table, index)}"
+
+
+def rebuild_doc_id(table: str) -> str:
+    return f"rebuild-{_digest(table)}"
 
 
 class StateStore:
@@ -463,6 +551,17 @@ class StateStore:
         return self._clock()
 
     # ---- the index ---------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Is there a state index? Creates nothing (`ks2os status` must write nothing).
+
+        When there is one, later calls take it as there and do not create it either.
+        """
+        if self._ensured:
+            return True
+        request = functools.partial(self._client.indices.exists, index=self.index)
+        self._ensured = bool(call(self._policy, f"looking for {self.index}", request))
+        return self._ensured
 
     def ensure(self) -> None:
         """Create the state index if it does not exist (idempotent, race-safe)."""
@@ -736,16 +835,74 @@ class StateStore:
             except LeaseLost:
                 continue  # moved by another job meanwhile: compare again
 
+    # ---- rebuilds (ks2os reindex) --------------------------------------------------
+
+    def get_rebuild(self, table: str) -> Rebuild | None:
+        """The table's rebuild record (any phase), read in real time; None if never rebuilt."""
+        doc_id = rebuild_doc_id(table)
+        found = self._read([doc_id]).get(doc_id)
+        return None if found is None else Rebuild.from_body(found.body, found.stamp)
+
+    def begin_rebuild(
+        self,
+        table: str,
+        alias: str,
+        old_index: str,
+        new_index: str,
+        worker: str,
+        *,
+        replacing: Rebuild | None = None,
+    ) -> Rebuild:
+        """Record a new rebuild in phase `building`, leased by `worker`.
+
+        `replacing` is the table's previous record (done or aborted), overwritten
+        only if unchanged since read; `LeaseLost` when another run got there first.
+        """
+        new = Rebuild(
+            table,
+            alias,
+            old_index,
+            new_index,
+            "building",
+            self.now_ms(),
+            self._lease(worker),
+            Stamp(-1, -1),
+        )
+        if replacing is None:
+            stamp = self._create(new.doc_id, new.body())
+            if stamp is None:
+                raise LeaseLost(f"a rebuild of {table} was begun by another run")
+            return replace(new, stamp=stamp)
+        return replace(new, stamp=self._replace(new.doc_id, new.body(), replacing.stamp))
+
+    def update_rebuild(self, current: Rebuild, new: Rebuild) -> Rebuild:
+        """Write `new` (a changed `current`) if nobody changed it meanwhile; else `LeaseLost`."""
+        return replace(new, stamp=self._replace(new.doc_id, new.body(), current.stamp))
+
+    def lease_rebuild(self, current: Rebuild, worker: str) -> Rebuild | None:
+        """Take or renew the rebuild's lease for `worker`; None when another live run holds it."""
+        if not current.lease.free_for(worker, self.now_ms()):
+            return None
+        try:
+            return self.update_rebuild(current, replace(current, lease=self._lease(worker)))
+        except LeaseLost:
+            return None
+
     # ---- workers present ------------------------------------------------------
 
-    def heartbeat(self, role: str, table: str, worker: str) -> None:
-        """Say `worker` is alive (for one lease period); fair shares count live workers."""
+    def heartbeat(self, role: str, table: str, worker: str, writes_to: Iterable[str] = ()) -> None:
+        """Say `worker` is alive (for one lease period); fair shares count live workers.
+
+        `writes_to`: the indexes it writes every change to (a rebuild waits until
+        every live follower writes its new index too).
+        """
         body = {
             "job": "worker",
             "role": role,
             "table": table,
             "owner": worker,
             "expires_at_ms": self.now_ms() + self.lease_ms,
+            "writes_to": sorted(writes_to),
         }
         # Our own document: nobody else writes it, so no condition is needed.
         self._write_many([Action(worker_doc_id(role, table, worker), body)])
@@ -770,16 +927,19 @@ class StateStore:
 
     def live_workers(self, role: str, table: str) -> set[str]:
         """Workers of `role` on `table` whose heartbeat has not expired."""
+        return set(self.live_worker_targets(role, table))
+
+    def live_worker_targets(self, role: str, table: str) -> dict[str, frozenset[str]]:
+        """Each live worker of `role` on `table`, with the indexes its last heartbeat named."""
         self.ensure()
         self._reader.refresh()
         query = {"bool": {"filter": [{"term": {"job": "worker"}}, {"term": {"table": table}}]}}
         now = self.now_ms()
-        live = {
-            doc.body["owner"]
+        return {
+            doc.body["owner"]: frozenset(doc.body.get("writes_to") or ())
             for doc in self._reader.search(query, size=_MAX_WORKERS)
             if doc.body.get("role") == role and int(doc.body.get("expires_at_ms") or 0) >= now
         }
-        return live
 
     # ---- backfill runs and ranges ----------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from opensearchpy import OpenSearch
@@ -265,3 +266,53 @@ def test_a_state_index_pushing_back_is_retried(osmem_clone: object, clock: FakeC
     finally:
         via_proxy.close()
         proxy.close()
+
+
+# ---- rebuilds ------------------------------------------------------------------------
+
+
+def test_one_rebuild_at_a_time_and_its_lease_passes_on_only_when_expired(
+    client: OpenSearch, clock: FakeClock
+) -> None:
+    a, b = store(client, clock), store(client, clock)
+    assert a.get_rebuild(TABLE) is None
+    begun = a.begin_rebuild(TABLE, "shop", "shop_v1", "shop_v2", "run-a")
+    assert begun.phase == "building" and begun.targets == ("shop_v1", "shop_v2")
+    with pytest.raises(LeaseLost):
+        b.begin_rebuild(TABLE, "shop", "shop_v1", "shop_v3", "run-b")
+
+    seen = b.get_rebuild(TABLE)
+    assert seen == begun
+    assert b.lease_rebuild(seen, "run-b") is None  # run-a is alive
+    clock.now += 31_000
+    taken = b.lease_rebuild(seen, "run-b")
+    assert taken is not None and taken.lease.owner == "run-b"
+    # run-a, back from a pause, cannot move the phase on from what it last saw.
+    with pytest.raises(LeaseLost):
+        a.update_rebuild(begun, replace(begun, phase="swapped"))
+
+
+def test_a_finished_rebuild_is_replaced_by_the_next_one(
+    client: OpenSearch, clock: FakeClock
+) -> None:
+    s = store(client, clock)
+    first = s.begin_rebuild(TABLE, "shop", "shop_v1", "shop_v2", "run-a")
+    done = s.update_rebuild(first, replace(first, phase="done", swapped_ms=clock.now))
+    assert done.targets == ()  # followers write the alias's index alone again
+    second = s.begin_rebuild(TABLE, "shop", "shop_v2", "shop_v3", "run-b", replacing=done)
+    assert s.get_rebuild(TABLE) == second
+    assert second.phase == "building" and second.swapped_ms is None
+
+
+def test_heartbeats_say_which_indexes_each_live_worker_writes(
+    client: OpenSearch, clock: FakeClock
+) -> None:
+    s = store(client, clock)
+    s.heartbeat("follow", TABLE, "w1", writes_to=["shop_v1", "shop_v2"])
+    s.heartbeat("follow", TABLE, "w2")
+    assert s.live_worker_targets("follow", TABLE) == {
+        "w1": frozenset({"shop_v1", "shop_v2"}),
+        "w2": frozenset(),
+    }
+    clock.now += 31_000
+    assert s.live_worker_targets("follow", TABLE) == {}
