@@ -527,7 +527,7 @@ class Chaos:
     # -- faults
 
     def proxy_faults(self, calm: bool = False) -> None:
-        share = 0.0 if calm else self.rng.uniform(0.02, 0.12)
+        share = 0.0 if calm else self.rng.uniform(0.04, 0.12)
         self.stack.proxy.chaos = RandomFaults(
             bulk_429=share,
             status_503=share / 2,
@@ -539,7 +539,7 @@ class Chaos:
         self.tally.proxy_settings += 1
 
     def stream_faults(self, calm: bool = False) -> None:
-        share = 0.0 if calm else self.rng.uniform(0.02, 0.15)
+        share = 0.0 if calm else self.rng.uniform(0.04, 0.15)
         # ListStreams stays clean: ks2os checks the endpoint with it at start, unretried
         # by design (a wrong endpoint is reported at once), so a fault there ends a start.
         rates = {op: share for op in ("GetStream", "GetShardIterator", "GetRecords")}
@@ -622,7 +622,9 @@ class Chaos:
                 else:
                     self.event(name)
             elif now >= next_random:
-                self.event(self._random_event())
+                name = self._random_event()
+                if name != "calm" or now >= half:  # faults stay on while `must` runs
+                    self.event(name)
                 next_random = now + self.rng.uniform(1.0, 4.0)
             time.sleep(0.1)  # the schedule's tick, not a wait for a condition
 
