@@ -440,9 +440,9 @@ def test_replicated_records_are_skipped_but_keep_the_version_chain() -> None:
     """With skip_replication, versions still depend on the stream alone (not on settings)."""
     import datetime as dt
 
-    from sync.schema import TableKey
+    from sync.schema import TableLayout
 
-    key = TableKey("ks", "t", ("id",), column_types={"id": "int", "v": "text"})
+    key = TableLayout("ks", "t", ("id",), column_types={"id": "int", "v": "text"})
     info = TableInfo(key, ("v",), False, False, True, "NEW_IMAGE", "arn")
 
     def record(n: int, origin: str) -> dict[str, Any]:
