@@ -295,18 +295,18 @@ def _bulk_bodies(bench: Bench, pages: list[list[Any]], per_request: int) -> list
     from sync.bulk import bulk_lines
     from sync.documents import DocumentBuilder
     from sync.keyspaces import describe_table
-    from sync.model import ScanPosition
+    from sync.model import ScanRead
     from sync.sources.rows import decode_row
     from sync.version import snapshot_version
 
     session = bench.stack.session
     info = describe_table(session, bench_data.KEYSPACE, ITEMS)
-    builder = DocumentBuilder(bench.mapping(ITEMS, "bench-items-bulk-ceiling"), info.key)
+    builder = DocumentBuilder(bench.mapping(ITEMS, "bench-items-bulk-ceiling"), info.layout)
     read_at = int(time.time() * 1000)  # the version's value does not change the work
-    position = ScanPosition(bench_stack.MIN_TOKEN, bench_stack.MAX_TOKEN, read_at)
+    position = ScanRead(bench_stack.MIN_TOKEN, bench_stack.MAX_TOKEN, read_at)
     version = snapshot_version(read_at, 5000)
     actions = [
-        builder.action_for(decode_row(row, info.key, position, version))
+        builder.action_for(decode_row(row, info.layout, position, version))
         for page in pages
         for row in page
     ]
@@ -732,7 +732,7 @@ def _follow_ceilings(bench: Bench, mapping: Any) -> tuple[float, float, int]:
     from sync.sources.streams import ShardReader
 
     info = describe_table(bench.stack.session, bench_data.KEYSPACE, EVENTS)
-    builder = DocumentBuilder(mapping, info.key)
+    builder = DocumentBuilder(mapping, info.layout)
     arn = bench_stack.stream_arn(bench.stack.streams(), EVENTS)
     shards: queue.Queue[str] = queue.Queue()
     for shard in bench_stack.shard_ids(bench.stack.streams(), arn):
@@ -805,7 +805,7 @@ def measure_codec(bench: Bench, section: Section) -> None:
     table = EVENTS if bench.backlog is not None else ITEMS
     _need_table(bench, table)
     info = describe_table(bench.stack.session, bench_data.KEYSPACE, table)
-    builder = DocumentBuilder(bench.mapping(table, f"bench-codec-{table}"), info.key)
+    builder = DocumentBuilder(bench.mapping(table, f"bench-codec-{table}"), info.layout)
     streams = bench.stack.streams()
     arn = bench_stack.stream_arn(streams, table)
     bodies = bench_stack.raw_bodies(streams, arn, bench.args.codec_records)
@@ -902,7 +902,7 @@ def measure_codec(bench: Bench, section: Section) -> None:
 
 def _row_to_bytes(bench: Bench, section: Section, table: str, info: Any, builder: Any) -> None:
     from sync.bulk import bulk_lines
-    from sync.model import ScanPosition
+    from sync.model import ScanRead
     from sync.sources.rows import decode_row
     from sync.version import snapshot_version
 
@@ -914,13 +914,13 @@ def _row_to_bytes(bench: Bench, section: Section, table: str, info: Any, builder
         )
         for r in page
     ][: bench.args.codec_records]
-    position = ScanPosition(bench_stack.MIN_TOKEN, bench_stack.MAX_TOKEN, int(time.time() * 1000))
+    position = ScanRead(bench_stack.MIN_TOKEN, bench_stack.MAX_TOKEN, int(time.time() * 1000))
     version = snapshot_version(position.read_at_ms, 5000)
 
     def rows_to_bytes() -> int:
         size, actions = 0, []
         for row in rows:
-            actions.append(builder.action_for(decode_row(row, info.key, position, version)))
+            actions.append(builder.action_for(decode_row(row, info.layout, position, version)))
             if len(actions) == 1000:
                 size += len(bulk_lines(actions))
                 actions = []

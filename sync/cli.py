@@ -446,7 +446,7 @@ def _mapping_generate(args: argparse.Namespace, cfg: Config) -> int:
         )
     session = cql_session(cfg)
     try:
-        key = describe_table(session, keyspace, table).key
+        key = describe_table(session, keyspace, table).layout
     finally:
         session.cluster.shutdown()
     alias = args.alias or default_alias(keyspace, table)

@@ -47,7 +47,7 @@ from opensearchpy import OpenSearch
 from sync.bulk import Action, Bulk, Reader, Traffic, Verdict, call
 from sync.documents import json_safe
 from sync.errors import OpenSearchRefused, TerminalError
-from sync.model import Change, Provenance, ScanPosition
+from sync.model import Change, Provenance, ScanRead
 from sync.retry import RetryPolicy
 from sync.values import encode_cell
 
@@ -111,7 +111,7 @@ class DeadLetter:
             "image": None if change.image is None else json_safe(dict(change.image)),
             "static_only": change.static_only,
             "expires_at": change.expires_at_ms,
-            "source": _provenance(change.source),
+            "source": _provenance(change.provenance),
         }
 
 
@@ -149,7 +149,7 @@ class Outcome:
 
 
 def _provenance(source: Provenance) -> dict[str, Any]:
-    if isinstance(source, ScanPosition):
+    if isinstance(source, ScanRead):
         return {
             "kind": "scan",
             "token_start": source.token_start,

@@ -56,8 +56,8 @@ from cassandra.util import Date, Duration, OrderedMap, OrderedMapSerializedKey, 
 from sync.bulk import Action
 from sync.errors import ConfigError, DocumentError, TerminalError
 from sync.mapping import BigNumbers, Nulls, Routing, TableMapping, Timestamps
-from sync.model import Change, Op, ScanPosition
-from sync.schema import TableKey
+from sync.model import Change, Op, ScanRead
+from sync.schema import TableLayout
 from sync.shaping import Shaper, compile_shaper
 from sync.tokens import token_text
 from sync.values import encode_cell
@@ -334,7 +334,7 @@ def _is_varint(cql_type: str | None) -> bool:
 class _ValueForms:
     """The value forms computed fields use, under the mapping's choices (`sync.shaping`)."""
 
-    def __init__(self, converter: _Converter, table: TableKey) -> None:
+    def __init__(self, converter: _Converter, table: TableLayout) -> None:
         self._converter = converter
         self._table = table
 
@@ -354,7 +354,7 @@ class DocumentBuilder:
     def __init__(
         self,
         mapping: TableMapping,
-        table: TableKey,
+        table: TableLayout,
         tokens: Callable[[tuple[Any, ...]], int] | None = None,
     ) -> None:
         self.mapping = mapping
@@ -482,7 +482,7 @@ class DocumentBuilder:
 
     @staticmethod
     def source_kind(change: Change) -> str:
-        return "scan" if isinstance(change.source, ScanPosition) else "stream"
+        return "scan" if isinstance(change.provenance, ScanRead) else "stream"
 
     def row_fields(self, image: Mapping[str, Any]) -> dict[str, Any]:
         """The document fields of a row image without its static columns."""
@@ -546,15 +546,15 @@ class DocumentBuilder:
             return False
         if change.static_columns is not None:
             return bool(change.static_columns)
-        if isinstance(change.source, ScanPosition):
-            return change.source.statics
+        if isinstance(change.provenance, ScanRead):
+            return change.provenance.statics
         return any(column in change.image for column in self.table.static)
 
     def stated_statics(self, change: Change) -> frozenset[str]:
         """The static columns a change that carries statics states (see `Change`)."""
         if change.static_columns is not None:
             return change.static_columns
-        if change.static_only or isinstance(change.source, ScanPosition):
+        if change.static_only or isinstance(change.provenance, ScanRead):
             return self._static_columns
         image = change.image or {}
         return frozenset(column for column in self._static_columns if column in image)
@@ -573,7 +573,7 @@ class DocumentBuilder:
                 hint="write it through BulkWriter, which merges statics into the partition's rows",
             )
         version = change.version
-        source = "scan" if isinstance(change.source, ScanPosition) else "stream"
+        source = "scan" if isinstance(change.provenance, ScanRead) else "stream"
         image = change.image
         shown: dict[str, Any] | None = None
         if change.op is Op.UPSERT and image is not None:
@@ -632,7 +632,7 @@ class DocumentBuilder:
             return change, self.row_fields(image)
         shaped = self._shaped(shaper, image)
         if shaped is None:
-            return Change(Op.DELETE, change.key, None, change.version, change.source), {}
+            return Change(Op.DELETE, change.key, None, change.version, change.provenance), {}
         statics = self.static_fields
         return change, {name: value for name, value in shaped.items() if name not in statics}
 

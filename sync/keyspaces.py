@@ -35,7 +35,7 @@ from cassandra.connection import ConnectionException
 from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage, ServerError
 
 from sync.errors import ConfigError, Ks2osError, TerminalError, TransientError
-from sync.schema import TableKey
+from sync.schema import TableLayout
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ KEYSPACES_DEFAULT_PARTITIONER = "com.amazonaws.cassandra.DefaultPartitioner"
 class TableInfo:
     """A source table's layout and Keyspaces options, as read at start."""
 
-    key: TableKey
+    layout: TableLayout
     regular: tuple[str, ...]  # regular (non-key, non-static) columns in schema order
     client_side_timestamps: bool
     ttl_enabled: bool
@@ -62,20 +62,20 @@ class TableInfo:
 
     @property
     def keyspace(self) -> str:
-        return self.key.keyspace
+        return self.layout.keyspace
 
     @property
     def name(self) -> str:
-        return self.key.table
+        return self.layout.table
 
     @property
     def qualified_name(self) -> str:
-        return self.key.qualified_name
+        return self.layout.qualified_name
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Every column: key columns, then static, then regular."""
-        return self.key.key_columns + self.key.static + self.regular
+        return self.layout.key_columns + self.layout.static + self.regular
 
     def require_stream(self) -> str:
         """The table's latest stream ARN, or a ConfigError saying how to enable CDC."""
@@ -175,7 +175,7 @@ def describe_table(session: Session, keyspace: str, table: str) -> TableInfo:
     props = options.get("custom_properties") or {}
     cdc_spec = props.get("cdc_specification") or {}
     info = TableInfo(
-        key=key,
+        layout=key,
         regular=regular,
         client_side_timestamps=_enabled(props.get("client_side_timestamps")),
         ttl_enabled=_enabled(props.get("ttl")) or int(options.get("default_time_to_live") or 0) > 0,
@@ -199,7 +199,7 @@ def _enabled(prop: Mapping[str, str] | None, *, default: bool = False) -> bool:
     return str(prop.get("status", "")).lower() in ("enabled", "true")
 
 
-def _layout(session: Session, keyspace: str, table: str) -> tuple[TableKey, tuple[str, ...]]:
+def _layout(session: Session, keyspace: str, table: str) -> tuple[TableLayout, tuple[str, ...]]:
     cluster = session.cluster
     cluster.refresh_table_metadata(keyspace, table)
     meta = cluster.metadata.keyspaces.get(keyspace)
@@ -213,7 +213,7 @@ def _layout(session: Session, keyspace: str, table: str) -> tuple[TableKey, tupl
     regular = tuple(name for name in table_meta.columns if name not in keys)
     types = {name: c.cql_type for name, c in table_meta.columns.items()}
     descending = frozenset(c.name for c in table_meta.clustering_key if c.is_reversed)
-    key = TableKey(keyspace, table, partition, clustering, static, types, descending)
+    key = TableLayout(keyspace, table, partition, clustering, static, types, descending)
     return key, regular
 
 

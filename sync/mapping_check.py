@@ -26,7 +26,7 @@ must be the partition key, and the properties are checked on two levels: the
 partition key's and the statics' fields at the top, the rows' fields (and
 computed fields) under the nested rows property.
 
-Pure: no server is needed; the table's layout comes in as a `TableKey`.
+Pure: no server is needed; the table's layout comes in as a `TableLayout`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 from sync.documents import META_FIELD
 from sync.errors import ConfigError
 from sync.mapping import FIELD_TYPES_URL, Shape, TableMapping
-from sync.schema import TableKey
+from sync.schema import TableLayout
 
 # The field types of OpenSearch's "Supported field types" reference
 # (https://docs.opensearch.org/latest/mappings/supported-field-types/), plus the
@@ -128,7 +128,7 @@ _METADATA_FIELDS = frozenset(
 _MAPPINGS = "index.mappings"
 
 
-def check_mapping_against_table(mapping: TableMapping, table: TableKey) -> None:
+def check_mapping_against_table(mapping: TableMapping, table: TableLayout) -> None:
     """Raise a one-line `ConfigError` naming the first key of `mapping` that `table` defeats."""
     checker = _TableChecker(mapping, table)
     checker.document_columns()
@@ -210,7 +210,7 @@ class _Level:
         self.filled_by_ks2os = frozenset({META_FIELD, *filled_by_ks2os})
 
 
-def document_fields(mapping: TableMapping, table: TableKey) -> dict[str, str]:
+def document_fields(mapping: TableMapping, table: TableLayout) -> dict[str, str]:
     """Field name -> the column it comes from, for every field a row document carries.
 
     Key columns always go in; `include` narrows the rest; `exclude` removes;
@@ -242,7 +242,7 @@ def document_fields(mapping: TableMapping, table: TableKey) -> dict[str, str]:
 
 
 class _TableChecker:
-    def __init__(self, mapping: TableMapping, table: TableKey) -> None:
+    def __init__(self, mapping: TableMapping, table: TableLayout) -> None:
         self.mapping = mapping
         self.table = table
         self.columns: tuple[str, ...] = tuple(

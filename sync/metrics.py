@@ -47,7 +47,7 @@ from prometheus_client.registry import Collector
 
 from sync.bulk import RETRY_REASONS, Traffic
 from sync.errors import ConfigError
-from sync.model import Change, StreamPosition
+from sync.model import Change, StreamRead
 
 # Every counter would get a `_created` twin (its creation time) by default:
 # twice the series for nothing an alert or a dashboard here reads.
@@ -420,8 +420,8 @@ class TableMetrics:
         now = m.clock_ms()
         latency = m.change_latency.labels(self.name)
         for change in acknowledged:
-            source = change.source
-            if isinstance(source, StreamPosition) and source.created_at_ms:
+            source = change.provenance
+            if isinstance(source, StreamRead) and source.created_at_ms:
                 latency.observe(max(now - source.created_at_ms, 0) / 1000)
 
     def state_write_failed(self, requests: int = 1) -> None:

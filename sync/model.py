@@ -20,7 +20,7 @@ class Op(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class ScanPosition:
+class ScanRead:
     """A change read by the CQL snapshot scan."""
 
     token_start: int  # exclusive
@@ -33,7 +33,7 @@ class ScanPosition:
 
 
 @dataclass(frozen=True, slots=True)
-class StreamPosition:
+class StreamRead:
     """A change read from a CDC stream; sequence numbers order one shard only."""
 
     stream_arn: str
@@ -43,7 +43,7 @@ class StreamPosition:
     origin: str = "USER"  # USER | REPLICATION | TTL
 
 
-Provenance = ScanPosition | StreamPosition
+Provenance = ScanRead | StreamRead
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ class Change:
     key: tuple[Any, ...]
     image: Mapping[str, Any] | None
     version: int
-    source: Provenance
+    provenance: Provenance
     expires_at_ms: int | None = None  # when the row stops being readable (TTL)
     static_only: bool = False
     value_expiry: Mapping[str, int] | None = None  # column -> epoch ms, before the row's
@@ -84,7 +84,7 @@ class Change:
         key: tuple[Any, ...],
         image: Mapping[str, Any] | None,
         version: int,
-        source: Provenance,
+        provenance: Provenance,
         expires_at_ms: int | None = None,
         static_only: bool = False,
         value_expiry: Mapping[str, int] | None = None,
@@ -104,7 +104,7 @@ class Change:
         _set_key(self, key)
         _set_image(self, image)
         _set_version(self, version)
-        _set_source(self, source)
+        _set_provenance(self, provenance)
         _set_expires_at_ms(self, expires_at_ms)
         _set_static_only(self, static_only)
         _set_value_expiry(self, value_expiry or None)
@@ -116,7 +116,7 @@ _set_op = _change_slots["op"].__set__
 _set_key = _change_slots["key"].__set__
 _set_image = _change_slots["image"].__set__
 _set_version = _change_slots["version"].__set__
-_set_source = _change_slots["source"].__set__
+_set_provenance = _change_slots["provenance"].__set__
 _set_expires_at_ms = _change_slots["expires_at_ms"].__set__
 _set_static_only = _change_slots["static_only"].__set__
 _set_value_expiry = _change_slots["value_expiry"].__set__

@@ -76,7 +76,7 @@ from sync.documents import META_FIELD, DocumentBuilder, epoch_millis, text_form
 from sync.errors import DecodeError, OpenSearchUnavailable, TerminalError
 from sync.mapping import split_cql_type
 from sync.model import Change, Op
-from sync.schema import TableKey
+from sync.schema import TableLayout
 from sync.version import base
 
 GROUPED_KIND = "grouped"
@@ -187,11 +187,11 @@ class ClusteringOrder:
     values: integers, floats, booleans, text as they are, timestamps in epoch
     milliseconds, dates in days, times in nanoseconds, decimals and big
     varints as exact text, UUIDs as text (compared as Cassandra does), blobs
-    and addresses as hex. `DESC` columns (`TableKey.descending`) compare in
+    and addresses as hex. `DESC` columns (`TableLayout.descending`) compare in
     reverse.
     """
 
-    def __init__(self, table: TableKey) -> None:
+    def __init__(self, table: TableLayout) -> None:
         self._first = len(table.partition_key)
         self._columns = tuple(
             (_form_of(table.cql_type(name)), name in table.descending) for name in table.clustering

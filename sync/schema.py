@@ -1,6 +1,6 @@
 """What the sync core must know about a source table: its key layout and column types.
 
-`TableKey` is built once per table (from `system_schema.columns`, or by hand in
+`TableLayout` is built once per table (from `system_schema.columns`, or by hand in
 tests) and shared by the decoders and the document builder. It imports
 nothing of ours.
 """
@@ -23,7 +23,7 @@ class ColumnKind(enum.Enum):
 
 
 @dataclass(frozen=True)
-class TableKey:
+class TableLayout:
     """A table's identity, key layout and (optionally) column types.
 
     `column_types` maps column name to CQL type text (`int`, `set<text>`,
@@ -69,7 +69,7 @@ class TableKey:
     @classmethod
     def from_columns(
         cls, keyspace: str, table: str, columns: Iterable[tuple[str, str, str]]
-    ) -> TableKey:
+    ) -> TableLayout:
         """Build from `(name, cql_type_text, kind)` triples, key columns in key order."""
         partition: list[str] = []
         clustering: list[str] = []

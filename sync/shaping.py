@@ -73,7 +73,7 @@ from sync.mapping import (
     json_problem,
     split_cql_type,
 )
-from sync.schema import TableKey
+from sync.schema import TableLayout
 from sync.values import decode_cell
 
 Row = Mapping[str, Any]
@@ -329,7 +329,7 @@ class _Place:
     """Where a mistake is: the file, for one-line errors, and the table the keys name."""
 
     where: str
-    table: TableKey
+    table: TableLayout
 
     def fail(self, key: str, message: str, hint: str = _HINT) -> NoReturn:
         raise ConfigError(f"{self.where}: {key}: {message}", hint=hint)
@@ -362,7 +362,7 @@ class _Place:
             )
 
 
-def compile_filter(condition: Condition, table: TableKey, where: str) -> RowPredicate:
+def compile_filter(condition: Condition, table: TableLayout, where: str) -> RowPredicate:
     """A predicate over rows for the mapping's condition (raises `ConfigError` if it cannot be)."""
     return _predicate(condition, _Place(where, table))
 
@@ -472,7 +472,7 @@ class _Computed:
 
 def compile_computed(
     fields: Sequence[ComputedField],
-    table: TableKey,
+    table: TableLayout,
     where: str,
     forms: ValueForms,
     taken: Mapping[str, str] | None = None,
@@ -721,7 +721,7 @@ class Shaper:
 
 def compile_shaper(
     spec: DocumentSpec,
-    table: TableKey,
+    table: TableLayout,
     where: str,
     forms: ValueForms,
     taken: Mapping[str, str] | None = None,

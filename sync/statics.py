@@ -73,7 +73,7 @@ from sync.documents import (
     expiry_meta,
 )
 from sync.errors import DecodeError, OpenSearchUnavailable
-from sync.model import Change, Op, ScanPosition, StreamPosition
+from sync.model import Change, Op, ScanRead, StreamRead
 from sync.version import last_of_millisecond
 
 log = logging.getLogger(__name__)
@@ -497,7 +497,7 @@ class StaticMerge:
         was), the statics may be gone from the table.
         """
         change = write.outcome.change
-        if isinstance(change.source, ScanPosition) or change.static_only:
+        if isinstance(change.provenance, ScanRead) or change.static_only:
             return  # a snapshot row read the statics itself
         if change.op is Op.DELETE:
             wanted = True
@@ -515,8 +515,8 @@ class StaticMerge:
         stream), and their order against this record is not known.
         """
         at = change.version
-        if isinstance(change.source, StreamPosition):
-            at = max(at, last_of_millisecond(change.source.created_at_ms))
+        if isinstance(change.provenance, StreamRead):
+            at = max(at, last_of_millisecond(change.provenance.created_at_ms))
         count = len(self.builder.table.partition_key)
         return StaticsCheck(change.key[:count], at, change)
 
@@ -527,7 +527,7 @@ class StaticMerge:
             self._check(write.outcome.change)
             for write in writes
             if write.counted
-            and isinstance(write.outcome.change.source, StreamPosition)
+            and isinstance(write.outcome.change.provenance, StreamRead)
             and write.outcome.verdict is not Verdict.REJECTED
         ]
 

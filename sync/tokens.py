@@ -81,8 +81,8 @@ class PartitionTokens:
                 "partitioner = '<name>' WHERE key = 'local'"
             )
         self._hash = hash_key
-        self._width = len(info.key.partition_key)
-        partition = info.key.partition_key
+        self._width = len(info.layout.partition_key)
+        partition = info.layout.partition_key
         where = " AND ".join(f"{quote(column)} = ?" for column in partition)
         select = f"token({', '.join(quote(column) for column in partition)})"
         cql = f"SELECT {select} FROM {qualified(info.keyspace, info.name)} WHERE {where}"

@@ -102,11 +102,11 @@ class Job:
             self.info: TableInfo = describe_table(self.session, mapping.keyspace, mapping.table)
             self.table_metrics = self.metrics.table(self.info.qualified_name)
             # Before any write: a mapping the table defeats would dead-letter every row.
-            check_mapping_against_table(mapping, self.info.key)
+            check_mapping_against_table(mapping, self.info.layout)
             # First of what needs the table's layout: a filter, computed field or hook the
             # table cannot take is a mistake in the file, refused before any index is made.
             self.tokens = PartitionTokens(self.session, self.info)
-            self.builder = DocumentBuilder(mapping, self.info.key, tokens=self.tokens.token)
+            self.builder = DocumentBuilder(mapping, self.info.layout, tokens=self.tokens.token)
             self.target = target or current_target(self.client, mapping)
             self.targets = WriteTargets((self.target.index,))
             # Before writing: a field the live index lacks would dead-letter every document

@@ -39,7 +39,7 @@ from sync.jobs import Job
 from sync.jobs.restate import reread_statics
 from sync.keyspaces import service_now_ms
 from sync.mapping import TableMapping
-from sync.model import ScanPosition
+from sync.model import ScanRead
 from sync.sources.records import record_key
 from sync.sources.streams import RowLookup
 from sync.values import decode_cell
@@ -154,7 +154,7 @@ class _Replay:
             return None  # written before entries had ids and versions
         try:
             if isinstance(entry.get("record"), Mapping):
-                key, static_only = record_key(entry["record"], self.job.info.key)
+                key, static_only = record_key(entry["record"], self.job.info.layout)
             else:
                 cells = entry.get("key_cells")
                 if not isinstance(cells, list):
@@ -174,7 +174,7 @@ class _Replay:
         if mark is not None and version <= mark:
             log.warning("dead letter %s: no version left above its mark", target.entry_id)
             return False
-        source = ScanPosition(0, 0, read_at)
+        source = ScanRead(0, 0, read_at)
         if target.static_only:
             change = self.lookup.statics(target.key, version, source)
         else:

@@ -566,7 +566,7 @@ class Follower:
         marks = []
         for b in bad:
             try:
-                key, static_only = record_key(b.record, self.job.info.key)
+                key, static_only = record_key(b.record, self.job.info.layout)
             except DecodeError:
                 continue  # not even its key: no document can be named
             marks.append(
@@ -891,7 +891,7 @@ class Follower:
     def _row_lookup(self, view_type: str) -> RowLookup | None:
         if view_type == "NEW_AND_OLD_IMAGES":
             return None
-        if view_type == "NEW_IMAGE" and not self.job.info.key.static:
+        if view_type == "NEW_IMAGE" and not self.job.info.layout.static:
             return None  # only a static-only record of a NEW_IMAGE stream may need one
         return self._cql_lookup()
 

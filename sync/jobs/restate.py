@@ -67,7 +67,7 @@ from sync.documents import (
     DocumentBuilder,
 )
 from sync.errors import DecodeError, Ks2osError, OpenSearchRefused, TransientError
-from sync.model import Change, ScanPosition
+from sync.model import Change, ScanRead
 from sync.sources.streams import LOOKUP_RETRY, RowLookup
 from sync.statics import StaticsCheck
 from sync.targets import WriteTargets
@@ -177,7 +177,7 @@ class ExpirySweep:
                 row.doc_id,
             )
             return None
-        now = self.lookup.row(key, version, ScanPosition(0, 0, now_ms))
+        now = self.lookup.row(key, version, ScanRead(0, 0, now_ms))
         if any(at <= now_ms for at in self.builder.value_expiry(now).values()):
             report.waiting += 1  # the service still shows it: its clock is a little behind
             return None
@@ -187,7 +187,7 @@ class ExpirySweep:
             now.key,
             now.image,
             now.version,
-            now.source,
+            now.provenance,
             now.expires_at_ms,
             False,
             now.value_expiry,
@@ -240,7 +240,7 @@ def reread_statics(
     policy = LOOKUP_RETRY.stopping_on(stop)
     changes = [
         policy.call(
-            functools.partial(lookup.statics, c.partition_key, c.version, c.change.source),
+            functools.partial(lookup.statics, c.partition_key, c.version, c.change.provenance),
             retry_on=TransientError,
             on_wait=_on_retry,
         )

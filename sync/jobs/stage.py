@@ -35,7 +35,7 @@ from typing import Protocol
 
 from sync.config import FollowConfig
 from sync.logs import ContextThread
-from sync.model import Change, StreamPosition
+from sync.model import Change, StreamRead
 from sync.sources.streams import BadRecord, ReadResult
 from sync.statics import StaticsCheck
 from sync.writer import BulkWriter, WriteReport
@@ -101,8 +101,8 @@ class Batch:
 
 def first_created_ms(result: ReadResult) -> int | None:
     """`createdAt` of the first change read (records come in shard order), for the lag."""
-    if result.changes and isinstance(result.changes[0].source, StreamPosition):
-        return result.changes[0].source.created_at_ms
+    if result.changes and isinstance(result.changes[0].provenance, StreamRead):
+        return result.changes[0].provenance.created_at_ms
     return result.last_created_at_ms
 
 

@@ -80,9 +80,9 @@ from sync.jobs import Job
 from sync.keyspaces import service_now_ms
 from sync.logs import ContextThread
 from sync.mapping import TableMapping
-from sync.model import Change, Op, ScanPosition
+from sync.model import Change, Op, ScanRead
 from sync.progress import Progress, Reporter
-from sync.schema import TableKey
+from sync.schema import TableLayout
 from sync.sources.cql import ScanPage, SnapshotScanner, TokenRange, ring_for, split_ring
 from sync.tokens import token_of_text, token_text
 from sync.version import base, snapshot_version
@@ -759,8 +759,8 @@ def _finding(wanted: Expected | None, document: Document | None, now_ms: int) ->
 
 def _row_only(change: Change) -> Change:
     """The row at its snapshot version, leaving the statics its partition document shows."""
-    position = change.source
-    assert isinstance(position, ScanPosition)
+    position = change.provenance
+    assert isinstance(position, ScanRead)
     return Change(
         change.op,
         change.key,
@@ -772,7 +772,7 @@ def _row_only(change: Change) -> Change:
     )
 
 
-def _static_only(table: TableKey, change: Change) -> Change:
+def _static_only(table: TableLayout, change: Change) -> Change:
     """The partition's statics as the row read them, at its snapshot version."""
     image = change.image or {}
     count = len(table.partition_key)
@@ -783,7 +783,7 @@ def _static_only(table: TableKey, change: Change) -> Change:
         change.key[:count],
         statics,
         change.version,
-        change.source,
+        change.provenance,
         static_only=True,
         value_expiry=expiry,
     )
@@ -869,5 +869,5 @@ def _just(token: int) -> TokenRange:
 
 def _read_at(changes: Sequence[Change]) -> int:
     """The earliest read time of these scanned changes (service clock, ms)."""
-    times = [c.source.read_at_ms for c in changes if isinstance(c.source, ScanPosition)]
+    times = [c.provenance.read_at_ms for c in changes if isinstance(c.provenance, ScanRead)]
     return min(times)

@@ -41,7 +41,7 @@ from sync.keyspaces import (
     quote,
     service_now_ms,
 )
-from sync.model import Change, ScanPosition
+from sync.model import Change, ScanRead
 from sync.sources.rows import READ_CONSISTENCY, decode_row, expiring_columns, select_list
 from sync.version import snapshot_version
 
@@ -166,10 +166,10 @@ class SnapshotScanner:
         # and the expiry of each value that leaves before the row does.
         self.ttl_columns: tuple[str, ...] = expiring_columns(info)
         self.selected: tuple[str, ...] = info.columns
-        partition = ", ".join(quote(c) for c in info.key.partition_key)
+        partition = ", ".join(quote(c) for c in info.layout.partition_key)
         token_term = f"token({partition}) AS {quote(TOKEN_COLUMN)}"
         select = select_list(self.selected, self.ttl_columns, extra=[token_term])
-        token = f"token({', '.join(quote(c) for c in info.key.partition_key)})"
+        token = f"token({', '.join(quote(c) for c in info.layout.partition_key)})"
         table = qualified(info.keyspace, info.name)
         where = f"FROM {table} WHERE {token} {{op}} ? AND {token} <= ?"
         self._after: PreparedStatement = self._prepare(f"SELECT {select} {where.format(op='>')}")
@@ -199,7 +199,7 @@ class SnapshotScanner:
                 return
 
     def _decode_page(self, rows: list[Any], token_range: TokenRange, read_at_ms: int) -> ScanPage:
-        position = ScanPosition(token_range.start, token_range.end, read_at_ms)
+        position = ScanRead(token_range.start, token_range.end, read_at_ms)
         version = snapshot_version(read_at_ms, self.margin_ms)
         changes: list[Change] = []
         tokens: list[int] = []
@@ -207,7 +207,9 @@ class SnapshotScanner:
         for row in rows:
             fields = _as_dict(row)
             last = int(fields.pop(TOKEN_COLUMN))
-            changes.append(decode_row(fields, self.info.key, position, version, self.ttl_columns))
+            changes.append(
+                decode_row(fields, self.info.layout, position, version, self.ttl_columns)
+            )
             tokens.append(last)
         return ScanPage(changes, last, len(rows), tuple(tokens))
 

@@ -40,8 +40,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sync.errors import DecodeError
-from sync.model import Change, Op, StreamPosition
-from sync.schema import TableKey
+from sync.model import Change, Op, StreamRead
+from sync.schema import TableLayout
 from sync.values import decode_cell, decode_cells
 
 NEW_IMAGE_VIEWS = frozenset({"NEW_AND_OLD_IMAGES", "NEW_IMAGE"})
@@ -73,8 +73,8 @@ def is_replicated(record: Mapping[str, Any]) -> bool:
 
 def decode_record(
     record: Mapping[str, Any],
-    table: TableKey,
-    position: StreamPosition,
+    table: TableLayout,
+    position: StreamRead,
     version: int,
     view_type: str = "NEW_AND_OLD_IMAGES",
     *,
@@ -126,14 +126,14 @@ def decode_record(
     )
 
 
-def record_key(record: Mapping[str, Any], table: TableKey) -> tuple[tuple[Any, ...], bool]:
+def record_key(record: Mapping[str, Any], table: TableLayout) -> tuple[tuple[Any, ...], bool]:
     """The record's key (the partition key alone for a static-only record) and whether it is."""
     static_only = bool(table.clustering) and not record.get("clusteringKeys")
     return _key(record, table, static_only), static_only
 
 
 def _stated_statics(
-    record: Mapping[str, Any], new_image: Mapping[str, Any], table: TableKey, view_type: str
+    record: Mapping[str, Any], new_image: Mapping[str, Any], table: TableLayout, view_type: str
 ) -> frozenset[str] | None:
     """The static columns a static-only record states: the new image's and the old one's.
 
@@ -147,7 +147,7 @@ def _stated_statics(
     return None
 
 
-def _key(record: Mapping[str, Any], table: TableKey, static_only: bool) -> tuple[Any, ...]:
+def _key(record: Mapping[str, Any], table: TableLayout, static_only: bool) -> tuple[Any, ...]:
     """The decoded primary key (partition key only for a static-only record), in schema order."""
     partition = record.get("partitionKeys") or {}
     values = []
@@ -166,7 +166,7 @@ def _key(record: Mapping[str, Any], table: TableKey, static_only: bool) -> tuple
     return tuple(values)
 
 
-def _missing_key(record: Mapping[str, Any], table: TableKey, name: str) -> DecodeError:
+def _missing_key(record: Mapping[str, Any], table: TableLayout, name: str) -> DecodeError:
     return DecodeError(
         f"{table.qualified_name}: record {record.get('sequenceNumber', '?')} lacks key "
         f"column {name}",
@@ -174,7 +174,7 @@ def _missing_key(record: Mapping[str, Any], table: TableKey, name: str) -> Decod
     )
 
 
-def _image(row: Mapping[str, Any], table: TableKey, static_only: bool) -> dict[str, Any]:
+def _image(row: Mapping[str, Any], table: TableLayout, static_only: bool) -> dict[str, Any]:
     """Decoded cells; a cell without a value is a null and, like a null in a CQL row, left out."""
     image: dict[str, Any] = {}
     if not static_only:
@@ -190,14 +190,14 @@ def _image(row: Mapping[str, Any], table: TableKey, static_only: bool) -> dict[s
 _NO_COLUMNS: frozenset[str] = frozenset()
 
 
-def _expiry_ms(row: Mapping[str, Any], table: TableKey) -> int | None:
+def _expiry_ms(row: Mapping[str, Any], table: TableLayout) -> int | None:
     metadata = row.get("rowMetadata")
     if not metadata:
         return None
     return _epoch_seconds_ms(metadata.get("expirationTime"), "rowMetadata", table)
 
 
-def _epoch_seconds_ms(text: Any, where: str, table: TableKey) -> int | None:
+def _epoch_seconds_ms(text: Any, where: str, table: TableLayout) -> int | None:
     if text is None or text == "":
         return None
     try:
@@ -210,7 +210,7 @@ def _epoch_seconds_ms(text: Any, where: str, table: TableKey) -> int | None:
 
 
 def _value_expiry(
-    row: Mapping[str, Any], table: TableKey, static_only: bool, row_expiry: int | None
+    row: Mapping[str, Any], table: TableLayout, static_only: bool, row_expiry: int | None
 ) -> dict[str, int] | None:
     """Column -> expiry (epoch ms) of the values that stop being readable before the row does.
 
@@ -228,7 +228,7 @@ def _value_expiry(
 
 def _cell_expiries(
     cells: Mapping[str, Any] | None,
-    table: TableKey,
+    table: TableLayout,
     skip: frozenset[str],
     row_expiry: int | None,
     into: dict[str, int],

@@ -38,8 +38,8 @@ from cassandra import ConsistencyLevel
 
 from sync.errors import DecodeError
 from sync.keyspaces import TableInfo, quote
-from sync.model import Change, Op, Provenance, ScanPosition
-from sync.schema import TableKey
+from sync.model import Change, Op, Provenance, ScanRead
+from sync.schema import TableLayout
 
 READ_CONSISTENCY: int = ConsistencyLevel.LOCAL_QUORUM
 
@@ -65,8 +65,8 @@ def expiring_columns(info: TableInfo) -> tuple[str, ...]:
     """
     if not info.ttl_enabled:
         return ()
-    columns = info.key.static + info.regular
-    return tuple(c for c in columns if ttl_capable(info.key.cql_type(c)))
+    columns = info.layout.static + info.regular
+    return tuple(c for c in columns if ttl_capable(info.layout.cql_type(c)))
 
 
 def select_list(
@@ -81,7 +81,7 @@ def select_list(
 
 def decode_row(
     row: Mapping[str, Any] | Any,
-    table: TableKey,
+    table: TableLayout,
     position: Provenance,
     version: int,
     ttl_columns: Sequence[str] = (),
@@ -98,7 +98,7 @@ def decode_row(
     image = {
         name: value for name, value in fields.items() if value is not None and name not in ttl_names
     }
-    if read_at_ms is None and isinstance(position, ScanPosition):
+    if read_at_ms is None and isinstance(position, ScanRead):
         read_at_ms = position.read_at_ms
     if ttl_columns and read_at_ms is None:
         raise ValueError("TTL() was selected, but the time of the read is not known")
@@ -133,7 +133,7 @@ def expiry_ms(read_at_ms: int, ttl_s: int) -> int:
 
 def _static_only(
     image: dict[str, Any],
-    table: TableKey,
+    table: TableLayout,
     position: Provenance,
     version: int,
     expiries: Mapping[str, int],
@@ -180,7 +180,7 @@ def _value_expiries(
 
 def row_expiry_ms(
     image: Mapping[str, Any],
-    table: TableKey,
+    table: TableLayout,
     ttl_columns: Sequence[str],
     expiries: Mapping[str, int],
 ) -> int | None:

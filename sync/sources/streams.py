@@ -66,7 +66,7 @@ from sync.keyspaces import (
     quote,
     service_now_ms,
 )
-from sync.model import Change, Op, Provenance, StreamPosition
+from sync.model import Change, Op, Provenance, StreamRead
 from sync.retry import RetryPolicy
 from sync.sources.getrecords import raw_get_records
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
@@ -476,7 +476,7 @@ class RowLookup:
     def __init__(self, session: Session, info: TableInfo) -> None:
         self._session = session
         self._info = info
-        key = info.key
+        key = info.layout
         table = qualified(info.keyspace, info.name)
         row_where = " AND ".join(f"{quote(c)} = ?" for c in key.key_columns)
         part_where = " AND ".join(f"{quote(c)} = ?" for c in key.partition_key)
@@ -497,8 +497,8 @@ class RowLookup:
     def change(self, key: tuple[Any, ...], static_only: bool, base: Change) -> Change:
         """What the row (or the partition's statics) is now, as a change at `base`'s version."""
         if static_only:
-            return self.statics(key, base.version, base.source)
-        return self.row(key, base.version, base.source)
+            return self.statics(key, base.version, base.provenance)
+        return self.row(key, base.version, base.provenance)
 
     def row(self, key: tuple[Any, ...], version: int, source: Provenance) -> Change:
         """The row as it is now (an upsert, or a delete when it is gone) at `version`."""
@@ -508,7 +508,7 @@ class RowLookup:
         if row is None:
             return Change(Op.DELETE, key, None, version, source)
         return decode_row(
-            row, self._info.key, source, version, self._ttl_columns, read_at_ms=read_at_ms
+            row, self._info.layout, source, version, self._ttl_columns, read_at_ms=read_at_ms
         )
 
     def statics(self, partition: tuple[Any, ...], version: int, source: Provenance) -> Change:
@@ -516,7 +516,7 @@ class RowLookup:
         with cql_errors(f"looking up the statics of a partition of {self._info.qualified_name}"):
             read_at_ms = service_now_ms(self._session) if self._static_ttl_columns else None
             row = first_row(self._session.execute(self._static, partition))
-        key = self._info.key
+        key = self._info.layout
         fields = {} if row is None else row._asdict()
         image = {c: fields[c] for c in key.static if fields.get(c) is not None}
         if not image:
@@ -559,7 +559,7 @@ class BadRecord:
     """A record that could not become a change: kept raw, with why, for the dead-letter store."""
 
     record: Mapping[str, Any]
-    position: StreamPosition
+    position: StreamRead
     reason: str
     version: int  # what its change would have had: a mark of its row goes there
 
@@ -721,7 +721,7 @@ class ShardReader:
                 # Still a place in the version chain, so a replay gives the same versions.
                 self.previous = next_stream_version(0, self.previous)
                 result.last_sequence, result.last_version = sequence, self.previous
-                position = StreamPosition(self.stream_arn, self.shard_id, sequence, 0, origin)
+                position = StreamRead(self.stream_arn, self.shard_id, sequence, 0, origin)
                 result.bad.append(BadRecord(record, position, str(bad), self.previous))
                 continue
             # Every record gets a version, skipped ones too: versions depend on
@@ -731,20 +731,18 @@ class ShardReader:
             result.last_created_at_ms = created_at_ms
             if self._skip_replication and is_replicated(record):
                 continue
-            position = StreamPosition(
-                self.stream_arn, self.shard_id, sequence, created_at_ms, origin
-            )
+            position = StreamRead(self.stream_arn, self.shard_id, sequence, created_at_ms, origin)
             try:
                 result.changes.append(self._change(record, position, self.previous))
             except DecodeError as bad:
                 result.bad.append(BadRecord(record, position, str(bad), self.previous))
         return result
 
-    def _change(self, record: Mapping[str, Any], position: StreamPosition, version: int) -> Change:
+    def _change(self, record: Mapping[str, Any], position: StreamRead, version: int) -> Change:
         try:
             return decode_record(
                 record,
-                self._info.key,
+                self._info.layout,
                 position,
                 version,
                 self._view_type,

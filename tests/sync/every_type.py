@@ -25,7 +25,7 @@ from typing import Any
 from cassandra import cqltypes
 from cassandra.util import Date, Duration, OrderedMap, SortedSet, Time
 
-from sync.schema import TableKey
+from sync.schema import TableLayout
 
 T = cqltypes._cqltypes
 ADDRESS_FIELDS = ("street", "zip")
@@ -136,7 +136,7 @@ COLUMNS: dict[str, tuple[str, Any, Any, str, str, Any]] = {
     ),
 }
 
-TABLE = TableKey("demo", "every", ("k",), (), (), {name: c[0] for name, c in COLUMNS.items()})
+TABLE = TableLayout("demo", "every", ("k",), (), (), {name: c[0] for name, c in COLUMNS.items()})
 
 
 def create_statements(keyspace: str) -> list[str]:

@@ -26,20 +26,22 @@ from sync.compare import (
 )
 from sync.documents import DocumentBuilder
 from sync.mapping import mapping_from_dict
-from sync.model import Change, Op, ScanPosition
-from sync.schema import TableKey
+from sync.model import Change, Op, ScanRead
+from sync.schema import TableLayout
 
 pytestmark = pytest.mark.unit
 
 NOW = 1_700_000_000_000
-SCAN = ScanPosition(0, 10, NOW)
-TABLE = TableKey("demo", "t", ("p",), ("c",), (), {"p": "int", "c": "int", "a": "text", "n": "int"})
-STATIC = TableKey(
+SCAN = ScanRead(0, 10, NOW)
+TABLE = TableLayout(
+    "demo", "t", ("p",), ("c",), (), {"p": "int", "c": "int", "a": "text", "n": "int"}
+)
+STATIC = TableLayout(
     "demo", "st", ("p",), ("c",), ("s",), {"p": "int", "c": "int", "s": "text", "a": "text"}
 )
 
 
-def _builder(table: TableKey = TABLE, **document: Any) -> DocumentBuilder:
+def _builder(table: TableLayout = TABLE, **document: Any) -> DocumentBuilder:
     mapping = mapping_from_dict(
         {
             "source": {"keyspace": "demo", "table": table.table},

@@ -321,8 +321,8 @@ def test_the_table_facts_and_the_version_rule_are_read_over_cql(cql: Any, keyspa
         "{'cdc_specification': {'view_type': 'NEW_IMAGE'}}"
     )
     info = describe_table(cql, keyspace, "Mixed Case")
-    assert info.key.partition_key == ("p1", "p2") and info.key.clustering == ("c",)
-    assert info.key.static == ("s",) and info.regular == ("v",)
+    assert info.layout.partition_key == ("p1", "p2") and info.layout.clustering == ("c",)
+    assert info.layout.static == ("s",) and info.regular == ("v",)
     assert info.cdc_enabled and info.view_type == "NEW_IMAGE"
     assert info.latest_stream_arn and info.require_stream() == info.latest_stream_arn
     assert not info.client_side_timestamps and not info.ttl_enabled
@@ -422,5 +422,5 @@ def test_the_clustering_order_is_read_over_cql(cql: Any, keyspace: str) -> None:
         '"at" DESC)'
     )
     info = describe_table(cql, keyspace, "events")
-    assert info.key.clustering == ("day", "seq", "at")
-    assert info.key.descending == frozenset({"day", "at"})
+    assert info.layout.clustering == ("day", "seq", "at")
+    assert info.layout.descending == frozenset({"day", "at"})

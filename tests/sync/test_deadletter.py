@@ -24,12 +24,12 @@ from sync.deadletter import (
     IndexDeadLetters,
     Outcome,
 )
-from sync.model import Change, Op, ScanPosition, StreamPosition
+from sync.model import Change, Op, ScanRead, StreamRead
 from sync.retry import RetryPolicy
 from tests.sync.faults import HttpProxy
 
 FAST = RetryPolicy(initial_s=0.01, longest_s=0.05, budget_s=10.0)
-STREAM = StreamPosition("arn:test", "shardId-0001", "000000000000000000042", 1_700_000_000_000)
+STREAM = StreamRead("arn:test", "shardId-0001", "000000000000000000042", 1_700_000_000_000)
 
 
 def change(n: Any = "not a number") -> Change:
@@ -62,7 +62,7 @@ def test_an_entry_records_the_change_its_origin_and_the_reason() -> None:
             "origin": "USER",
         },
     }
-    scanned = Change(Op.UPSERT, ("k",), {"id": "k"}, 7, ScanPosition(-5, 5, 99))
+    scanned = Change(Op.UPSERT, ("k",), {"id": "k"}, 7, ScanRead(-5, 5, 99))
     assert DeadLetter(scanned, "k", "r").to_json()["source"] == {
         "kind": "scan",
         "token_start": -5,

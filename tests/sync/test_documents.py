@@ -20,8 +20,8 @@ from sync.bulk import bulk_lines
 from sync.documents import DocumentBuilder, iso_duration, text_form
 from sync.errors import ConfigError, DocumentError, TerminalError
 from sync.mapping import TableMapping, mapping_from_dict
-from sync.model import Change, Op, ScanPosition, StreamPosition
-from sync.schema import TableKey
+from sync.model import Change, Op, ScanRead, StreamRead
+from sync.schema import TableLayout
 from sync.sources.records import decode_record
 from sync.sources.rows import decode_row
 from sync.values import decode_cell
@@ -29,7 +29,7 @@ from tests.sync import every_type
 
 pytestmark = pytest.mark.unit
 
-TABLE = TableKey(
+TABLE = TableLayout(
     "demo",
     "t",
     ("shop", "day"),
@@ -38,8 +38,8 @@ TABLE = TableKey(
     {"shop": "text", "day": "date", "sku": "uuid", "big": "varint", "n": "bigint", "gone": "text"},
 )
 SKU = uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
-SCAN = ScanPosition(0, 10, 1_700_000_000_000)
-STREAM = StreamPosition("arn:s", "shardId-00000001-aaaa", "0" * 21, 1_700_000_000_000)
+SCAN = ScanRead(0, 10, 1_700_000_000_000)
+STREAM = StreamRead("arn:s", "shardId-00000001-aaaa", "0" * 21, 1_700_000_000_000)
 ADDRESS = namedtuple("address", ["street", "zip", "note"])
 
 
@@ -59,7 +59,7 @@ def builder(**document: Any) -> DocumentBuilder:
 
 def upsert(image: dict[str, Any], key: tuple[Any, ...] = ("s", Date(1), SKU), **kw: Any) -> Change:
     full = {"shop": key[0], "day": key[1], "sku": key[2], **image}
-    return Change(Op.UPSERT, key, full, 7, kw.pop("source", STREAM), **kw)
+    return Change(Op.UPSERT, key, full, 7, kw.pop("provenance", STREAM), **kw)
 
 
 def body(change: Change, **document: Any) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def test_every_type_converts_to_its_search_form() -> None:
         "pair": (1, "x"),
         "nested": [OrderedMap([(1, SortedSet([SKU]))])],
     }
-    table = TableKey("demo", "t", ("shop", "day"), ("sku",), (), {"big": "varint"})
+    table = TableLayout("demo", "t", ("shop", "day"), ("sku",), (), {"big": "varint"})
     doc = orjson.loads(DocumentBuilder(mapping(), table).action_for(upsert(image)).body)
     assert doc["text"] == "héllo"
     assert doc["n"] == 2**62
@@ -141,7 +141,7 @@ def test_include_exclude_and_rename() -> None:
 
 
 def test_expiry_and_source_go_into_the_metadata() -> None:
-    doc = body(upsert({}, source=SCAN, expires_at_ms=123))
+    doc = body(upsert({}, provenance=SCAN, expires_at_ms=123))
     assert doc["_ks2os"] == {"version": 7, "source": "scan", "expires_at": 123, "deleted": False}
 
 
@@ -228,7 +228,7 @@ def test_iso_durations(duration: Duration, text: str) -> None:
 
 
 def test_same_row_from_scan_or_stream_gives_the_same_document() -> None:
-    table = TableKey("demo", "t", ("shop",), ("day",), (), {})
+    table = TableLayout("demo", "t", ("shop",), ("day",), (), {})
     row = {
         "shop": "s",
         "day": Date(19723),
@@ -280,7 +280,7 @@ _key_part = st.text(max_size=8) | st.sampled_from([":", "%", "%3A", "/", ""])
 
 @given(st.lists(st.tuples(_key_part, _key_part), min_size=2, max_size=6, unique=True))
 def test_distinct_keys_never_share_an_id(keys: list[tuple[str, str]]) -> None:
-    table = TableKey("demo", "t", ("a", "b"))
+    table = TableLayout("demo", "t", ("a", "b"))
     b = DocumentBuilder(mapping(), table)
     ids = [b.doc_id(key) for key in keys]
     assert len(set(ids)) == len(keys)
@@ -314,7 +314,7 @@ def test_the_document_timestamp_form_is_iso_timestamp(value: dt.datetime) -> Non
 # ---- shaping: filter, computed fields, hook -------------------------------------------
 
 
-def _shaped_builder(table: TableKey = every_type.TABLE, **document: Any) -> DocumentBuilder:
+def _shaped_builder(table: TableLayout = every_type.TABLE, **document: Any) -> DocumentBuilder:
     return DocumentBuilder(mapping(**document), table)
 
 
@@ -379,7 +379,7 @@ def test_a_hook_may_not_write_the_metadata_field() -> None:
         builder(hook="tests.sync.shaping_hooks:returns_metadata").action_for(upsert({}))
 
 
-STATIC_TABLE = TableKey(
+STATIC_TABLE = TableLayout(
     "demo", "st", ("p",), ("c",), ("s",), {"p": "int", "c": "int", "s": "text", "a": "text"}
 )
 
@@ -406,7 +406,7 @@ def test_on_a_static_table_a_row_left_out_is_written_as_a_delete_of_it() -> None
     b = DocumentBuilder(mapping(filter={"column": "a", "eq": "keep"}), STATIC_TABLE)
     change = Change(Op.UPSERT, (1, 2), {"p": 1, "c": 2, "s": "x", "a": "drop"}, 5, SCAN)
     written, fields = b.row_document(change)
-    assert (written.op, written.key, written.version, written.source) == (
+    assert (written.op, written.key, written.version, written.provenance) == (
         Op.DELETE,
         (1, 2),
         5,

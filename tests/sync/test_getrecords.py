@@ -30,7 +30,7 @@ from sync.errors import TransientError
 from sync.keyspaces import TableInfo, describe_table
 from sync.mapping import load_mapping
 from sync.model import Change
-from sync.schema import TableKey
+from sync.schema import TableLayout
 from sync.sources.getrecords import EVENT, created_at, parse_body, raw_get_records
 from sync.sources.streams import ShardReader, list_table_streams
 from tests.sync.test_values import EMULATED, SCALARS
@@ -71,7 +71,7 @@ def bulk_bytes(info: TableInfo, changes: list[Change], tmp_path: Path) -> bytes:
         f'[source]\nkeyspace = "{info.keyspace}"\ntable = "{info.name}"\n'
         '[index]\nalias = "getrecords"\n'
     )
-    builder = DocumentBuilder(load_mapping(mapping), info.key)
+    builder = DocumentBuilder(load_mapping(mapping), info.layout)
     return bulk_lines([builder.action_for(c) for c in changes if not c.static_only])
 
 
@@ -94,7 +94,7 @@ def assert_same_both_ways(
 
 
 def _typed_table(columns: list[str]) -> TableInfo:
-    key = TableKey("ks", "t", ("id",), ("seq",), ())
+    key = TableLayout("ks", "t", ("id",), ("seq",), ())
     return TableInfo(key, tuple(columns), False, True, True, "NEW_AND_OLD_IMAGES", ARN)
 
 
@@ -138,7 +138,7 @@ def test_every_text_form_decodes_the_same_from_both_parsers(tmp_path: Path) -> N
 
 
 def test_deletes_static_only_and_ttl_records_decode_the_same(tmp_path: Path) -> None:
-    key = TableKey("ks", "t", ("id",), ("seq",), ("banner",))
+    key = TableLayout("ks", "t", ("id",), ("seq",), ("banner",))
     info = TableInfo(key, ("body",), False, True, True, "NEW_AND_OLD_IMAGES", ARN)
     records = [
         {  # a row delete

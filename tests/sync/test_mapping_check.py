@@ -14,13 +14,13 @@ from sync.mapping_check import (
     check_mapping_against_table,
     document_fields,
 )
-from sync.schema import TableKey
+from sync.schema import TableLayout
 
 pytestmark = pytest.mark.unit
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "mappings" / "example.toml"
 
-TABLE = TableKey.from_columns(
+TABLE = TableLayout.from_columns(
     "shop",
     "orders",
     [
@@ -188,7 +188,7 @@ def test_document_fields_follow_include_exclude_and_rename() -> None:
 
 
 def test_the_example_mapping_fits_the_example_table() -> None:
-    table = TableKey.from_columns(
+    table = TableLayout.from_columns(
         "demo",
         "products",
         [
@@ -302,7 +302,7 @@ def test_each_partition_shape_mistake_is_one_line_naming_the_key(
 
 
 def test_the_partition_shape_is_refused_for_a_table_without_clustering_columns() -> None:
-    table = TableKey.from_columns(
+    table = TableLayout.from_columns(
         "shop", "orders", [("id", "uuid", "partition_key"), ("name", "text", "regular")]
     )
     text = (

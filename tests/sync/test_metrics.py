@@ -30,7 +30,7 @@ from sync.metrics import (
     ShardLag,
     status_line,
 )
-from sync.model import Change, Op, ScanPosition, StreamPosition
+from sync.model import Change, Op, ScanRead, StreamRead
 
 DOCUMENTED = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
@@ -87,11 +87,11 @@ def test_the_exposition_holds_the_documented_series_with_table_labels() -> None:
     table.read("shardId-1", 5, 9_000, 9_250, at_tip=False)
     table.acknowledged("shardId-1", applied=4, stale=1, dead_lettered=0)
     table.gap()
-    stream = StreamPosition("arn", "shardId-1", "1", 9_250)
+    stream = StreamRead("arn", "shardId-1", "1", 9_250)
     traffic = Traffic(bulk_seconds=[0.02], on_retry=table.retried)
     traffic.retried("429")
     table.wrote([Change(Op.UPSERT, (1,), {"a": 1}, 5, stream)], traffic)
-    table.wrote([Change(Op.UPSERT, (2,), {"a": 1}, 5, ScanPosition(0, 1, 0))], Traffic())
+    table.wrote([Change(Op.UPSERT, (2,), {"a": 1}, 5, ScanRead(0, 1, 0))], Traffic())
     table.state_write_failed(2)
     table.dead_letter_write_failed()
     table.backfill_read(7)

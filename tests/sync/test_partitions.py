@@ -34,7 +34,7 @@ from sync.deadletter import FileDeadLetters, Outcome
 from sync.documents import DocumentBuilder
 from sync.indices import ensure_index
 from sync.mapping import mapping_from_dict
-from sync.model import Change, Op, ScanPosition, StreamPosition
+from sync.model import Change, Op, ScanRead, StreamRead
 from sync.partitions import (
     TOMBSTONE_HORIZON_MS,
     ClusteringOrder,
@@ -45,11 +45,11 @@ from sync.partitions import (
     StaticsChange,
     merge,
 )
-from sync.schema import TableKey
+from sync.schema import TableLayout
 from sync.version import base
 from sync.writer import BulkWriter, WriterSettings
 
-TABLE = TableKey(
+TABLE = TableLayout(
     "demo",
     "items",
     ("p",),
@@ -64,11 +64,11 @@ V0 = base(NOW_MS)
 _names = itertools.count(1)
 
 
-def stream(version: int) -> StreamPosition:
-    return StreamPosition("arn:test", "shardId-0001", f"{version:024d}", NOW_MS)
+def stream(version: int) -> StreamRead:
+    return StreamRead("arn:test", "shardId-0001", f"{version:024d}", NOW_MS)
 
 
-SCAN = ScanPosition(0, 1, NOW_MS)
+SCAN = ScanRead(0, 1, NOW_MS)
 
 
 def upsert(p: int, c: int, version: int, a: str | None = None, b: int | None = None) -> Change:
@@ -105,7 +105,7 @@ def snapshot(p: int, c: int, version: int, a: str, s: str | None) -> Change:
 
 @pytest.mark.unit
 def test_rows_sort_in_cassandras_clustering_order_from_their_stored_form() -> None:
-    table = TableKey(
+    table = TableLayout(
         "demo",
         "events",
         ("p",),
@@ -142,7 +142,7 @@ def test_rows_sort_in_cassandras_clustering_order_from_their_stored_form() -> No
 
 @pytest.mark.unit
 def test_integers_beyond_64_bits_blobs_and_addresses_keep_their_order() -> None:
-    table = TableKey(
+    table = TableLayout(
         "demo",
         "t",
         ("p",),
@@ -303,7 +303,7 @@ class Setup:
     """An index behind its alias for the items table in the partition shape, and a writer."""
 
     def __init__(
-        self, client: OpenSearch, tmp_path: Path, table: TableKey = TABLE, **document: Any
+        self, client: OpenSearch, tmp_path: Path, table: TableLayout = TABLE, **document: Any
     ) -> None:
         self.alias = f"items{next(_names)}"
         self.mapping = mapping_from_dict(shaped_mapping(self.alias, **document), "items.toml")
@@ -380,7 +380,9 @@ def test_a_partition_is_one_document_with_its_statics_and_rows_in_clustering_ord
 def test_descending_clustering_columns_list_rows_in_reverse(
     opensearch: OpenSearch, tmp_path: Path
 ) -> None:
-    table = TableKey("demo", "items", ("p",), ("c",), ("s",), TABLE.column_types, frozenset({"c"}))
+    table = TableLayout(
+        "demo", "items", ("p",), ("c",), ("s",), TABLE.column_types, frozenset({"c"})
+    )
     setup = Setup(opensearch, tmp_path, table)
     setup.writer.write([upsert(1, c, 10 + c) for c in (2, 5, 1)])
     setup.writer.write([upsert(1, 3, 20)])
@@ -580,7 +582,7 @@ def _model(changes: list[Change]) -> dict[str, dict[str, Any]]:
     statics: dict[int, tuple[int, str | None]] = {}
     for change in changes:
         p = change.key[0]
-        if change.static_only or isinstance(change.source, ScanPosition):
+        if change.static_only or isinstance(change.provenance, ScanRead):
             assert change.image is not None
             if change.version > statics.get(p, (0, None))[0]:
                 statics[p] = (change.version, change.image.get("s"))

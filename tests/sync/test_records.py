@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 from sync.errors import DecodeError
-from sync.model import Change, Op, StreamPosition
-from sync.schema import TableKey
+from sync.model import Change, Op, StreamRead
+from sync.schema import TableLayout
 from sync.sources.records import ImageUnavailable, decode_record, is_replicated
 
 pytestmark = pytest.mark.unit
 
-TABLE = TableKey(
+TABLE = TableLayout(
     "demo",
     "products",
     ("shop", "region"),
@@ -22,7 +22,7 @@ TABLE = TableKey(
     ("banner",),
 )
 SKU = uuid.UUID("00000000-0000-0000-0000-000000000007")
-POSITION = StreamPosition("arn:stream", "shardId-00000001-aaaa", "0" * 20 + "1", 1_700_000_000_000)
+POSITION = StreamRead("arn:stream", "shardId-00000001-aaaa", "0" * 20 + "1", 1_700_000_000_000)
 
 
 def keys(sku: bool = True) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def test_new_image_is_an_upsert_with_keys_from_the_key_maps() -> None:
     assert dict(change.image).keys() == {"shop", "region", "sku", "name", "price", "banner"}
     assert str(change.image["price"]) == "19.90"
     assert change.expires_at_ms == 1_800_000_000_000
-    assert change.version == 77 and change.source == POSITION
+    assert change.version == 77 and change.provenance == POSITION
     assert change.static_only is False
 
 
@@ -72,7 +72,7 @@ def test_no_new_image_is_a_delete() -> None:
 
 def test_a_ttl_expiry_record_is_a_delete() -> None:
     record = {**keys(), "origin": "TTL", "oldImage": {"valueCells": {"name": cell({"textT": "x"})}}}
-    position = StreamPosition("arn:stream", "shardId-00000001-aaaa", "0" * 21, 1, origin="TTL")
+    position = StreamRead("arn:stream", "shardId-00000001-aaaa", "0" * 21, 1, origin="TTL")
     assert decode_record(record, TABLE, position, 9).op is Op.DELETE
 
 
@@ -85,7 +85,7 @@ def test_a_record_without_clustering_keys_is_static_only() -> None:
 
 
 def test_a_table_without_clustering_columns_is_never_static_only() -> None:
-    table = TableKey("demo", "plain", ("id",))
+    table = TableLayout("demo", "plain", ("id",))
     change = decode_record(
         {"partitionKeys": {"id": {"intT": "1"}}, "newImage": {"valueCells": {}}}, table, POSITION, 1
     )
@@ -134,7 +134,7 @@ def test_bad_expiration_time_is_a_decode_error() -> None:
 
 # ---- expiry of each value, and which statics a static-only record states ----------------
 
-STATICS = TableKey("demo", "shelves", ("shop",), ("sku",), ("banner", "motto", "owner"))
+STATICS = TableLayout("demo", "shelves", ("shop",), ("sku",), ("banner", "motto", "owner"))
 
 
 def test_a_column_ttl_on_a_row_that_lives_on_is_a_value_expiry() -> None:

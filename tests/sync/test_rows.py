@@ -22,8 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sync.errors import DecodeError
-from sync.model import Op, ScanPosition, StreamPosition
-from sync.schema import TableKey
+from sync.model import Op, ScanRead, StreamRead
+from sync.schema import TableLayout
 from sync.sources.records import decode_record
 from sync.sources.rows import decode_row, expiry_ms, ttl_alias
 
@@ -34,8 +34,8 @@ ADDRESS = cqltypes.UserType.make_udt_class(
     "demo", "address", ["street", "zip"], [T["text"], T["int"]]
 )
 UUID = uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
-SCAN = ScanPosition(-100, 100, 1_700_000_000_000)
-STREAM = StreamPosition("arn:s", "shardId-00000001-aaaa", "0" * 21, 1_700_000_000_000)
+SCAN = ScanRead(-100, 100, 1_700_000_000_000)
+STREAM = StreamRead("arn:s", "shardId-00000001-aaaa", "0" * 21, 1_700_000_000_000)
 
 
 def p(name: str, *params: Any) -> Any:
@@ -106,7 +106,7 @@ COLUMNS: dict[str, tuple[Any, Any, dict[str, Any]]] = {
         {"udtT": {"street": {"value": {"textT": "Main"}}, "zip": {"value": {"intT": "1"}}}},
     ),
 }
-TABLE = TableKey("demo", "everything", ("shop", "region"), ("sku",), ("banner",))
+TABLE = TableLayout("demo", "everything", ("shop", "region"), ("sku",), ("banner",))
 
 
 def driver_row() -> dict[str, Any]:
@@ -152,7 +152,7 @@ def test_null_columns_are_left_out_like_a_cdc_image_leaves_them_out() -> None:
 def test_a_row_without_its_key_is_a_decode_error() -> None:
     with pytest.raises(DecodeError, match="region"):
         decode_row({"shop": "s", "sku": UUID}, TABLE, SCAN, 1)
-    no_statics = TableKey("demo", "plain", ("shop",), ("sku",))
+    no_statics = TableLayout("demo", "plain", ("shop",), ("sku",))
     with pytest.raises(DecodeError, match="sku"):
         decode_row({"shop": "s"}, no_statics, SCAN, 1)
 
@@ -248,7 +248,7 @@ def test_a_looked_up_row_dates_its_expiry_by_the_read_not_the_record() -> None:
     row = {"shop": "s", "region": 1, "sku": UUID, "a_int": 1, ttl_alias("a_int"): 60}
     change = decode_row(row, TABLE, STREAM, 9, ttl_columns=["a_int"], read_at_ms=5_000_000)
     assert change.expires_at_ms == 5_060_000
-    assert change.source == STREAM and change.version == 9
+    assert change.provenance == STREAM and change.version == 9
     with pytest.raises(ValueError, match="time of the read"):
         decode_row(row, TABLE, STREAM, 9, ttl_columns=["a_int"])
 

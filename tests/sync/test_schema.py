@@ -1,10 +1,10 @@
-"""TableKey: a table's key layout and column types, in and out as column triples."""
+"""TableLayout: a table's key layout and column types, in and out as column triples."""
 
 from __future__ import annotations
 
 import pytest
 
-from sync.schema import TableKey
+from sync.schema import TableLayout
 
 pytestmark = pytest.mark.unit
 
@@ -17,7 +17,7 @@ def test_columns_gives_back_what_from_columns_took() -> None:
         ("banner", "text", "static"),
         ("tags", "set<text>", "regular"),
     ]
-    key = TableKey.from_columns("demo", "products", columns)
+    key = TableLayout.from_columns("demo", "products", columns)
     assert key.columns() == columns
     assert (key.partition_key, key.clustering, key.static) == (
         ("shop", "region"),

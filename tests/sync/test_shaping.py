@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from sync.documents import DocumentBuilder
 from sync.errors import ConfigError, DocumentError
 from sync.mapping import TableMapping, mapping_from_dict
-from sync.schema import TableKey
+from sync.schema import TableLayout
 from sync.shaping import compile_filter, load_hook
 
 pytestmark = pytest.mark.unit
@@ -62,7 +62,7 @@ TYPES = {
     "pair": "tuple<int, text>",
     "addr": "frozen<address>",
 }
-TABLE = TableKey("demo", "t", ("k",), ("c",), ("s",), TYPES)
+TABLE = TableLayout("demo", "t", ("k",), ("c",), ("s",), TYPES)
 UID = uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8")  # a version 1 UUID
 ADDRESS = namedtuple("address", ["street", "zip"])
 

@@ -28,11 +28,11 @@ from sync.deadletter import FileDeadLetters
 from sync.documents import DocumentBuilder
 from sync.indices import ensure_index
 from sync.mapping import mapping_from_dict
-from sync.model import Change, Op, ScanPosition, StreamPosition
-from sync.schema import TableKey
+from sync.model import Change, Op, ScanRead, StreamRead
+from sync.schema import TableLayout
 from sync.writer import BulkWriter, WriterSettings
 
-TABLE = TableKey(
+TABLE = TableLayout(
     "demo",
     "shelves",
     ("shop",),
@@ -44,11 +44,11 @@ FAST = WriterSettings(initial_backoff=0.01, max_backoff=0.05, max_retry_seconds=
 _names = itertools.count(1)
 
 
-def stream(version: int) -> StreamPosition:
-    return StreamPosition("arn:test", "shardId-0001", f"{version:021d}", 1_700_000_000_000)
+def stream(version: int) -> StreamRead:
+    return StreamRead("arn:test", "shardId-0001", f"{version:021d}", 1_700_000_000_000)
 
 
-SCAN = ScanPosition(0, 1, 1_700_000_000_000)
+SCAN = ScanRead(0, 1, 1_700_000_000_000)
 
 
 def static(shop: str, version: int, banner: str | None) -> Change:
@@ -279,7 +279,7 @@ def _model(changes: list[Change]) -> dict[str, dict[str, Any]]:
     newest_statics: dict[str, tuple[int, str | None]] = {}
     for change in changes:
         shop = change.key[0]
-        if change.static_only or isinstance(change.source, ScanPosition):
+        if change.static_only or isinstance(change.provenance, ScanRead):
             assert change.image is not None
             held = newest_statics.get(shop)
             if held is None or change.version > held[0]:

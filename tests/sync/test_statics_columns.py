@@ -22,11 +22,11 @@ from sync.deadletter import FileDeadLetters
 from sync.documents import DocumentBuilder
 from sync.indices import ensure_index
 from sync.mapping import mapping_from_dict
-from sync.model import Change, Op, StreamPosition
-from sync.schema import TableKey
+from sync.model import Change, Op, StreamRead
+from sync.schema import TableLayout
 from sync.writer import BulkWriter, WriterSettings
 
-TABLE = TableKey(
+TABLE = TableLayout(
     "demo",
     "racks",
     ("shop",),
@@ -39,8 +39,8 @@ FAST = WriterSettings(initial_backoff=0.01, max_backoff=0.05, max_retry_seconds=
 _names = itertools.count(1)
 
 
-def position(version: int) -> StreamPosition:
-    return StreamPosition("arn:test", "shardId-0001", f"{version:021d}", 1_700_000_000_000)
+def position(version: int) -> StreamRead:
+    return StreamRead("arn:test", "shardId-0001", f"{version:021d}", 1_700_000_000_000)
 
 
 def statics(shop: str, version: int, **columns: str | None) -> Change:
@@ -126,7 +126,7 @@ def test_a_static_values_expiry_reaches_the_rows_that_show_it(
         expiring.key,
         expiring.image,
         expiring.version,
-        expiring.source,
+        expiring.provenance,
         static_only=True,
         value_expiry={"banner": 4_000_000_000_000},
         static_columns=expiring.static_columns,

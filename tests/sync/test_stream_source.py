@@ -168,7 +168,7 @@ def test_a_reader_resumed_from_a_checkpoint_recomputes_the_same_versions(
     stream = first.describe()
     by_shard: dict[str, list[Change]] = {}
     for change in all_changes:
-        by_shard.setdefault(change.source.shard_id, []).append(change)  # type: ignore[union-attr]
+        by_shard.setdefault(change.provenance.shard_id, []).append(change)  # type: ignore[union-attr]
     shard_id, changes = max(by_shard.items(), key=lambda item: len(item[1]))
     assert len(changes) >= 3
     cut = changes[len(changes) // 2]
@@ -178,7 +178,7 @@ def test_a_reader_resumed_from_a_checkpoint_recomputes_the_same_versions(
         first.arn,
         shard_id,
         view_type=stream.view_type,
-        after=cut.source.sequence_number,  # type: ignore[union-attr]
+        after=cut.provenance.sequence_number,  # type: ignore[union-attr]
         previous=cut.version,
         limit=5,
     )
@@ -260,7 +260,7 @@ def test_trimmed_records_are_reported_as_a_gap(
         result = reader.read()
         if result.records:
             positions[shard_id] = (
-                result.changes[0].source.sequence_number,
+                result.changes[0].provenance.sequence_number,
                 result.changes[0].version,
             )  # type: ignore[union-attr]
     _rows(cql, table, [("upsert", k, 0, "y") for k in range(8)])
@@ -440,9 +440,9 @@ def test_replicated_records_are_skipped_but_keep_the_version_chain() -> None:
     """With skip_replication, versions still depend on the stream alone (not on settings)."""
     import datetime as dt
 
-    from sync.schema import TableKey
+    from sync.schema import TableLayout
 
-    key = TableKey("ks", "t", ("id",), column_types={"id": "int", "v": "text"})
+    key = TableLayout("ks", "t", ("id",), column_types={"id": "int", "v": "text"})
     info = TableInfo(key, ("v",), False, False, True, "NEW_IMAGE", "arn")
 
     def record(n: int, origin: str) -> dict[str, Any]:
@@ -513,7 +513,7 @@ def test_a_lookup_reads_past_empty_pages(cql: Any, keyspace: str, emulator: Any)
     1 MB *read*): a lookup that took the first page for the answer wrote a live row, or a
     partition's statics, as deleted. Found by `make chaos` (its index lost a partition's
     static value after a re-read of the statics)."""
-    from sync.model import StreamPosition
+    from sync.model import StreamRead
 
     cql.execute(
         f'CREATE TABLE "{keyspace}"."events" ("id" int, "seq" int, "body" text, '
@@ -523,7 +523,7 @@ def test_a_lookup_reads_past_empty_pages(cql: Any, keyspace: str, emulator: Any)
     cql.execute(f'INSERT INTO "{keyspace}"."events" ("id", "seq", "body") VALUES (1, 1, \'a\')')
     cql.execute(f'UPDATE "{keyspace}"."events" SET "banner" = \'sale\' WHERE "id" = 1')
     lookup = RowLookup(cql, info)
-    source = StreamPosition("arn:test", "shardId-0001", "0" * 21, 1_700_000_000_000)
+    source = StreamRead("arn:test", "shardId-0001", "0" * 21, 1_700_000_000_000)
     emulator.engine.empty_page_rate = 0.5
     try:
         rows = [lookup.row((1, 1), 7, source) for _ in range(20)]

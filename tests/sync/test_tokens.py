@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sync.keyspaces import describe_table
-from sync.model import Change, StreamPosition
+from sync.model import Change, StreamRead
 from sync.sources.cql import RANDOM_RING, SnapshotScanner, TokenRange, ring_for
 from sync.sources.records import decode_record
 from sync.sources.streams import list_table_streams
@@ -59,10 +59,10 @@ def _stream_changes(streams: Any, info: Any) -> list[Change]:
                 created = record["createdAt"]
                 if isinstance(created, dt.datetime):
                     created = created.timestamp()
-                position = StreamPosition(
+                position = StreamRead(
                     arn, shard["shardId"], record["sequenceNumber"], int(created * 1000)
                 )
-                changes.append(decode_record(record, info.key, position, 1))
+                changes.append(decode_record(record, info.layout, position, 1))
             if not page["changeRecords"]:
                 break
             iterator = page.get("nextShardIterator")

@@ -35,11 +35,11 @@ from sync.indices import (
     swap_alias,
 )
 from sync.mapping import TableMapping, mapping_from_dict
-from sync.model import Change, Op, StreamPosition
-from sync.schema import TableKey
+from sync.model import Change, Op, StreamRead
+from sync.schema import TableLayout
 from sync.writer import BulkWriter, WriterSettings
 
-TABLE = TableKey("demo", "items", ("id",), (), (), {"id": "text", "n": "int", "name": "text"})
+TABLE = TableLayout("demo", "items", ("id",), (), (), {"id": "text", "n": "int", "name": "text"})
 FAST = WriterSettings(initial_backoff=0.01, max_backoff=0.05, max_retry_seconds=10.0)
 _names = itertools.count(1)
 
@@ -65,8 +65,8 @@ def make_mapping(alias: str, **index_settings: Any) -> TableMapping:
     )
 
 
-def position(seq: int = 1) -> StreamPosition:
-    return StreamPosition("arn:test", "shardId-0001", f"{seq:021d}", 1_700_000_000_000)
+def position(seq: int = 1) -> StreamRead:
+    return StreamRead("arn:test", "shardId-0001", f"{seq:021d}", 1_700_000_000_000)
 
 
 def upsert(key: str, version: int, n: Any, expires_at_ms: int | None = None) -> Change:
@@ -354,11 +354,11 @@ def test_the_example_mapping_accepts_every_demo_type(
     from cassandra.util import Date, OrderedMap, SortedSet
 
     from sync.mapping import load_mapping
-    from sync.model import ScanPosition
+    from sync.model import ScanRead
     from sync.sources.rows import decode_row
 
     mapping = load_mapping(Path(__file__).resolve().parents[2] / "mappings" / "example.toml")
-    table = TableKey.from_columns(
+    table = TableLayout.from_columns(
         "demo",
         "products",
         [
@@ -400,7 +400,7 @@ def test_the_example_mapping_accepts_every_demo_type(
     index = ensure_index(opensearch, mapping)
     builder = DocumentBuilder(mapping, table)
     writer = BulkWriter(opensearch, index, builder, FileDeadLetters(tmp_path / "d.ndjson"), FAST)
-    report = writer.write([decode_row(row, table, ScanPosition(0, 1, 1), 1)])
+    report = writer.write([decode_row(row, table, ScanRead(0, 1, 1), 1)])
     assert (report.applied, report.dead_lettered) == (1, 0)
     opensearch.indices.refresh(index=mapping.alias)
     query = {

@@ -23,7 +23,7 @@ from sync.bulk import Stamp
 from sync.config import Config
 from sync.jobs import Job
 from sync.jobs.cleanup import Cleaner, prunable_shards, run_cleanup
-from sync.model import Change, Op, StreamPosition
+from sync.model import Change, Op, StreamRead
 from sync.sources.streams import Shard, describe_stream, list_table_streams
 from sync.state import FREE, ShardState, StateStore, wall_clock_ms
 from sync.version import base
@@ -98,8 +98,8 @@ def _at(age_ms: int) -> int:
     return base(NOW - age_ms)
 
 
-def _stream(age_ms: int) -> StreamPosition:
-    return StreamPosition("arn", "shardId-x", str(age_ms), NOW - age_ms)
+def _stream(age_ms: int) -> StreamRead:
+    return StreamRead("arn", "shardId-x", str(age_ms), NOW - age_ms)
 
 
 def _upsert(key: int, version: int, expires_at_ms: int | None = None) -> Change:
@@ -170,7 +170,7 @@ def test_cleanup_purges_exactly_the_documents_past_the_window(
 
 
 def test_a_snapshot_row_read_longer_ago_than_the_window_is_never_written(job: Job) -> None:
-    from sync.model import ScanPosition
+    from sync.model import ScanRead
 
     guarded = BulkWriter(
         job.client,
@@ -182,7 +182,7 @@ def test_a_snapshot_row_read_longer_ago_than_the_window_is_never_written(job: Jo
     )
     read_at = NOW - job.cfg.cleanup.write_max_age_ms - 1000
     row = {"customer": 1, "order": 1, "state": "read long ago", "amount": 1}
-    stale_read = Change(Op.UPSERT, (1, 1), row, base(read_at), ScanPosition(0, 1, read_at))
+    stale_read = Change(Op.UPSERT, (1, 1), row, base(read_at), ScanRead(0, 1, read_at))
     with pytest.raises(ChangeTooOld) as refused:
         guarded.write([stale_read])
     assert "run the job again" in refused.value.hint

@@ -27,7 +27,7 @@ from sync.jobs import Job
 from sync.jobs.backfill import run_backfill
 from sync.jobs.restate import ExpirySweep
 from sync.mapping import TableMapping, mapping_from_dict
-from sync.model import Change, Op, StreamPosition
+from sync.model import Change, Op, StreamRead
 from sync.sources.streams import RowLookup
 from sync.version import STEP
 from tests.sync.jobs.follow_helpers import following, until
@@ -232,7 +232,7 @@ def test_the_sweeps_rewrite_beats_the_stored_document_and_loses_to_a_newer_chang
             (5, 2),
             {"k": 5, "c": 2, "b": 99},
             snapshot + STEP,
-            StreamPosition("arn", "shard", "1", 0),
+            StreamRead("arn", "shard", "1", 0),
         )
         lookup = RowLookup(job.session, job.info)
         racing = RacingLookup(lookup, (5, 2), lambda: writer.write([newer]))

@@ -35,9 +35,9 @@ from tests.sync.jobs.follow_helpers import (
 
 
 def _read(n: int, seq: str = "000000000000000000001") -> ReadResult:
-    from sync.model import Change, Op, StreamPosition
+    from sync.model import Change, Op, StreamRead
 
-    position = StreamPosition("arn", "shard", seq, 1)
+    position = StreamRead("arn", "shard", seq, 1)
     changes = [Change(Op.UPSERT, (i,), {"a": i}, i + 1, position) for i in range(n)]
     return ReadResult(changes, n, seq, n, 1)
 

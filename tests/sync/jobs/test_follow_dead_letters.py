@@ -30,7 +30,7 @@ from sync.config import Config
 from sync.deadletter import DeadLetter
 from sync.jobs import Job
 from sync.jobs.follow import Follower
-from sync.model import StreamPosition
+from sync.model import StreamRead
 from tests.sync.jobs.follow_helpers import Table, indexed, orders_mapping, until, wait_for
 
 
@@ -185,7 +185,7 @@ def test_a_lookup_that_fails_for_good_is_dead_lettered_with_the_raw_record(
 
 
 def test_a_dead_letter_holds_a_change_or_a_raw_record_never_both() -> None:
-    position = StreamPosition("arn", "shardId-1", "000000000000000000000001", 1_700_000_000_000)
+    position = StreamRead("arn", "shardId-1", "000000000000000000000001", 1_700_000_000_000)
     entry = DeadLetter.for_record({"sequenceNumber": "1", "x": b"\x00"}, position, "bad cell")
     body = entry.to_json()
     assert body["record"] == {"sequenceNumber": "1", "x": "AA=="}

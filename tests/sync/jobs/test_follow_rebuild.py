@@ -40,8 +40,8 @@ from sync.indices import alias_filter, create_next_index, current_target, swap_a
 from sync.jobs import Job
 from sync.jobs.follow import ROLE, Follower
 from sync.mapping import TableMapping, mapping_from_dict
-from sync.model import Change, Op, StreamPosition
-from sync.schema import TableKey
+from sync.model import Change, Op, StreamRead
+from sync.schema import TableLayout
 from sync.sources.records import record_key
 from sync.sources.streams import describe_stream
 from sync.state import Rebuild, StateStore
@@ -284,7 +284,9 @@ def proxy(osmem_clone: Any) -> Iterator[HttpProxy]:
         front.close()
 
 
-ORDERS = TableKey("", "orders", ("customer",), ("order",), (), {"customer": "int", "order": "int"})
+ORDERS = TableLayout(
+    "", "orders", ("customer",), ("order",), (), {"customer": "int", "order": "int"}
+)
 
 
 def record_of(cfg: Config, table: str, key: tuple[int, int]) -> tuple[str, str]:
@@ -375,7 +377,7 @@ def test_a_static_tables_rows_and_partition_documents_are_right_in_both_indexes(
 
 # ---- the writer: one dead letter for a change one index refuses ------------------------------
 
-ITEMS = TableKey("demo", "items", ("id",), (), (), {"id": "text", "n": "text"})
+ITEMS = TableLayout("demo", "items", ("id",), (), (), {"id": "text", "n": "text"})
 FAST = WriterSettings(initial_backoff=0.01, max_backoff=0.05, max_retry_seconds=10.0)
 
 
@@ -398,7 +400,7 @@ def test_a_change_one_index_refuses_is_dead_lettered_once_naming_that_index(
     dead = FileDeadLetters(tmp_path / "dead.ndjson")
     builder = DocumentBuilder(old_mapping, ITEMS)
     writer = BulkWriter(opensearch, old, builder, dead, FAST, targets=WriteTargets((old, new)))
-    where = StreamPosition("arn:test", "shardId-1", "1", 1_700_000_000_000)
+    where = StreamRead("arn:test", "shardId-1", "1", 1_700_000_000_000)
     changes = [
         Change(Op.UPSERT, ("a",), {"id": "a", "n": "7"}, 5, where),
         Change(Op.UPSERT, ("b",), {"id": "b", "n": "seven"}, 5, where),  # no integer

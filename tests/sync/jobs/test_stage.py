@@ -13,7 +13,7 @@ import random
 import pytest
 
 from sync.jobs.stage import Batch, Load, Packer, approx_size
-from sync.model import Change, Op, StreamPosition
+from sync.model import Change, Op, StreamRead
 from sync.sources.streams import BadRecord
 
 pytestmark = pytest.mark.unit
@@ -23,11 +23,11 @@ def batch(shard: str, first: int, count: int, *, bad: int = 0) -> Batch:
     """Records `first .. first+count-1` of a shard: changes, then `bad` undecodable ones."""
     out = Batch()
     for n in range(first, first + count):
-        position = StreamPosition("arn", shard, f"{n:021d}", 1_000 + n)
+        position = StreamRead("arn", shard, f"{n:021d}", 1_000 + n)
         out.changes.append(Change(Op.UPSERT, (shard, n), {"n": n}, n + 1, position))
     last = first + count - 1
     for n in range(last + 1, last + 1 + bad):
-        position = StreamPosition("arn", shard, f"{n:021d}", 1_000 + n)
+        position = StreamRead("arn", shard, f"{n:021d}", 1_000 + n)
         out.bad.append(BadRecord({}, position, "bad", n))
     end = last + bad
     out.last_sequence, out.last_version = f"{end:021d}", end
@@ -112,7 +112,7 @@ def test_bytes_bound_a_load_and_are_held_until_acknowledged() -> None:
 
 
 def test_text_counts_in_the_estimate() -> None:
-    position = StreamPosition("arn", "a", "1", 1)
+    position = StreamRead("arn", "a", "1", 1)
     wide = Change(Op.UPSERT, ("a", 1), {"n": 1, "text": "x" * 10_000}, 1, position)
     assert approx_size(wide) == 200 + 2 * 64 + 10_000
 

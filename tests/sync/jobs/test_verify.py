@@ -263,10 +263,10 @@ def test_a_sample_reads_part_of_the_table_and_a_share_of_the_ranges(
 def test_both_sides_merge_by_token_and_a_sample_stops_mid_partition() -> None:
     from sync.bulk import Document, Stamp
     from sync.jobs.verify import _merge
-    from sync.model import Change, Op, ScanPosition
+    from sync.model import Change, Op, ScanRead
 
     def row(c: int) -> Change:
-        return Change(Op.UPSERT, (c,), {"c": c}, 1, ScanPosition(0, 9, 1))
+        return Change(Op.UPSERT, (c,), {"c": c}, 1, ScanRead(0, 9, 1))
 
     rows = [(1, row(1)), (3, row(3)), (3, row(4)), (3, row(5)), (7, row(7))]
     docs = [(t, Document(str(t), {}, Stamp(1, 1))) for t in (2, 3, 7, 8)]
