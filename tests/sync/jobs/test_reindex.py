@@ -13,7 +13,7 @@ columns are in every table here, so partition documents are rebuilt too.
 
 from __future__ import annotations
 
-import os
+import json
 import random
 import signal
 import subprocess
@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from sync.jobs.cleanup import run_cleanup
 from sync.jobs.follow import Follower, run_follow
 from sync.jobs.reindex import run_reindex
 from sync.mapping import TableMapping, load_mapping
-from sync.state import StateStore
+from sync.state import FREE, StateStore
 from tests.conftest import table_options
 from tests.lww_model import LwwTable
 
@@ -293,3 +294,236 @@ def test_reindex_under_writes_with_no_follower_swaps_to_an_index_equal_to_the_ta
     converge(stack, opensearch)
     rebuild = store_of(stack, opensearch).get_rebuild(f"{keyspace}.t")
     assert rebuild is not None and rebuild.phase == "done" and rebuild.new_index == new
+
+
+def test_a_follower_killed_mid_rebuild_leaves_the_stream_to_the_reindex(
+    cql: Any,
+    keyspace: str,
+    tmp_path: Path,
+    make_config: Callable[..., Config],
+    opensearch: OpenSearch,
+) -> None:
+    """A follower runs when the reindex starts, and dies (stopped in-process without its
+    clean shutdown: leases and heartbeat left to expire, as after a SIGKILL) mid-rebuild."""
+    stack = Stack(cql, keyspace, tmp_path, make_config, client_timestamps=False)
+    loaded(stack, opensearch)
+    followers: list[Follower] = []
+    follow_stop = threading.Event()
+    # It started before the mapping file changed: it builds documents of mapping v1.
+    first = tmp_path / "t-v1.toml"
+    first.write_text(_mapping_text(keyspace, 1))
+    follower_mapping = load_mapping(first)
+    follower_cfg = make_config(
+        str(stack.path), state={"lease_seconds": 3, "worker_id": "doomed-follower"}
+    )
+    follow_thread = threading.Thread(
+        target=run_follow,
+        args=(follower_cfg, follower_mapping),
+        kwargs={"stop": follow_stop, "on_start": followers.append},
+        daemon=True,
+    )
+    follow_thread.start()
+    store = store_of(stack, opensearch)
+    until(lambda: bool(followers) and followers[0].planned, "the follower reads the stream")
+    searcher = Searcher(opensearch, stack)
+    result: list[Any] = []
+    with background(stack.write, 0.02) as writer, background(searcher.step, 0.01) as search:
+        reindex = threading.Thread(
+            target=lambda: result.append(run_reindex(stack.cfg, stack.mapping)), daemon=True
+        )
+        reindex.start()
+        until(lambda: store.get_rebuild(f"{keyspace}.t") is not None, "the rebuild began")
+        followers[0].abandon()  # no flush, no release, no goodbye: its leases must expire
+        follow_thread.join(timeout=30)
+        reindex.join(timeout=120)
+    follow_stop.set()
+    assert not reindex.is_alive(), "the reindex did not end"
+    assert not writer and not search, writer + search
+    (summary,) = result
+    assert summary.phase == "done" and summary.followed_stream
+    assert searcher.most_missing <= 0
+    assert new_index_of(stack, opensearch) == f"{stack.alias}_v2"
+    converge(stack, opensearch)
+
+
+def test_a_reindex_sigkilled_mid_snapshot_resumes_where_it_stopped(
+    cql: Any,
+    keyspace: str,
+    tmp_path: Path,
+    make_config: Callable[..., Config],
+    opensearch: OpenSearch,
+    client_timestamps: bool,
+) -> None:
+    """`ks2os reindex` (a process) killed during its backfill; run again, it resumes the
+    same rebuild and its snapshot, and the CLI reports it."""
+    # Small pages, one worker, many ranges: a snapshot slow enough to be caught in flight.
+    stack = Stack(
+        cql,
+        keyspace,
+        tmp_path,
+        make_config,
+        client_timestamps,
+        backfill={"workers": 1, "ranges": 64, "page_size": 2},
+    )
+    loaded(stack, opensearch)
+    config = tmp_path / "ks2os.toml"
+    store = store_of(stack, opensearch)
+    table = f"{keyspace}.t"
+    key = backfill_key(table, f"{stack.alias}_v2")
+    searcher = Searcher(opensearch, stack)
+    with background(stack.write, 0.02) as writer, background(searcher.step, 0.01) as search:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sync", "--config", str(config), "reindex"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+
+            def ranges_done() -> int:
+                run = store.get_run(key)
+                return 0 if run is None else sum(r.done for r in store.list_ranges(run))
+
+            until(lambda: ranges_done() >= 2, "the snapshot is under way")
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        run = store.get_run(key)
+        assert run is not None and not run.finished, "killed too late: the snapshot had ended"
+        rebuild = store.get_rebuild(table)
+        assert rebuild is not None and rebuild.phase == "building"
+        assert new_index_of(stack, opensearch) == f"{stack.alias}_v1"
+        resumed = subprocess.run(
+            [sys.executable, "-m", "sync", "--config", str(config), "reindex", "--json"],
+            capture_output=True,
+            timeout=180,
+            check=False,
+        )
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    line = json.loads(resumed.stdout.decode().strip().splitlines()[-1])
+    assert line["outcome"] == "done" and line["phase"] == "done" and line["resumed"] is True
+    assert line["new_index"] == f"{stack.alias}_v2"
+    assert not writer and not search, writer + search
+    assert searcher.most_missing <= 0
+    # The same snapshot run went on: its finished ranges were not read again.
+    finished = store.get_run(key)
+    assert finished is not None and finished.run_id == run.run_id and finished.finished
+    assert_new_mapping(opensearch, f"{stack.alias}_v2")
+    converge(stack, opensearch)
+
+
+# ---- abort, the old index, a second run -----------------------------------------------------
+
+
+def test_abort_before_the_swap_deletes_the_new_index_and_leaves_the_alias(
+    cql: Any,
+    keyspace: str,
+    tmp_path: Path,
+    make_config: Callable[..., Config],
+    opensearch: OpenSearch,
+) -> None:
+    stack = Stack(cql, keyspace, tmp_path, make_config, client_timestamps=False)
+    old = loaded(stack, opensearch)
+    store = store_of(stack, opensearch)
+    table = f"{keyspace}.t"
+    new = f"{stack.alias}_v2"
+    key = backfill_key(table, new)
+    stop = threading.Event()
+    result: list[Any] = []
+    # Stopped (as by SIGTERM) once its snapshot began: a rebuild left half-way.
+    reindex = threading.Thread(
+        target=lambda: result.append(run_reindex(stack.cfg, stack.mapping, stop=stop)),
+        daemon=True,
+    )
+    reindex.start()
+    until(lambda: store.get_run(key) is not None, "the snapshot began")
+    stop.set()
+    reindex.join(timeout=60)
+    assert result and result[0].phase == "building"
+    assert new in index_versions(opensearch, stack.alias)
+
+    summary = run_reindex(stack.cfg, stack.mapping, abort=True)
+    assert summary.phase == "aborted" and summary.resumed
+    assert alias_targets(opensearch, stack.alias) == [old]
+    assert new not in index_versions(opensearch, stack.alias)
+    assert store.get_run(key) is None
+    rebuild = store.get_rebuild(table)
+    assert rebuild is not None and rebuild.phase == "aborted"
+    assert len(indexed(opensearch, stack.alias)) == stack.live_rows()
+    with pytest.raises(TerminalError, match="nothing to abort"):
+        run_reindex(stack.cfg, stack.mapping, abort=True)
+
+
+def test_abort_after_the_swap_is_refused_and_says_how_to_go_back(
+    cql: Any,
+    keyspace: str,
+    tmp_path: Path,
+    make_config: Callable[..., Config],
+    opensearch: OpenSearch,
+) -> None:
+    stack = Stack(cql, keyspace, tmp_path, make_config, client_timestamps=False)
+    old = loaded(stack, opensearch)
+    store = store_of(stack, opensearch)
+    table = f"{keyspace}.t"
+    # A run killed between recording the swap and finishing: phase swapped, lease free.
+    rebuild = store.begin_rebuild(table, stack.alias, old, f"{stack.alias}_v2", "gone")
+    store.update_rebuild(rebuild, replace(rebuild, phase="swapped", lease=FREE))
+    with pytest.raises(TerminalError, match="too late to abort") as refused:
+        run_reindex(stack.cfg, stack.mapping, abort=True)
+    assert "reindex again" in refused.value.hint
+    assert alias_targets(opensearch, stack.alias) == [old]
+
+
+def test_old_index_kept_for_its_grace_then_cleanup_deletes_it_and_delete_old_at_once(
+    cql: Any,
+    keyspace: str,
+    tmp_path: Path,
+    make_config: Callable[..., Config],
+    opensearch: OpenSearch,
+) -> None:
+    stack = Stack(
+        cql, keyspace, tmp_path, make_config, client_timestamps=False, reindex={"keep_old_hours": 0}
+    )
+    old = loaded(stack, opensearch)
+    first = run_reindex(stack.cfg, stack.mapping)
+    assert first.phase == "done" and not first.old_index_deleted
+    assert old in index_versions(opensearch, stack.alias)
+    dry = run_cleanup(stack.cfg, stack.mapping, dry_run=True)
+    assert dry.old_indexes == 1 and old in index_versions(opensearch, stack.alias)
+    assert run_cleanup(stack.cfg, stack.mapping).old_indexes == 1
+    assert old not in index_versions(opensearch, stack.alias)
+
+    # A second rebuild (the mapping unchanged: an index rebuilt as it is), old one dropped.
+    second = run_reindex(stack.cfg, stack.mapping, delete_old=True)
+    assert second.phase == "done" and second.old_index_deleted and not second.resumed
+    assert sorted(index_versions(opensearch, stack.alias)) == [f"{stack.alias}_v3"]
+    assert alias_targets(opensearch, stack.alias) == [f"{stack.alias}_v3"]
+    assert indexed(opensearch, stack.alias) == stack.expected(label=True)
+
+
+def test_a_second_run_while_one_holds_the_rebuild_is_refused_in_one_line(
+    cql: Any,
+    keyspace: str,
+    tmp_path: Path,
+    make_config: Callable[..., Config],
+    opensearch: OpenSearch,
+) -> None:
+    stack = Stack(cql, keyspace, tmp_path, make_config, client_timestamps=False)
+    old = loaded(stack, opensearch)
+    store = store_of(stack, opensearch)
+    table = f"{keyspace}.t"
+    held = [store.begin_rebuild(table, stack.alias, old, f"{stack.alias}_v2", "other-host")]
+
+    def renew() -> None:  # a live run renews its lease
+        renewed = store.lease_rebuild(held[0], "other-host")
+        assert renewed is not None
+        held[0] = renewed
+
+    with (
+        background(renew, 0.5) as errors,
+        pytest.raises(TerminalError, match="is running: other-host"),
+    ):
+        run_reindex(stack.cfg, stack.mapping)
+    assert not errors
+    assert alias_targets(opensearch, stack.alias) == [old]
