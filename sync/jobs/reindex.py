@@ -405,21 +405,46 @@ class _StreamFollower:
 
 
 class _Say:
-    """A waiting step's progress line, logged when it changes or every SAY_EVERY_S."""
+    """A waiting step's progress line: what it waits for (`what`, stable while the wait
+    lasts) and how (`detail`), logged when `what` changes and every SAY_EVERY_S."""
 
     def __init__(self, table: str) -> None:
         self.table = table
-        self._last = ""
+        self._what = ""
         self._at = 0.0
         self._since = time.monotonic()
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, what: str, detail: str = "") -> None:
         now = time.monotonic()
-        if message != self._last:
+        if what != self._what:
             self._since = now
-        if message != self._last or now - self._at >= SAY_EVERY_S:
-            log.info("reindex %s: %s (%.0f s so far)", self.table, message, now - self._since)
-            self._last, self._at = message, now
+        if what != self._what or now - self._at >= SAY_EVERY_S:
+            log.info(
+                "reindex %s: %s%s (waiting %.0f s)",
+                self.table,
+                what,
+                f": {detail}" if detail else "",
+                now - self._since,
+            )
+            self._what, self._at = what, now
+
+
+class _CatchUp:
+    """An ETA for the stream lag to fall to a bound, from how fast it fell so far."""
+
+    def __init__(self) -> None:
+        self._first: tuple[float, float] | None = None  # (monotonic time, lag)
+
+    def eta(self, lag_s: float, bound_s: float) -> float | None:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (now, lag_s)
+            return None
+        started, first_lag = self._first
+        fallen = first_lag - lag_s
+        if fallen <= 0:
+            return None
+        return (lag_s - bound_s) * (now - started) / fallen
 
 
 class _Reindex:
@@ -502,8 +527,8 @@ class _Reindex:
                 self._record_snapshot_start(job)
                 return True
             self.say(
-                f"waiting for follower(s) {', '.join(waiting)} to write "
-                f"{self.held.get().new_index} too (one of an older ks2os never does: restart it)"
+                f"waiting for follower(s) to write {self.held.get().new_index} too",
+                f"{', '.join(waiting)} (one of an older ks2os never does: restart it)",
             )
             self.stop.wait(POLL_S)
         return False
@@ -540,6 +565,7 @@ class _Reindex:
     def _ready(self, job: Job) -> bool:
         """Step 4: wait until the lag is small and a verify sample passes."""
         settings = self.cfg.reindex
+        catching_up = _CatchUp()
         while not self.stop.is_set():
             self.here.check()
             live = self._other_followers()
@@ -548,17 +574,20 @@ class _Reindex:
                 self.here.start(self.held.get(), self.client, job.session, self.metrics)
             waiting = self._not_writing_new(live)
             if waiting:
-                self.say(f"waiting for follower(s) {', '.join(waiting)} to write {job.index} too")
+                self.say(f"waiting for follower(s) to write {job.index} too", ", ".join(waiting))
                 self.stop.wait(POLL_S)
                 continue
             lag = self._lag_s(job)
             if lag > settings.max_lag_seconds:
+                eta = catching_up.eta(lag, settings.max_lag_seconds)
                 self.say(
-                    f"waiting for the stream: lag {lag:.1f} s, more than "
-                    f"reindex.max_lag_seconds = {settings.max_lag_seconds:g}"
+                    f"waiting for the stream lag to fall under reindex.max_lag_seconds = "
+                    f"{settings.max_lag_seconds:g}",
+                    f"{lag:.1f} s now, ETA {'?' if eta is None else f'{eta:.0f} s'}",
                 )
                 self.stop.wait(POLL_S)
                 continue
+            catching_up = _CatchUp()
             if self._verified(job):
                 return True
         return False
@@ -591,7 +620,7 @@ class _Reindex:
                 "mend the mapping or the data, then run ks2os reindex again to resume "
                 "(or ks2os reindex --abort)",
             )
-        self.say(f"the verify sample found {what}; trying again")
+        self.say("the verify sample found differences; trying again", what)
         return False
 
     def _lag_s(self, job: Job) -> float:
@@ -658,7 +687,7 @@ class _Reindex:
             writing = sorted(w for w, t in self._other_followers().items() if index in t)
             if not writing:
                 return
-            self.say(f"waiting for follower(s) {', '.join(writing)} to stop writing {index}")
+            self.say(f"waiting for follower(s) to stop writing {index}", ", ".join(writing))
             self.stop.wait(POLL_S)
 
 
@@ -688,7 +717,7 @@ def _abort(
         writing = sorted(w for w, t in live.items() if rebuild.new_index in t)
         if not writing:
             break
-        say(f"waiting for follower(s) {', '.join(writing)} to stop writing {rebuild.new_index}")
+        say(f"waiting for follower(s) to stop writing {rebuild.new_index}", ", ".join(writing))
         stop.wait(POLL_S)
     delete_index(client, rebuild.new_index)
     store.forget_run(backfill_key(rebuild.table, rebuild.new_index))
