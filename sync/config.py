@@ -375,9 +375,11 @@ class FollowConfig:
             high=60_000,
         ),
     )
-    on_gap: Literal["stop", "continue"] = _doc(
+    on_gap: Literal["stop", "continue", "reindex"] = _doc(
         "when the stream no longer holds changes the index needs (a gap: trimmed records, "
-        "a shard gone, a CDC switch): stop, or continue and mark the index for reindex",
+        "a shard gone, a CDC switch): stop; continue and mark the index for reindex; or "
+        "reindex: the follower stops, its process rebuilds the index (as `ks2os reindex`) "
+        "and then follows the new one",
         "stop",
     )
     skip_replication: bool = _doc("ignore origin=REPLICATION records (multi-Region tables)", False)

@@ -266,9 +266,13 @@ def _lease_unfinished(
     return leased
 
 
-def _busy(table: str, holder: Rebuild | None) -> TerminalError:
+class RebuildBusy(TerminalError):
+    """Another live run holds the table's rebuild."""
+
+
+def _busy(table: str, holder: Rebuild | None) -> RebuildBusy:
     who = "another run" if holder is None else f"{holder.lease.owner} (into {holder.new_index})"
-    return TerminalError(
+    return RebuildBusy(
         f"a reindex of {table} is running: {who} holds it",
         hint="wait for it to end, or stop it first (a killed run's lease runs out after "
         "state.lease_seconds)",
@@ -336,10 +340,12 @@ class _StreamFollower:
 
     def __init__(self, cfg: Config, mapping: TableMapping, worker: str) -> None:
         self.worker_id = f"{worker}{FOLLOWER_SUFFIX}"
+        # A gap while rebuilding is a gap of the new index too: no rebuild within a rebuild.
+        on_gap = "stop" if cfg.follow.on_gap == "reindex" else cfg.follow.on_gap
         self.cfg = dataclasses.replace(
             cfg,
             state=dataclasses.replace(cfg.state, worker_id=self.worker_id),
-            follow=dataclasses.replace(cfg.follow, metrics_port=None),
+            follow=dataclasses.replace(cfg.follow, metrics_port=None, on_gap=on_gap),
         )
         self.mapping = mapping
         self.stop = threading.Event()

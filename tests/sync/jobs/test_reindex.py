@@ -527,3 +527,65 @@ def test_a_second_run_while_one_holds_the_rebuild_is_refused_in_one_line(
         run_reindex(stack.cfg, stack.mapping)
     assert not errors
     assert alias_targets(opensearch, stack.alias) == [old]
+
+
+# ---- follow.on_gap = "reindex" ------------------------------------------------------------------
+
+
+def test_a_gap_under_on_gap_reindex_rebuilds_the_index_and_the_follower_goes_on_with_it(
+    cql: Any,
+    keyspace: str,
+    tmp_path: Path,
+    make_config: Callable[..., Config],
+    opensearch: OpenSearch,
+) -> None:
+    """CDC switched off and on while nobody followed: what was written meanwhile reached
+    no stream (a gap). The follower rebuilds the index from the table and follows it."""
+    stack = Stack(
+        cql, keyspace, tmp_path, make_config, client_timestamps=False, follow={"on_gap": "reindex"}
+    )
+    stack.fill()
+    assert run_backfill(stack.cfg, stack.mapping).complete
+    converge(stack, opensearch, label=False)  # checkpoints: the follower was up to date
+    table = f'"{keyspace}"."t"'
+    cql.execute(f"ALTER TABLE {table} WITH cdc = false")
+    for _ in range(10):
+        stack.write()  # into no stream: only a snapshot can bring these
+    cql.execute(
+        f"ALTER TABLE {table} WITH cdc = true AND CUSTOM_PROPERTIES = "
+        "{'cdc_specification': {'view_type': 'NEW_AND_OLD_IMAGES'}}"
+    )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            run_follow(stack.cfg, stack.mapping, stop=stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        until(
+            lambda: alias_targets(opensearch, stack.alias) == [f"{stack.alias}_v2"],
+            "the follower rebuilt the index",
+            seconds=120,
+        )
+        until(
+            lambda: indexed(opensearch, stack.alias) == stack.expected(label=False),
+            "the new index equals the table",
+        )
+        stack.write()  # after the rebuild: the follower follows the new index
+        until(
+            lambda: indexed(opensearch, stack.alias) == stack.expected(label=False),
+            "a change after the rebuild arrives",
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not errors, errors
+    gaps = StateStore(opensearch, stack.cfg.state.index).list_gaps(f"{keyspace}.t")
+    assert [(g.kind, g.policy) for g in gaps] == [("stream-switch", "reindex")]
+    rebuild = store_of(stack, opensearch).get_rebuild(f"{keyspace}.t")
+    assert rebuild is not None and rebuild.phase == "done"
