@@ -48,7 +48,7 @@ from opensearchpy import OpenSearch
 
 from sync.clients import opensearch_client, streams_client
 from sync.config import Config
-from sync.errors import OpenSearchRefused, TerminalError
+from sync.errors import Ks2osError, OpenSearchRefused, TerminalError, one_line
 from sync.indices import (
     Target,
     add_new_fields,
@@ -191,7 +191,12 @@ class _Renewer(ContextThread):
 
     def run(self) -> None:
         while not self.finished.wait(self.interval_s):
-            if not self.held.renew():
+            try:
+                renewed = self.held.renew()
+            except Ks2osError as exc:  # OpenSearch away for longer than the retries: try again
+                log.warning("could not renew the rebuild's lease: %s", one_line(exc))
+                continue
+            if not renewed:
                 self.lost = True
                 log.error("another reindex run took over the rebuild; stopping")
                 self.stop.set()
@@ -766,6 +771,9 @@ def run_reindex(
                 _abort(client, store, held, summary, stop)
             else:
                 _Reindex(cfg, mapping, client, store, held, stop, summary, metrics).run(delete_old)
+        except LeaseLost:
+            # Our lease lapsed (a long stall) and another run took the rebuild over.
+            raise _busy(table, store.get_rebuild(table)) from None
         finally:
             renewer.finished.set()
             renewer.join()

@@ -51,3 +51,15 @@ def test_the_summary_says_what_became_of_both_indexes() -> None:
     assert stopped.endswith("run ks2os reindex again to resume")
     aborted = replace(summary, phase="aborted").text()
     assert "still points at ks-t_v1" in aborted and aborted.endswith("result: aborted")
+
+
+def test_abort_and_delete_old_exclude_each_other_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sync.cli import EXIT_USAGE, main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["reindex", "--abort", "--delete-old"])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not allowed with argument" in err[0]
