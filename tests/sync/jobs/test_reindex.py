@@ -46,7 +46,8 @@ CATCH_UP_S = 60.0
 
 
 def _mapping_text(keyspace: str, version: int) -> str:
-    """v1: `a` a keyword; v2: `a` text, and a new computed field `label` (a copy of `a`)."""
+    """v1: `a` a keyword; v2: `a` text, and a new computed field `label` (a copy of `a`);
+    v3: `a` text only (the same documents as v1, in an index mapped otherwise)."""
     a_type = "keyword" if version == 1 else "text"
     text = (
         f'[source]\nkeyspace = "{keyspace}"\ntable = "t"\n'
@@ -100,8 +101,8 @@ class Stack:
     def mapping(self) -> TableMapping:
         return load_mapping(self.path)
 
-    def change_mapping(self) -> None:
-        self.path.write_text(_mapping_text(self.keyspace, 2))
+    def change_mapping(self, version: int = 2) -> None:
+        self.path.write_text(_mapping_text(self.keyspace, version))
 
     def _ts(self) -> tuple[str, int]:
         """USING clause and the model's timestamp: out of order with client timestamps."""
@@ -294,6 +295,52 @@ def test_reindex_under_writes_with_no_follower_swaps_to_an_index_equal_to_the_ta
     converge(stack, opensearch)
     rebuild = store_of(stack, opensearch).get_rebuild(f"{keyspace}.t")
     assert rebuild is not None and rebuild.phase == "done" and rebuild.new_index == new
+
+
+def test_reindex_under_writes_with_a_follower_running_throughout(
+    cql: Any,
+    keyspace: str,
+    tmp_path: Path,
+    make_config: Callable[..., Config],
+    opensearch: OpenSearch,
+) -> None:
+    """A follower (in-process) runs all along and writes both indexes while the rebuild
+    asks it to; the reindex leaves the stream to it. The mapping change keeps documents
+    as they were (a field's type only), as a follower started before it builds them."""
+    stack = Stack(cql, keyspace, tmp_path, make_config, client_timestamps=False)
+    stack.fill()
+    assert run_backfill(stack.cfg, stack.mapping).complete
+    follower_cfg = make_config(str(stack.path), state={"lease_seconds": 3, "worker_id": "f1"})
+    first = tmp_path / "t-v1.toml"
+    first.write_text(_mapping_text(keyspace, 1))
+    followers: list[Follower] = []
+    follow_stop = threading.Event()
+    follow_thread = threading.Thread(
+        target=run_follow,
+        args=(follower_cfg, load_mapping(first)),
+        kwargs={"stop": follow_stop, "on_start": followers.append},
+        daemon=True,
+    )
+    follow_thread.start()
+    until(lambda: bool(followers) and followers[0].planned, "the follower reads the stream")
+    stack.change_mapping(version=3)
+    searcher = Searcher(opensearch, stack)
+    result: list[Any] = []
+    with background(stack.write, 0.02) as writer, background(searcher.step, 0.01) as search:
+        reindex = threading.Thread(
+            target=lambda: result.append(run_reindex(stack.cfg, stack.mapping)), daemon=True
+        )
+        reindex.start()
+        reindex.join(timeout=120)
+    follow_stop.set()
+    follow_thread.join(timeout=60)
+    assert not reindex.is_alive(), "the reindex did not end"
+    assert not writer and not search, writer + search
+    (summary,) = result
+    assert summary.phase == "done" and not summary.followed_stream
+    assert searcher.most_missing <= 0
+    assert new_index_of(stack, opensearch) == f"{stack.alias}_v2"
+    converge(stack, opensearch, label=False)
 
 
 def test_a_follower_killed_mid_rebuild_leaves_the_stream_to_the_reindex(
