@@ -353,10 +353,11 @@ def test_a_follower_killed_mid_rebuild_leaves_the_stream_to_the_reindex(
     tmp_path: Path,
     make_config: Callable[..., Config],
     opensearch: OpenSearch,
+    client_timestamps: bool,
 ) -> None:
     """A follower runs when the reindex starts, and dies (stopped in-process without its
     clean shutdown: leases and heartbeat left to expire, as after a SIGKILL) mid-rebuild."""
-    stack = Stack(cql, keyspace, tmp_path, make_config, client_timestamps=False)
+    stack = Stack(cql, keyspace, tmp_path, make_config, client_timestamps)
     loaded(stack, opensearch)
     followers: list[Follower] = []
     follow_stop = threading.Event()
