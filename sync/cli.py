@@ -10,8 +10,8 @@ where ks2os calls it (see `sync.errors`), so tracebacks are for bugs only.
 `verify` exits 0 when the index matches the table and 1 when it does not,
 its report on stdout (a run that could not go on has no report).
 
-The commands that take tables (`backfill`, `follow`, `verify`, `reindex`, `cleanup`)
-run on every mapping the config names, or the one `--table` picks
+The commands that take tables (`backfill`, `follow`, `verify`, `reindex`, `cleanup`,
+`status`) run on every mapping the config names, or the one `--table` picks
 (`sync.tables`; `_mapping_option` and `_selected_tables` for a new command,
 `_load_table_mapping` for one that takes a single table); `sync.jobs.multi`
 runs them. Each table's outcome is one JSON line on stdout: `table`,
@@ -210,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="count what would be removed, remove nothing"
     )
     cleanup.set_defaults(handler=_cleanup)
+
+    status = commands.add_parser(
+        "status",
+        help="where each table's sync stands: streams and shards (checkpoints, leases, lag), "
+        "workers, backfill and rebuild progress, gaps, dead letters (writes nothing)",
+    )
+    _mapping_option(status)
+    status.add_argument(
+        "--json", action="store_true", help="one JSON object per table, one line each"
+    )
+    status.set_defaults(handler=_status)
 
     mapping = commands.add_parser("mapping", help="work with mapping files")
     mapping_commands = mapping.add_subparsers(
@@ -437,6 +448,32 @@ def _cleanup(args: argparse.Namespace, cfg: Config) -> int:
             stop=stop,
         )
     return _finish(runs, _print_outcome)
+
+
+def _status(args: argparse.Namespace, cfg: Config) -> int:
+    """Each table's status: text for a person, or one JSON line per table (`--json`)."""
+    from sync.jobs.multi import one_after_another
+    from sync.jobs.status import TableStatus, run_status
+
+    tables = _selected_tables(args, cfg)
+
+    def show(run: TableRun[TableStatus]) -> int:
+        if args.json:
+            return _print_outcome(run)
+        if run.result is not None:
+            sys.stdout.write(run.result.text() + "\n")
+        elif not run.begun:
+            sys.stdout.write(f"status {run.table}: not read: {NOT_BEGUN}\n")
+        return EXIT_OK
+
+    with stop_on_signals() as stop:
+        runs = one_after_another(
+            tables,
+            lambda mapping: run_status(cfg, mapping, stop=stop),
+            on_failure=cfg.on_table_failure,
+            stop=stop,
+        )
+    return _finish(runs, show)
 
 
 def _mapping_generate(args: argparse.Namespace, cfg: Config) -> int:

@@ -4,15 +4,16 @@ The tree::
 
     Ks2osError                   base; `.hint` says how to mend it
     ├── ConfigError              the configuration, a mapping file or the command line is
-    │                            wrong, or a service refused what it says (credentials,
-    │                            a mapping OpenSearch cannot create, a port in use): exit 2
+    │   │                        wrong, or a service refused what it says (credentials,
+    │   │                        a mapping OpenSearch cannot create, a port in use): exit 2
+    │   └── MappingConflict      the mapping file changed in a way the live index cannot
+    │                            take in place (`sync.drift`): a reindex applies it
     ├── TransientError           may pass by itself (a service unreachable, pushing back,
     │   │                        timing out): retried through `sync.retry`, then exit 1
     │   └── OpenSearchUnavailable    OpenSearch kept failing (429, 5xx, timeouts, connection)
     ├── TerminalError            retrying cannot mend it; a person must act: exit 1
     │   ├── OpenSearchRefused    OpenSearch refused a request (`.status`, `.error_type`)
-    │   ├── StreamsRefused       the Keyspaces Streams API refused a request (`.code`, `.detail`)
-    │   └── MappingConflict      the live index mapping disagrees with the mapping file
+    │   └── StreamsRefused       the Keyspaces Streams API refused a request (`.code`, `.detail`)
     └── DecodeError              one record, row or value cannot be decoded: dead-letter it
         └── DocumentError        a change's document could not be built (a hook raised,
                                  or returned no JSON-ready body): dead-letter it
@@ -94,8 +95,12 @@ class StreamsRefused(TerminalError):
         self.detail = detail  # Keyspaces' finer errorCode, e.g. TrimmedDataAccess
 
 
-class MappingConflict(TerminalError):
-    """The live index mapping conflicts with the mapping file."""
+class MappingConflict(ConfigError):
+    """The mapping file changed in a way the live index cannot take in place.
+
+    A configuration matter (exit 2): the file asks for an index that only
+    `ks2os reindex` can build.
+    """
 
 
 class DocumentError(DecodeError):

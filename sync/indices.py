@@ -1,4 +1,4 @@
-"""Versioned indexes and their alias: create `<alias>_v<N>`, swap atomically, check mappings.
+"""Versioned indexes and their alias: create `<alias>_v<N>`, swap atomically, reconcile mappings.
 
 Searches always go through the alias. Its filter hides tombstones (deleted
 rows), partition documents (a static table's per-partition static values,
@@ -19,6 +19,7 @@ mapping file.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,8 +29,11 @@ from opensearchpy import OpenSearch
 
 from sync.bulk import opensearch_errors
 from sync.documents import DEAD_LETTER, META_FIELD, PARTITION_KIND, VALUE_EXPIRES_AT
+from sync.drift import Drift, compare
 from sync.errors import ConfigError, MappingConflict, OpenSearchRefused
 from sync.mapping import TableMapping
+
+log = logging.getLogger(__name__)
 
 META_MAPPING: Mapping[str, Any] = {
     "properties": {
@@ -304,38 +308,61 @@ def add_missing_meta_fields(client: OpenSearch, index: str) -> list[str]:
     return sorted(missing)
 
 
-def check_mapping_compatible(client: OpenSearch, index: str, mapping: TableMapping) -> None:
-    """Raise `MappingConflict` when a field's live type differs from the file's."""
+def reconcile_mapping(client: OpenSearch, index: str, mapping: TableMapping) -> Drift:
+    """Bring `index` in line with the mapping file where OpenSearch allows it, else refuse.
+
+    Compares the live mapping and settings with the file (`sync.drift`):
+    identical, nothing happens; only additions and live-changeable settings,
+    they are applied (put-mapping, put-settings) and logged in one line each;
+    anything else raises `MappingConflict` naming the first difference. A job
+    runs it on its target before writing; an index just created from the file
+    needs no check.
+    """
+    drift = mapping_drift(client, index, mapping)
+    if drift.mapping_update:
+        with opensearch_errors(f"adding {', '.join(drift.added_fields)} to the mapping of {index}"):
+            client.indices.put_mapping(index=index, body=drift.mapping_update)
+        if drift.added_fields:
+            log.info(
+                "index %s: added %s from %s; documents written before have none of them: "
+                "run `ks2os reindex` to fill them for existing rows",
+                index,
+                ", ".join(drift.added_fields),
+                mapping.path,
+            )
+    if drift.settings_update:
+        shown = ", ".join(f"{k} = {v}" for k, v in drift.settings_update.items())
+        with opensearch_errors(f"changing {shown} of {index}"):
+            client.indices.put_settings(index=index, body=drift.settings_update)
+        log.info("index %s: settings changed to %s from %s", index, shown, mapping.path)
+    return drift
+
+
+def mapping_drift(client: OpenSearch, index: str, mapping: TableMapping) -> Drift:
+    """How `index` differs from the mapping file (`sync.drift`); raises `MappingConflict`
+    when only a new index can take the file. Reads, writes nothing."""
     with opensearch_errors(f"reading the mapping of {index}"):
         live = client.indices.get_mapping(index=index)
-    live_properties = next(iter(live.values()))["mappings"].get("properties", {})
-    wanted = index_settings_and_mappings(mapping)["mappings"].get("properties", {})
-    conflict = _first_conflict(live_properties, wanted, "")
-    if conflict is not None:
-        field_name, live_type, file_type = conflict
-        raise MappingConflict(
-            f"index {index}: field {field_name!r} is {live_type} in OpenSearch but "
-            f"{file_type} in {mapping.path}",
-            hint="run `ks2os reindex` to build a new index with the new mapping",
+        settings = client.indices.get_settings(
+            index=index, params={"flat_settings": "true", "include_defaults": "true"}
         )
+    live_mappings = next(iter(live.values()))["mappings"]
+    found = next(iter(settings.values()))
+    live_settings = {**found.get("defaults", {}), **found.get("settings", {})}
+    wanted = index_settings_and_mappings(mapping)
+    # Settings: only those the file names (ks2os's defaults apply when an index is made;
+    # a live index keeps what an operator changed by hand, unless the file says otherwise).
+    drift = compare(live_mappings, live_settings, wanted["mappings"], mapping.stated_settings)
+    if drift.conflict is not None:
+        c = drift.conflict
+        raise MappingConflict(
+            f"index {index}: {c.where} is {c.live} in OpenSearch but {c.file} in {mapping.path}",
+            hint="run `ks2os reindex` to build a new index with this mapping",
+        )
+    return drift
 
 
-def _first_conflict(
-    live: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str
-) -> tuple[str, str, str] | None:
-    for name, want in wanted.items():
-        have = live.get(name)
-        if have is None or not isinstance(want, Mapping):
-            continue  # a new field is added dynamically or by a reindex, not a conflict
-        path = prefix + name
-        have_type = have.get("type", "object")
-        want_type = want.get("type", "object")
-        if have_type != want_type:
-            return path, have_type, want_type
-        found = _first_conflict(have.get("properties", {}), want.get("properties", {}), path + ".")
-        if found is not None:
-            return found
-        fields = _first_conflict(have.get("fields", {}), want.get("fields", {}), path + ".")
-        if fields is not None:
-            return fields
-    return None
+def check_mapping_compatible(client: OpenSearch, index: str, mapping: TableMapping) -> None:
+    """`MappingConflict` when the file asks for what only a new index can take; additions
+    are not applied here (`reconcile_mapping` applies them)."""
+    mapping_drift(client, index, mapping)

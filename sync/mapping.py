@@ -225,6 +225,10 @@ class TableMapping:
     mappings: Mapping[str, Any] = field(hash=False)
     document: DocumentSpec = field(default_factory=DocumentSpec)
     path: str = "<memory>"
+    # The file's own [index.settings] (nested under "index"), without the defaults: what a
+    # live index is compared with (`sync.drift`), so a setting changed by hand that the
+    # file never named is left alone.
+    stated_settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 _SECTIONS: Mapping[str, frozenset[str]] = {
@@ -283,7 +287,8 @@ def mapping_from_dict(data: Mapping[str, Any], where: str = "<memory>") -> Table
     alias = checker.string(index, "index", "alias", required=True)
     if not _INDEX_NAME.fullmatch(alias):
         checker.fail("index.alias", 'a lowercase index name such as "demo-products"')
-    settings = merge_settings(DEFAULT_SETTINGS, checker.table(index, "index", "settings"))
+    stated = checker.table(index, "index", "settings")
+    settings = merge_settings(DEFAULT_SETTINGS, stated)
     mappings = checker.table(index, "index", "mappings")
     return TableMapping(
         keyspace=checker.string(source, "source", "keyspace", required=True),
@@ -293,6 +298,7 @@ def mapping_from_dict(data: Mapping[str, Any], where: str = "<memory>") -> Table
         mappings=mappings,
         document=_document_spec(checker, document, mappings, settings),
         path=where,
+        stated_settings=merge_settings({}, stated),
     )
 
 

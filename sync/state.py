@@ -552,6 +552,17 @@ class StateStore:
 
     # ---- the index ---------------------------------------------------------
 
+    def exists(self) -> bool:
+        """Is there a state index? Creates nothing (`ks2os status` must write nothing).
+
+        When there is one, later calls take it as there and do not create it either.
+        """
+        if self._ensured:
+            return True
+        request = functools.partial(self._client.indices.exists, index=self.index)
+        self._ensured = bool(call(self._policy, f"looking for {self.index}", request))
+        return self._ensured
+
     def ensure(self) -> None:
         """Create the state index if it does not exist (idempotent, race-safe)."""
         if self._ensured:

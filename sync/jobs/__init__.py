@@ -30,8 +30,8 @@ from sync.documents import DocumentBuilder
 from sync.indices import (
     Target,
     add_missing_meta_fields,
-    check_mapping_compatible,
     current_target,
+    reconcile_mapping,
     update_alias_filter,
 )
 from sync.keyspaces import TableInfo, describe_table
@@ -65,6 +65,8 @@ class Job:
     `target` is where the job writes (default: the alias's current index,
     created when there is none); `stop` is the job's stop event; `metrics`
     the process's series (default: a registry of the job's own).
+    `check_mapping=False` skips comparing the target with the mapping file
+    (`sync.indices.reconcile_mapping`): for a target just created from it.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class Job:
         session: Session | None = None,
         client: OpenSearch | None = None,
         metrics: Metrics | None = None,
+        check_mapping: bool = True,
     ) -> None:
         self.cfg = cfg
         self.mapping = mapping
@@ -102,9 +105,11 @@ class Job:
             self.tokens = PartitionTokens(self.session, self.info)
             self.builder = DocumentBuilder(mapping, self.info.key, tokens=self.tokens.token)
             self.target = target or current_target(self.client, mapping)
-            # Refuse before writing: documents shaped for another mapping would all be
-            # dead-lettered or, worse, indexed with the wrong field types.
-            check_mapping_compatible(self.client, self.target.index, mapping)
+            # Before writing: a field the live index lacks would dead-letter every document
+            # carrying it (dynamic "strict"), a changed one index them wrongly. Additions
+            # are applied in place; anything else stops the job (`MappingConflict`).
+            if check_mapping:
+                reconcile_mapping(self.client, self.target.index, mapping)
             # An index made before a `_ks2os` field existed (the token) gets it mapped.
             added = add_missing_meta_fields(self.client, self.target.index)
             if added:

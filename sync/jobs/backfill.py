@@ -707,7 +707,9 @@ def run_backfill(
         renewer.join()
         complete = backfill.all_done.is_set() and not backfill.errors
         backfill.all_done.set()  # ends the reporter
-        reporter.join(timeout=2)
+        # Wholly: a last round of the reporter landing after the final figures below
+        # would leave the gauges showing a run not done.
+        reporter.join()
         backfill.publish(*backfill.progress.estimate(time.monotonic())[:2])
         if backfill.errors:
             raise backfill.errors[0]

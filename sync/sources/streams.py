@@ -384,13 +384,26 @@ def list_table_streams(
     client: Any, info: TableInfo, stop: threading.Event | None = None
 ) -> list[StreamSummary]:
     """Every stream ListStreams gives for the table, oldest first (by label: creation time)."""
+    return list_streams_of(client, info.keyspace, info.name, stop)
+
+
+def list_streams_of(
+    client: Any,
+    keyspace: str,
+    table: str,
+    stop: threading.Event | None = None,
+    *,
+    patient: bool = True,
+) -> list[StreamSummary]:
+    """`list_table_streams` by the table's name alone (no CQL session needed); not
+    `patient`, a lost connection is not retried (reported at once)."""
     found: dict[str, StreamSummary] = {}
     token: str | None = None
     while True:
-        kwargs: dict[str, Any] = {"keyspaceName": info.keyspace, "tableName": info.name}
+        kwargs: dict[str, Any] = {"keyspaceName": keyspace, "tableName": table}
         if token:
             kwargs["nextToken"] = token
-        page = _call(client.list_streams, stop=stop, **kwargs)
+        page = _call(client.list_streams, stop=stop, patient=patient, **kwargs)
         for stream in page.get("streams", []):
             arn = stream["streamArn"]
             found[arn] = StreamSummary(arn, stream.get("streamLabel") or label_of(arn))
@@ -779,6 +792,47 @@ class ShardReader:
         except Ks2osError as exc:  # retrying cannot mend it: the record is dead-lettered
             cause = type(exc.__cause__ or exc).__name__
             raise DecodeError(f"row lookup failed for key {missing.key!r}: {cause}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Peek:
+    """What a shard holds after a position, seen without reading it: `oldest_ms` is the
+    `createdAt` of the first record there (None: nothing, the reader is at the tip or the
+    shard's end); `lost` says the records there are gone (trimmed, or the shard with them)."""
+
+    oldest_ms: int | None
+    lost: bool = False
+
+
+def peek_after(
+    client: Any,
+    stream_arn: str,
+    shard_id: str,
+    after: str | None,
+    stop: threading.Event | None = None,
+) -> Peek:
+    """The first record of a shard after `after` (None: from its trim horizon), read once.
+
+    For overviews (`ks2os status`): one GetShardIterator and one GetRecords of at
+    most one record; no state, no lease, nothing decoded but `createdAt`.
+    """
+    kwargs: dict[str, Any] = {"streamArn": stream_arn, "shardId": shard_id}
+    if after is None:
+        kwargs["shardIteratorType"] = "TRIM_HORIZON"
+    else:
+        kwargs["shardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+        kwargs["sequenceNumber"] = after
+    try:
+        iterator = _call(client.get_shard_iterator, stop=stop, **kwargs).get("shardIterator")
+        if iterator is None:
+            return Peek(None)
+        reply = _call(client.get_records, stop=stop, shardIterator=iterator, maxResults=1)
+    except StreamsRefused as exc:
+        if exc.code == "ResourceNotFoundException" or exc.detail == "TrimmedDataAccess":
+            return Peek(None, lost=True)
+        raise
+    records = reply.get("changeRecords") or []
+    return Peek(_epoch_ms(records[0].get("createdAt")) if records else None)
 
 
 def _epoch_ms(value: Any) -> int:

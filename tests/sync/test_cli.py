@@ -228,10 +228,9 @@ def test_backfill_refuses_an_index_whose_mapping_conflicts(
     )
     config = _config_file(make_config, tmp_path, mapping)
     result = ks2os("--config", str(config), "backfill", cwd=tmp_path, env=_aws_env())
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("ks2os:")]
-    assert len(lines) == 1 and "field 'n' is text in OpenSearch but integer" in lines[0]
+    line = failure(result, 2)  # a configuration matter: the file asks for another index
+    assert f"field 'n' type is 'text' in OpenSearch but 'integer' in {mapping}" in line
+    assert line.endswith("run `ks2os reindex` to build a new index with this mapping")
     assert opensearch.count(index=f"{alias}_v1")["count"] == 0
 
 
@@ -438,6 +437,58 @@ def test_an_unreachable_streams_endpoint_is_one_line_at_start_and_exit_1(
     line = failure(result, 1)
     assert "cannot reach Keyspaces Streams" in line and f"127.0.0.1:{port}" in line
     assert "keyspaces.streams_endpoint" in line
+
+
+def test_status_prints_each_table_and_never_fails_with_a_traceback(
+    cql: Any, keyspace: str, make_config: Any, tmp_path: Path, opensearch: Any
+) -> None:
+    mapping = cdc_table(cql, keyspace, tmp_path)
+    make_config(str(mapping))
+    never = ks2os("--config", "ks2os.toml", "status", cwd=tmp_path, env=_aws_env())
+    assert never.returncode == 0, never.stderr
+    assert never.stdout.startswith(f"status {keyspace}.t: alias {keyspace}-t -> none\n")
+    assert "never run" in never.stdout
+    assert ks2os("--config", "ks2os.toml", "backfill", cwd=tmp_path, env=_aws_env()).returncode == 0
+    shown = ks2os("--config", "ks2os.toml", "status", "--json", cwd=tmp_path, env=_aws_env())
+    assert shown.returncode == 0, shown.stderr
+    (line,) = shown.stdout.splitlines()
+    status = orjson.loads(line)
+    assert (status["table"], status["alias"], status["outcome"]) == (
+        f"{keyspace}.t",
+        f"{keyspace}-t",
+        "done",
+    )
+    assert status["index"] == f"{keyspace}-t_v1" and status["backfills"][0]["finished"]
+
+    # Several tables: one line each, in the config's order.
+    other = tmp_path / "u.toml"
+    other.write_text(
+        f'[source]\nkeyspace = "{keyspace}"\ntable = "u"\n[index]\nalias = "{keyspace}-u"\n'
+    )
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."u" (id int PRIMARY KEY) WITH cdc = true AND '
+        "CUSTOM_PROPERTIES = {'cdc_specification': {'view_type': 'NEW_AND_OLD_IMAGES'}}"
+    )
+    config = tmp_path / "ks2os.toml"
+    config.write_text(
+        config.read_text().replace(f'mapping = "{mapping}"', f'mappings = ["{mapping}", "{other}"]')
+    )
+    both = ks2os("--config", "ks2os.toml", "status", "--json", cwd=tmp_path, env=_aws_env())
+    assert both.returncode == 0, both.stderr
+    lines = [orjson.loads(line) for line in both.stdout.splitlines()]
+    assert [(s["table"], s["never_run"]) for s in lines] == [
+        (f"{keyspace}.t", False),
+        (f"{keyspace}.u", True),  # the state index exists; nothing of u is in it
+    ]
+    assert lines[1]["backfills"] == [] and lines[1]["streams"][0]["shards"] == []
+
+    port = free_port()
+    make_config(str(mapping), opensearch={"hosts": [f"http://127.0.0.1:{port}"]})
+    line = failure(ks2os("--config", "ks2os.toml", "status", cwd=tmp_path, env=_aws_env()), 1)
+    assert "cannot reach OpenSearch" in line and "opensearch.hosts" in line
+    make_config(str(mapping), keyspaces={"streams_endpoint": f"http://127.0.0.1:{port}"})
+    line = failure(ks2os("--config", "ks2os.toml", "status", cwd=tmp_path, env=_aws_env()), 1)
+    assert "cannot reach Keyspaces Streams" in line and "keyspaces.streams_endpoint" in line
 
 
 @pytest.fixture(scope="module")

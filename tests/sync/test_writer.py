@@ -27,11 +27,11 @@ from sync.documents import DocumentBuilder
 from sync.errors import MappingConflict
 from sync.indices import (
     alias_targets,
-    check_mapping_compatible,
     create_next_index,
     ensure_index,
     index_settings_and_mappings,
     index_versions,
+    reconcile_mapping,
     swap_alias,
 )
 from sync.mapping import TableMapping, mapping_from_dict
@@ -269,7 +269,7 @@ def test_a_mapping_conflict_is_refused_with_a_clear_message(
     opensearch: OpenSearch, tmp_path: Path
 ) -> None:
     setup = Setup(opensearch, tmp_path)
-    check_mapping_compatible(opensearch, setup.index, setup.mapping)  # same file: fine
+    assert reconcile_mapping(opensearch, setup.index, setup.mapping).identical  # same file
     changed = mapping_from_dict(
         {
             "source": {"keyspace": "demo", "table": "items"},
@@ -281,7 +281,7 @@ def test_a_mapping_conflict_is_refused_with_a_clear_message(
         "changed.toml",
     )
     with pytest.raises(MappingConflict) as raised:
-        check_mapping_compatible(opensearch, setup.index, changed)
+        reconcile_mapping(opensearch, setup.index, changed)
     message = str(raised.value)
     assert "\n" not in message
     assert "'n'" in message and "integer" in message and "keyword" in message
