@@ -48,7 +48,7 @@ from opensearchpy import OpenSearch
 
 from sync.clients import opensearch_client, streams_client
 from sync.config import Config
-from sync.errors import Ks2osError, OpenSearchRefused, TerminalError, one_line
+from sync.errors import Ks2osError, MappingConflict, OpenSearchRefused, TerminalError, one_line
 from sync.indices import (
     Target,
     add_new_fields,
@@ -493,15 +493,7 @@ class _Reindex:
         """Fill the new index and wait until it may serve; False when stopped first."""
         rebuild = self.held.get()
         create_index(self.client, rebuild.new_index, self.mapping)
-        target = Target(rebuild.alias, rebuild.new_index)
-        with Job(
-            self.cfg,
-            self.mapping,
-            target=target,
-            stop=self.stop,
-            client=self.client,
-            metrics=self.metrics,
-        ) as job:
+        with self._new_index_job(rebuild) as job:
             try:
                 if not self._changes_reach(job):
                     return False
@@ -515,6 +507,25 @@ class _Reindex:
                 self.summary.followed_stream = self.here.running
             self.here.check()
         return True
+
+    def _new_index_job(self, rebuild: Rebuild) -> Job:
+        """The job that fills the new index; a resumed run whose mapping file changed since
+        the new index was made says how to start over."""
+        try:
+            return Job(
+                self.cfg,
+                self.mapping,
+                target=Target(rebuild.alias, rebuild.new_index),
+                stop=self.stop,
+                client=self.client,
+                metrics=self.metrics,
+            )
+        except MappingConflict as exc:
+            raise MappingConflict(
+                f"the mapping file changed since this rebuild made {rebuild.new_index}: {exc}",
+                hint="ks2os reindex --abort, then ks2os reindex builds an index of the file as "
+                "it is now",
+            ) from None
 
     def _other_followers(self) -> dict[str, frozenset[str]]:
         live = self.store.live_worker_targets(FOLLOW_ROLE, self.table)

@@ -30,7 +30,7 @@ import pytest
 from opensearchpy import OpenSearch
 
 from sync.config import Config
-from sync.errors import TerminalError
+from sync.errors import MappingConflict, TerminalError
 from sync.indices import alias_targets, index_versions
 from sync.jobs.backfill import backfill_key, run_backfill
 from sync.jobs.cleanup import run_cleanup
@@ -494,6 +494,11 @@ def test_abort_before_the_swap_deletes_the_new_index_and_leaves_the_alias(
     reindex.join(timeout=60)
     assert result and result[0].phase == "building"
     assert new in index_versions(opensearch, stack.alias)
+    # The mapping file changed again meanwhile: the half-built index is of the old one.
+    stack.change_mapping(version=1)
+    with pytest.raises(MappingConflict, match="changed since this rebuild") as changed:
+        run_reindex(stack.cfg, stack.mapping)
+    assert "--abort" in changed.value.hint
 
     summary = run_reindex(stack.cfg, stack.mapping, abort=True)
     assert summary.phase == "aborted" and summary.resumed
