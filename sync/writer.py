@@ -47,6 +47,18 @@ is read again (a backfill range from its last acknowledged token; a stream
 record from the checkpoint, or reported as a gap when the stream no longer
 holds it).
 
+**Several indexes.** While a rebuild lasts the job's `WriteTargets` name two
+indexes, and each `write` goes to both: each index has its own transport and
+its own merge (a static table's merge reads that index's stored documents),
+and a change's outcome combines both: rejected if either index refused it
+(dead-lettered once, the reason saying in which index), else applied if
+either applied it, else stale (a 409 in one index says nothing of the
+other). So the caller checkpoints only what both acknowledged. Before
+writing to one of several indexes the writer checks that it exists (a bulk
+write would create a deleted index anew); a missing one is dropped when the
+targets no longer want it (`WriteTargets.recheck`: a rebuild aborted or
+done), else the write fails.
+
 An `observer` (the job's metrics) is told of every retry and its reason as
 it happens, and after every `write` what it cost (bulk request durations)
 and which changes OpenSearch acknowledged.
@@ -54,25 +66,28 @@ and which changes OpenSearch acknowledged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from opensearchpy import OpenSearch
 
-from sync.bulk import Action, Bulk, Document, Reader, Traffic, Verdict
+from sync.bulk import Action, Bulk, Document, Reader, Traffic, Verdict, call
 from sync.config import WriterSettings
 from sync.deadletter import DeadLetterStore, Outcome
 from sync.documents import DocumentBuilder
-from sync.errors import DecodeError, TerminalError
+from sync.errors import DecodeError, OpenSearchRefused, TerminalError
 from sync.mapping import Shape
 from sync.model import Change
 from sync.partitions import PartitionWriter
 from sync.retry import RetryPolicy
 from sync.statics import MergeReport, StaticMerge, StaticsCheck
+from sync.targets import WriteTargets
 from sync.version import version_ms
 
 log = logging.getLogger(__name__)
@@ -142,11 +157,22 @@ class WriterCounters:
             return {**self._totals.counts(), "requests": self.requests}
 
 
-class BulkWriter:
-    """Writes changes to one index with external versions; see the module docstring.
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    """One index's transport and, for static and partition tables, its merge."""
 
-    `stop`, when given, is the job's stop event: a retry wait ends as soon as
-    it is set, and the write then fails with `OpenSearchUnavailable`.
+    index: str
+    bulk: Bulk
+    merge: StaticMerge | PartitionWriter | None
+
+
+class BulkWriter:
+    """Writes changes with external versions to the job's indexes; see the module docstring.
+
+    `index` is the one it writes unless `targets` (the job's, shared by its
+    writers) says otherwise. `stop`, when given, is the job's stop event: a
+    retry wait ends as soon as it is set, and the write then fails with
+    `OpenSearchUnavailable`.
     """
 
     def __init__(
@@ -161,6 +187,7 @@ class BulkWriter:
         max_age_ms: int | None = None,
         observer: WriteObserver | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        targets: WriteTargets | None = None,
     ) -> None:
         self.client = client
         self.index = index
@@ -170,31 +197,46 @@ class BulkWriter:
         self.counters = WriterCounters()
         self.max_age_ms = max_age_ms  # None: any age (tests writing made-up versions)
         self.observer = observer
+        self.targets = targets or WriteTargets((index,))
         self._clock = clock_ms
-        policy = RetryPolicy.for_opensearch(self.settings, stop)
-        self.bulk = Bulk(
-            client,
+        self._policy = RetryPolicy.for_opensearch(self.settings, stop)
+        self._lanes: dict[str, _Lane] = {}
+        self._lanes_lock = threading.Lock()
+        self.bulk = self._lane(index).bulk
+
+    def _lane(self, index: str) -> _Lane:
+        with self._lanes_lock:
+            lane = self._lanes.get(index)
+            if lane is None:
+                lane = self._lanes[index] = self._new_lane(index)
+            return lane
+
+    def _new_lane(self, index: str) -> _Lane:
+        settings = self.settings
+        bulk = Bulk(
+            self.client,
             index,
-            policy,
-            max_docs=self.settings.max_docs,
-            max_bytes=self.settings.max_bytes,
-            timeout_s=self.settings.timeout_s,
+            self._policy,
+            max_docs=settings.max_docs,
+            max_bytes=settings.max_bytes,
+            timeout_s=settings.timeout_s,
         )
-        self._merge: StaticMerge | PartitionWriter | None = None
         reader = Reader(
-            client,
+            self.client,
             index,
-            policy,
-            page_size=self.settings.max_docs,
-            timeout_s=self.settings.timeout_s,
+            self._policy,
+            page_size=settings.max_docs,
+            timeout_s=settings.timeout_s,
         )
-        if builder.mapping.document.shape is Shape.PARTITION:
-            self._merge = PartitionWriter(self.bulk, reader, builder)
-        elif builder.table.static:
-            self._merge = StaticMerge(self.bulk, reader, builder)
+        merge: StaticMerge | PartitionWriter | None = None
+        if self.builder.mapping.document.shape is Shape.PARTITION:
+            merge = PartitionWriter(bulk, reader, self.builder)
+        elif self.builder.table.static:
+            merge = StaticMerge(bulk, reader, self.builder)
+        return _Lane(index, bulk, merge)
 
     def write(self, changes: Sequence[Change]) -> WriteReport:
-        """Apply `changes`; returns once each is applied, stale or dead-lettered.
+        """Apply `changes` to every target; returns once each is applied, stale or dead-lettered.
 
         Raises `ChangeTooOld`, writing nothing, when a change is older than `max_age_ms`.
         """
@@ -203,16 +245,13 @@ class BulkWriter:
         traffic = Traffic(on_retry=None if self.observer is None else self.observer.retried)
         acknowledged: Sequence[Change] = ()
         try:
-            if self._merge is not None:
-                merged = self._merge.write(changes, traffic)
-                if isinstance(merged, MergeReport):
-                    outcomes, report.checks = merged.outcomes, merged.checks
-                else:
-                    outcomes = merged
-            else:
-                outcomes = self._write_versioned(changes, traffic)
-                self._mark_versioned([o.change for o in outcomes if _rejected(o)], traffic)
-            self._count(outcomes, report)
+            each: dict[str, list[Outcome]] = {}
+            with self.targets.writing() as indexes:
+                for lane in self._present_lanes(indexes, traffic):
+                    with self._unless_dropped(lane.index):
+                        each[lane.index], checks = self._write_lane(lane, changes, traffic)
+                        report.checks.extend(checks)
+            self._count(_combined(changes, each), report)
             acknowledged = changes
         finally:
             report.retries, report.bytes = traffic.retries, traffic.bytes
@@ -220,6 +259,51 @@ class BulkWriter:
             if self.observer is not None:
                 self.observer.wrote(acknowledged, traffic)
         return report
+
+    def _write_lane(
+        self, lane: _Lane, changes: Sequence[Change], traffic: Traffic
+    ) -> tuple[list[Outcome], list[StaticsCheck]]:
+        """Each change's outcome in one index (rejected ones marked there), and its checks."""
+        if lane.merge is None:
+            outcomes = self._write_versioned(lane.bulk, changes, traffic)
+            self._mark_versioned(lane.bulk, [o.change for o in outcomes if _rejected(o)], traffic)
+            return outcomes, []
+        merged = lane.merge.write(changes, traffic)
+        if isinstance(merged, MergeReport):
+            return merged.outcomes, merged.checks
+        return merged, []
+
+    def _present_lanes(self, indexes: tuple[str, ...], traffic: Traffic) -> list[_Lane]:
+        """The lanes of `indexes`; of several, only those that exist (see `_unless_dropped`)."""
+        lanes = []
+        for index in indexes:
+            with self._unless_dropped(index):
+                if len(indexes) > 1:
+                    # A bulk write creates a missing index anew: a deleted one must not be.
+                    self._require(index, traffic)
+                lanes.append(self._lane(index))
+        return lanes
+
+    def _require(self, index: str, traffic: Traffic) -> None:
+        exists = functools.partial(self.client.indices.exists, index=index)
+        if not call(self._policy, f"checking index {index}", exists, traffic):
+            raise OpenSearchRefused(
+                f"index {index} does not exist",
+                hint="a rebuild still names it: record the rebuild aborted (or done) before "
+                "deleting its index, then start the follower again",
+                status=404,
+                error_type="index_not_found_exception",
+            )
+
+    @contextmanager
+    def _unless_dropped(self, index: str) -> Iterator[None]:
+        """Let a missing index pass when the targets no longer want it; else raise."""
+        try:
+            yield
+        except OpenSearchRefused as exc:
+            if exc.error_type != "index_not_found_exception" or not self.targets.recheck(index):
+                raise
+            log.warning("index %s is gone and no longer wanted: not writing it any more", index)
 
     def _refuse_too_old(self, changes: Sequence[Change]) -> None:
         if self.max_age_ms is None or not changes:
@@ -236,7 +320,9 @@ class BulkWriter:
                 "ranges, a follower its checkpoints, and reports a gap if the stream lost it)",
             )
 
-    def _write_versioned(self, changes: Sequence[Change], traffic: Traffic) -> list[Outcome]:
+    def _write_versioned(
+        self, bulk: Bulk, changes: Sequence[Change], traffic: Traffic
+    ) -> list[Outcome]:
         """One external-versioned action per change (a tombstone for a delete)."""
         outcomes = [Outcome(change) for change in changes]
         sent: list[Outcome] = []
@@ -252,7 +338,7 @@ class BulkWriter:
             outcome.doc_id = action.doc_id or ""
             sent.append(outcome)
             actions.append(action)
-        for outcome, result in zip(sent, self.bulk.send(actions, traffic), strict=True):
+        for outcome, result in zip(sent, bulk.send(actions, traffic), strict=True):
             if result.verdict is Verdict.REJECTED:
                 outcome.reject(outcome.doc_id, f"{result.status} {result.reason}")
             else:
@@ -260,7 +346,8 @@ class BulkWriter:
         return outcomes
 
     def mark(self, changes: Sequence[Change]) -> None:
-        """Mark the documents of changes that were dead-lettered, at each change's version.
+        """Mark the documents of changes that were dead-lettered, at each change's version,
+        in every target.
 
         A change only needs its key, version, source and `static_only` here (a
         delete stands for a record that could not be decoded whole).
@@ -269,31 +356,40 @@ class BulkWriter:
             return
         traffic = Traffic()
         try:
-            if isinstance(self._merge, StaticMerge):
-                self._merge.mark(changes, traffic)
-            elif self._merge is None:
-                self._mark_versioned(changes, traffic)
+            with self.targets.writing() as indexes:
+                for lane in self._present_lanes(indexes, traffic):
+                    with self._unless_dropped(lane.index):
+                        if isinstance(lane.merge, StaticMerge):
+                            lane.merge.mark(changes, traffic)
+                        elif lane.merge is None:
+                            self._mark_versioned(lane.bulk, changes, traffic)
         finally:
             self._add_traffic(traffic)
 
     def drop_expired_statics(self, partitions: Mapping[str, str | None], now_ms: int) -> int:
         """Remove static values whose TTL ran out from these partitions (id -> routing) and
-        their rows; returns the partition documents rewritten (static tables only)."""
-        if not isinstance(self._merge, StaticMerge) or not partitions:
+        their rows; returns the partition documents rewritten (static tables only).
+
+        For a writer of one index (the expiry sweep reads the documents of one index).
+        """
+        merge = self._lane(self.index).merge
+        if not isinstance(merge, StaticMerge) or not partitions:
             return 0
         traffic = Traffic()
         try:
-            return self._merge.drop_expired(partitions, now_ms, traffic)
+            return merge.drop_expired(partitions, now_ms, traffic)
         finally:
             self._add_traffic(traffic)
 
     def show_current_statics(self, rows: Sequence[Document]) -> None:
-        """Bring these stored rows' statics up to their partitions' (static tables only)."""
-        if not isinstance(self._merge, StaticMerge) or not rows:
+        """Bring these stored rows' statics up to their partitions' (static tables only;
+        the rows were read from `index`)."""
+        merge = self._lane(self.index).merge
+        if not isinstance(merge, StaticMerge) or not rows:
             return
         traffic = Traffic()
         try:
-            self._merge.show_current_statics(rows, traffic)
+            merge.show_current_statics(rows, traffic)
         finally:
             self._add_traffic(traffic)
 
@@ -302,7 +398,7 @@ class BulkWriter:
             WriteReport(retries=traffic.retries, bytes=traffic.bytes), traffic.requests
         )
 
-    def _mark_versioned(self, changes: Sequence[Change], traffic: Traffic) -> None:
+    def _mark_versioned(self, bulk: Bulk, changes: Sequence[Change], traffic: Traffic) -> None:
         """A mark per change at its version: refused (409) where a newer state is stored."""
         actions = []
         for change in changes:
@@ -312,7 +408,7 @@ class BulkWriter:
                 continue  # no id can be made for it: there is no document to mark
             body = self.builder.mark_body(change)
             actions.append(Action(doc_id, body, routing=routing, version=change.version))
-        self.bulk.send(actions, traffic)
+        bulk.send(actions, traffic)
 
     def _safe_id(self, change: Change) -> str:
         try:
@@ -339,3 +435,28 @@ class BulkWriter:
 
 def _rejected(outcome: Outcome) -> bool:
     return outcome.verdict is Verdict.REJECTED
+
+
+def _combined(changes: Sequence[Change], each: Mapping[str, list[Outcome]]) -> list[Outcome]:
+    """One outcome per change over the indexes written (see the module docstring)."""
+    if len(each) == 1:
+        return next(iter(each.values()))
+    if not each:
+        raise TerminalError("no index left to write: every target is gone")
+    combined = []
+    for position, change in enumerate(changes):
+        outcomes = {index: found[position] for index, found in each.items()}
+        verdicts = {outcome.verdict for outcome in outcomes.values()}
+        outcome = Outcome(change)
+        refused = {index: o for index, o in outcomes.items() if _rejected(o)}
+        if refused:
+            doc_id = next(iter(refused.values())).doc_id
+            outcome.reject(doc_id, "; ".join(f"in {i}: {o.reason}" for i, o in refused.items()))
+        elif None in verdicts:
+            pass  # unresolved in one index: `_count` says so
+        elif Verdict.APPLIED in verdicts:
+            outcome.settle(Verdict.APPLIED)
+        else:
+            outcome.settle(Verdict.STALE)
+        combined.append(outcome)
+    return combined

@@ -8,6 +8,8 @@ checkpointing in the state store only what the writer acknowledged.
 the table's facts, the target index, the state store and a writer factory.
 The target is an argument (by default the index behind the alias), so a
 reindex can fill a new index while a follower keeps the live one current.
+Its writers share `targets` (`sync.targets.WriteTargets`): the target alone,
+or, while a rebuild lasts and the follower says so, the old and the new index.
 The job's stop event ends every retry wait of its writers and state store.
 Its `metrics` (the process's, or a fresh one) see what its writers, state
 store and dead-letter store do, labelled with the table; its writers refuse
@@ -40,6 +42,7 @@ from sync.mapping_check import check_mapping_against_table
 from sync.metrics import Metrics, TableMetrics
 from sync.retry import RetryPolicy
 from sync.state import StateStore
+from sync.targets import WriteTargets
 from sync.tokens import PartitionTokens
 from sync.writer import BulkWriter
 
@@ -105,6 +108,7 @@ class Job:
             self.tokens = PartitionTokens(self.session, self.info)
             self.builder = DocumentBuilder(mapping, self.info.key, tokens=self.tokens.token)
             self.target = target or current_target(self.client, mapping)
+            self.targets = WriteTargets((self.target.index,))
             # Before writing: a field the live index lacks would dead-letter every document
             # carrying it (dynamic "strict"), a changed one index them wrongly. Additions
             # are applied in place; anything else stops the job (`MappingConflict`).
@@ -140,19 +144,21 @@ class Job:
     def worker_id(self) -> str:
         return self.cfg.state.worker_id
 
-    def new_writer(self, *, restates: bool = False) -> BulkWriter:
-        """A writer to the target. One that `restates` (the expiry sweep) writes documents
-        read now at their stored version + 1, however old that is: no age limit, since a
-        document read now cannot be a tombstone cleanup purged."""
+    def new_writer(self, *, restates: bool = False, index: str | None = None) -> BulkWriter:
+        """A writer to the job's `targets`, or to `index` alone. One that `restates` (the
+        expiry sweep) writes documents read now at their stored version + 1, however old
+        that is: no age limit, since a document read now cannot be a tombstone cleanup
+        purged."""
         return BulkWriter(
             self.client,
-            self.target.index,
+            index or self.target.index,
             self.builder,
             self.dead_letters,
             self.cfg.writer,
             stop=self.stop,
             max_age_ms=None if restates else self.cfg.cleanup.write_max_age_ms,
             observer=self.table_metrics,
+            targets=self.targets if index is None else None,
         )
 
     def close(self) -> None:

@@ -37,6 +37,14 @@ when CDC was off. A DISABLED stream is read to its end, then its successor;
 with no successor the follower stops with a one-line error saying CDC is
 off. A record that cannot become a change goes raw to the dead-letter store.
 
+**While a rebuild lasts** (`ks2os reindex`: the table's rebuild record in
+phase `building` or `swapped`), every write goes to the old and the new index
+(`sync.targets.WriteTargets`, set from the record before each plan and before
+the first reader starts), and the heartbeat names both (`writes_to`), so the
+rebuild knows when every live follower writes its new index. Once the record
+says `done` or `aborted`, the follower writes the alias's index alone (the
+new one, or the old one) and follows it from then on.
+
 **What it tells.** Counters and each owned shard's lag go to the job's
 metrics (`sync.metrics`: the lag is 0 at the tip), `/readyz` asks
 `Follower.readiness`, and a status line is logged every `follow.log_interval_s`.
@@ -45,6 +53,7 @@ metrics (`sync.metrics`: the lag is 0 at the tip), `/readyz` asks
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -52,13 +61,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync.bulk import Reader
+from sync.bulk import Reader, call
 from sync.clients import streams_client
 from sync.config import Config, FollowConfig
 from sync.deadletter import DeadLetter, DeadLetterShare
 from sync.errors import ConfigError, DecodeError
+from sync.indices import Target, current_target
 from sync.jobs import Job
-from sync.jobs.restate import ExpirySweep, SweepThread, reread_statics
+from sync.jobs.restate import ExpirySweep, SweepEach, SweepThread, reread_statics
 from sync.keyspaces import describe_table, no_cdc_message, service_now_ms
 from sync.logs import ContextThread
 from sync.mapping import TableMapping
@@ -416,6 +426,8 @@ class Follower:
         self._trim_check: bool | None = None  # this plan's answer of `trim_matters`
         self.healthy = True
         self.planned = False  # the shard graph was read once: readers are running
+        self.targets = job.targets
+        self.targets.refresh = self._targets_now
 
     def new_writer(self) -> BulkWriter:
         # One writer for every shard: it is thread-safe and keeps one set of counters.
@@ -432,6 +444,7 @@ class Follower:
         self._stop = stop
         try:
             self._begin()
+            self.follow_rebuild()
             self._start_sweep()
             while not stop.is_set() and not self._abandoned:
                 self._reap()
@@ -611,10 +624,58 @@ class Follower:
         """With TTL on the table, restate documents whose values expired, in the background."""
         if not self.job.info.ttl_enabled:
             return
-        reader = Reader(self.job.client, self.job.index, self.job.policy)
-        sweep = ExpirySweep(reader, self.job.new_writer(restates=True), self._cql_lookup())
+        sweep = SweepEach(self.targets, self._sweep_of)
         self._sweeper = SweepThread(sweep, self.settings.sweep_interval_ms / 1000, self._sweep_stop)
         self._sweeper.start()
+
+    def _sweep_of(self, index: str) -> ExpirySweep:
+        """The sweep of one index: it restates that index's documents, in that index alone."""
+        reader = Reader(self.job.client, index, self.job.policy)
+        writer = self.job.new_writer(restates=True, index=index)
+        return ExpirySweep(reader, writer, self._cql_lookup())
+
+    # ---- a rebuild (ks2os reindex) --------------------------------------------------------
+
+    def follow_rebuild(self) -> None:
+        """Write where the table's rebuild record says (each plan does); see the module
+        docstring. The heartbeat after it names the indexes (`WriteTargets.writes_to`)."""
+        before = self.targets.indexes
+        if not self.targets.set(self._targets_now()):
+            return
+        now = self.targets.indexes
+        log.info("writing every change to %s (was %s)", " and ".join(now), " and ".join(before))
+        if len(now) == 1 and now[0] != self.job.index:
+            self._take_up(now[0])
+
+    def _targets_now(self) -> tuple[str, ...]:
+        """Both indexes while the rebuild record `writes_both`; after it, the alias's index."""
+        rebuild = self.store.get_rebuild(self.table)
+        now = self.targets.indexes
+        if rebuild is not None and rebuild.writes_both:
+            if rebuild.new_index not in now and not self._exists(rebuild.new_index):
+                # Recorded before it is made: not written, so not named, until it exists.
+                return (rebuild.old_index,)
+            return rebuild.targets
+        if len(now) == 1 and (
+            rebuild is None or rebuild.phase == "aborted" or rebuild.new_index in now
+        ):
+            return now  # no rebuild moved the alias since it was read
+        # Done: the alias is on the new index (even if this follower, paused, never saw
+        # the rebuild begin); aborted while both were written: it stayed on the old one.
+        return (current_target(self.job.client, self.job.mapping).index,)
+
+    def _exists(self, index: str) -> bool:
+        exists = functools.partial(self.job.client.indices.exists, index=index)
+        return bool(call(self.job.policy, f"checking index {index}", exists))
+
+    def _take_up(self, index: str) -> None:
+        """Follow `index` as the job's own from now on (coverage, the expiry sweep)."""
+        before = self.store.get_coverage(self.table, self.job.index)
+        if self.store.get_coverage(self.table, index) is None and before is not None:
+            # The rebuild's snapshot records its own (later) start; without it, the
+            # old index's is the safe one: a trimmed record it needed counts as a gap.
+            self.store.cover_from(self.table, index, before.since_ms)
+        self.job.target = Target(self.job.target.alias, index)
 
     # ---- planning ---------------------------------------------------------------------------
 
@@ -634,7 +695,8 @@ class Follower:
 
     def _plan(self) -> None:
         """Read the first stream of the lineage not finished; past the last, see if CDC is off."""
-        self.store.heartbeat(ROLE, self.table, self.worker_id)
+        self.follow_rebuild()
+        self.store.heartbeat(ROLE, self.table, self.worker_id, self.targets.writes_to())
         self._trim_check = None
         floor, previous = 0, None
         for stream in sorted(self.lineage.values(), key=lambda s: (s.label, s.arn)):

@@ -8,10 +8,11 @@ a run killed at any point is resumed by the next `ks2os reindex`::
       file) or the table's unfinished one; its lease is this run's, renewed
       from a thread (a live other run holds it: one line, exit 1)
     2 changes reach the new index: every live follower names it in its
-      heartbeat's `writes_to` (waited for); with no live follower, this run
-      follows the stream itself (`_StreamFollower`) until the swap, writing
-      both indexes, under a worker id of its own that shares the shards'
-      leases with any `ks2os follow` started meanwhile
+      heartbeat's `writes_to` (waited for: a follower writes both indexes
+      while the rebuild record asks it to); with no live follower, this run
+      follows the stream itself (`_StreamFollower`: such a follower, in a
+      thread) until the swap, under a worker id of its own that shares the
+      shards' leases with any `ks2os follow` started meanwhile
     3 `snapshot_from_ms` recorded, and the new index's coverage from then
       (before this run reads the stream, so its gap checks are the new
       index's); then the backfill of the new index (`run_backfill`, state
@@ -39,7 +40,6 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -67,7 +67,6 @@ from sync.keyspaces import service_now_ms
 from sync.logs import ContextThread
 from sync.mapping import TableMapping
 from sync.metrics import Metrics
-from sync.model import Change
 from sync.retry import RetryPolicy
 from sync.sources.streams import (
     StreamGone,
@@ -76,7 +75,6 @@ from sync.sources.streams import (
     oldest_unread_ms,
 )
 from sync.state import LeaseLost, Rebuild, StateStore
-from sync.writer import BulkWriter, WriteReport
 
 log = logging.getLogger(__name__)
 
@@ -287,57 +285,6 @@ def _busy(table: str, holder: Rebuild | None) -> RebuildBusy:
 # ---- the stream followed by this run -----------------------------------------------------------
 
 
-class _BothWriter(BulkWriter):
-    """Writes every change to the new index and to the old one, which serves searches
-    until the swap (and stays current should the rebuild be aborted). Versions make the
-    two writes independent: whichever lands first, the newest change wins in each."""
-
-    def __init__(self, job: Job, old_index: str, *, restates: bool) -> None:
-        max_age = None if restates else job.cfg.cleanup.write_max_age_ms
-        super().__init__(
-            job.client,
-            job.index,
-            job.builder,
-            job.dead_letters,
-            job.cfg.writer,
-            stop=job.stop,
-            max_age_ms=max_age,
-            observer=job.table_metrics,
-        )
-        self.old = BulkWriter(
-            job.client,
-            old_index,
-            job.builder,
-            job.dead_letters,
-            job.cfg.writer,
-            stop=job.stop,
-            max_age_ms=max_age,
-        )
-
-    def write(self, changes: Sequence[Change]) -> WriteReport:
-        self.old.write(changes)
-        return super().write(changes)
-
-    def mark(self, changes: Sequence[Change]) -> None:
-        self.old.mark(changes)
-        super().mark(changes)
-
-    def drop_expired_statics(self, partitions: Any, now_ms: int) -> int:
-        self.old.drop_expired_statics(partitions, now_ms)
-        return super().drop_expired_statics(partitions, now_ms)
-
-
-class _BothJob(Job):
-    """The job of this run's follower: the new index is its target, the old one written too."""
-
-    def __init__(self, *args: Any, old_index: str, **kwargs: Any) -> None:
-        self.old_index = old_index
-        super().__init__(*args, **kwargs)
-
-    def new_writer(self, *, restates: bool = False) -> BulkWriter:
-        return _BothWriter(self, self.old_index, restates=restates)
-
-
 class _StreamFollower:
     """`run_follow` in a thread of this run, as `<state.worker_id>#reindex`: the same
     checkpoints and leases as `ks2os follow`, so a follower started meanwhile shares the
@@ -373,10 +320,12 @@ class _StreamFollower:
                 log.info(
                     "mapped %s on %s, so its documents fit", ", ".join(added), rebuild.old_index
                 )
-        job = _BothJob(
+        # A follower writes both indexes while the rebuild record says so (it reads the
+        # record before its first write); its target, the new index, is the one whose
+        # coverage its gap checks use.
+        job = Job(
             self.cfg,
             self.mapping,
-            old_index=rebuild.old_index,
             target=Target(rebuild.alias, rebuild.new_index),
             stop=self.stop,
             session=session,

@@ -38,8 +38,13 @@ ours) is not written: the document stays hidden and the next round tries
 again. A document whose derived versions are spent (STEP - 1 restatements
 since its last real change) stays hidden until its next change.
 
-The follower runs `ExpirySweep.run_once` in a thread of its own every
-`follow.sweep_interval_ms` (`SweepThread`), on tables with TTL enabled.
+The follower runs a round in a thread of its own every
+`follow.sweep_interval_ms` (`SweepThread`), on tables with TTL enabled: one
+`ExpirySweep` per index it writes (`SweepEach`; two while a rebuild lasts),
+each reading and restating that index's own documents, since a derived
+version is relative to the version stored in that index. The statics
+re-read, by contrast, writes through the job's writer to every index: its
+version is a real one (the asking record's), which means the same in both.
 """
 
 from __future__ import annotations
@@ -48,9 +53,9 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sync.bulk import Document, Reader
 from sync.documents import (
@@ -61,10 +66,11 @@ from sync.documents import (
     VALUE_EXPIRY,
     DocumentBuilder,
 )
-from sync.errors import DecodeError, Ks2osError, TransientError
+from sync.errors import DecodeError, Ks2osError, OpenSearchRefused, TransientError
 from sync.model import Change, ScanPosition
 from sync.sources.streams import LOOKUP_RETRY, RowLookup
 from sync.statics import StaticsCheck
+from sync.targets import WriteTargets
 from sync.values import decode_cell
 from sync.version import derived_version
 from sync.writer import BulkWriter
@@ -82,6 +88,18 @@ class SweepReport:
     rows: int = 0  # rows read again and restated
     waiting: int = 0  # rows whose read still showed the value: next round
     spent: int = 0  # rows left hidden: no derived version left
+
+    def add(self, other: SweepReport) -> None:
+        self.partitions += other.partitions
+        self.rows += other.rows
+        self.waiting += other.waiting
+        self.spent += other.spent
+
+
+class Sweep(Protocol):
+    """What `SweepThread` runs each round: an `ExpirySweep`, or `SweepEach` of several."""
+
+    def run_once(self, now_ms: int | None = None) -> SweepReport: ...
 
 
 class ExpirySweep:
@@ -177,6 +195,32 @@ class ExpirySweep:
         )
 
 
+class SweepEach:
+    """One `ExpirySweep` per index the job writes now (`sweep_of` makes each, once)."""
+
+    def __init__(self, targets: WriteTargets, sweep_of: Callable[[str], ExpirySweep]) -> None:
+        self.targets = targets
+        self._sweep_of = sweep_of
+        self._sweeps: dict[str, ExpirySweep] = {}
+
+    def run_once(self, now_ms: int | None = None) -> SweepReport:
+        """A round in every index written now; an index gone and no longer wanted is left."""
+        report = SweepReport()
+        with self.targets.writing() as indexes:
+            for index in indexes:
+                sweep = self._sweeps.get(index)
+                if sweep is None:
+                    sweep = self._sweeps[index] = self._sweep_of(index)
+                try:
+                    report.add(sweep.run_once(now_ms))
+                except OpenSearchRefused as exc:
+                    gone = exc.error_type == "index_not_found_exception"
+                    if not gone or not self.targets.recheck(index):
+                        raise
+                    del self._sweeps[index]
+        return report
+
+
 def reread_statics(
     checks: Sequence[StaticsCheck],
     lookup: RowLookup,
@@ -214,7 +258,7 @@ def _on_retry(seconds: float, failure: Any) -> None:
 class SweepThread(threading.Thread):
     """Runs a sweep every `interval_s` until `stop` is set; a failed round is logged."""
 
-    def __init__(self, sweep: ExpirySweep, interval_s: float, stop: threading.Event) -> None:
+    def __init__(self, sweep: Sweep, interval_s: float, stop: threading.Event) -> None:
         super().__init__(name="ks2os-expiry-sweep", daemon=True)
         self.sweep = sweep
         self.interval_s = interval_s

@@ -9,6 +9,9 @@ Streams API) unless told to refuse.
   `refuse_status` (503 by default), as a struggling cluster answers;
 - `refuse_items`: per document id, the statuses to answer that item with,
   one per bulk request it comes in (the item is then not forwarded);
+- `hold_index`: bulk requests to that index are answered 503 as a whole
+  while it is set (`held` counts them), as an index whose shards are
+  unavailable answers, while every other index is written;
 - `bulk_ids`: the document ids of every bulk request, in order (None for an
   action without an id);
 - `cut()`: stop listening, so every new connection is refused (an endpoint
@@ -41,6 +44,8 @@ class HttpProxy:
         self.refused_any = 0
         self.refuse_items: dict[str, list[int]] = {}
         self.bulk_ids: list[list[str | None]] = []
+        self.hold_index: str | None = None
+        self.held = 0
         self.requests = 0
         self.lock = threading.Lock()
         proxy = self
@@ -116,6 +121,10 @@ class HttpProxy:
         ids: list[str | None] = [_doc_id(meta) for meta, _ in pairs]
         with self.lock:
             self.bulk_ids.append(ids)
+            if self.hold_index is not None and path.startswith(f"/{self.hold_index}/"):
+                self.held += 1
+                error = {"error": {"type": "unavailable_shards_exception"}, "status": 503}
+                return 503, json.dumps(error).encode()
             if self.refuse_requests > 0:
                 self.refuse_requests -= 1
                 error = {"error": {"type": "rejected_execution_exception"}, "status": 429}

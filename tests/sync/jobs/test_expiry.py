@@ -265,3 +265,33 @@ def test_cleanup_restates_rows_whose_values_expired_when_no_follower_runs(
     summary = run_cleanup(cfg, mapping)
     assert summary.restated == 1
     assert search(opensearch, mapping.alias) == {"6:1": {"k": 6, "c": 1, "b": 6}}
+
+
+def test_while_a_rebuild_lasts_the_sweep_restates_both_indexes(
+    cql: Any,
+    keyspace: str,
+    opensearch: OpenSearch,
+    make_config: Callable[..., Config],
+    client_timestamps: bool,
+) -> None:
+    # Each index is swept from its own documents (a derived version is relative to the
+    # version stored there): both lose the expired values, and both get their rows back.
+    from tests.sync.jobs.test_follow_rebuild import begin_rebuild, state_store, visible_in
+
+    table = create(cql, keyspace, "NEW_AND_OLD_IMAGES", client_timestamps)
+    mapping = notes_mapping(keyspace)
+    cfg = make_config(follow={"sweep_interval_ms": 200})
+    rebuild = begin_rebuild(opensearch, state_store(opensearch, cfg), mapping)
+    with following(cfg, mapping):
+        cql.execute(f"INSERT INTO {table} (k, c, a, b) VALUES (1, 1, 'public', 7)")
+        cql.execute(f"UPDATE {table} USING TTL {TTL_S} SET a = 'secret' WHERE k = 1 AND c = 1")
+        expires = expire(cql, f"UPDATE {table} USING TTL {TTL_S} SET s = 'flash' WHERE k = 1")
+        shown = {"1:1": {"k": 1, "c": 1, "a": "secret", "b": 7, "s": "flash"}}
+        for index in rebuild.targets:
+            until(lambda i=index: visible_in(opensearch, i) == shown, f"{index} shows the values")
+        until(lambda: time.time() > expires, "the values expired in Keyspaces")
+        for index in rebuild.targets:
+            until(
+                lambda i=index: visible_in(opensearch, i) == {"1:1": {"k": 1, "c": 1, "b": 7}},
+                f"{index} shows the row again, without the expired values",
+            )

@@ -297,10 +297,6 @@ def test_reindex_under_writes_with_no_follower_swaps_to_an_index_equal_to_the_ta
     assert rebuild is not None and rebuild.phase == "done" and rebuild.new_index == new
 
 
-@pytest.mark.skip(
-    reason="a follower writes the new index too only once branch r2-dual lands; until then "
-    "the reindex waits for a running follower for ever, as its progress line says"
-)
 def test_reindex_under_writes_with_a_follower_running_throughout(
     cql: Any,
     keyspace: str,
