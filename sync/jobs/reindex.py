@@ -80,6 +80,8 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # a waiting step looks again this often
 SAY_EVERY_S = 5.0  # and says what it waits for at most this often
+# A follower that names no new index after this long may be of a ks2os without rebuilds.
+OLD_FOLLOWER_S = 30.0
 FOLLOWER_SUFFIX = "#reindex"  # this run's own follower: `<state.worker_id>#reindex`
 
 
@@ -374,6 +376,10 @@ class _Say:
         self._at = 0.0
         self._since = time.monotonic()
 
+    def waited_s(self) -> float:
+        """How long the current wait has lasted."""
+        return time.monotonic() - self._since
+
     def __call__(self, what: str, detail: str = "") -> None:
         now = time.monotonic()
         if what != self._what:
@@ -497,9 +503,10 @@ class _Reindex:
             if not waiting:
                 self._record_snapshot_start(job)
                 return True
+            late = self.say.waited_s() > OLD_FOLLOWER_S
             self.say(
                 f"waiting for follower(s) to write {self.held.get().new_index} too",
-                f"{', '.join(waiting)} (one of an older ks2os never does: restart it)",
+                ", ".join(waiting) + (" (one of an older ks2os never does: restart it)" * late),
             )
             self.stop.wait(POLL_S)
         return False
