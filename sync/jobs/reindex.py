@@ -590,13 +590,14 @@ class _Reindex:
             return False
         what = f"{report.divergent} divergent document(s) ({_kinds(report)})"
         if self.summary.verify_attempts >= settings.verify_attempts:
+            first = [e.doc_id for found in report.examples.values() for e in found][:3]
             raise TerminalError(
                 f"the new index {job.index} differs from the table: a verify sample found "
-                f"{what} {self.summary.verify_attempts} times; the alias still points at "
-                f"{self.held.get().old_index}",
-                hint=f"see what differs with `ks2os verify` after pointing it at {job.index}, "
-                "mend the mapping or the data, then run ks2os reindex again to resume "
-                "(or ks2os reindex --abort)",
+                f"{what} {self.summary.verify_attempts} times, e.g. {', '.join(first)}; "
+                f"the alias still points at {self.held.get().old_index}",
+                hint="rows the new mapping refuses are the usual cause (`ks2os deadletter "
+                "list`): mend the mapping or the data, then `ks2os reindex --abort` and "
+                "`ks2os reindex`; or run ks2os reindex again to check again",
             )
         self.say("the verify sample found differences; trying again", what)
         return False

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from opensearchpy import OpenSearch
 
+import sync.jobs.reindex as reindex_module
 from sync.config import Config
 from sync.errors import MappingConflict, TerminalError
 from sync.indices import alias_targets, index_versions
@@ -716,3 +717,40 @@ def test_partition_documents_are_rebuilt_from_the_snapshot_and_the_stream(
     finally:
         stop.set()
         thread.join(timeout=60)
+
+
+def test_a_verify_sample_that_keeps_failing_stops_the_run_before_the_swap(
+    cql: Any,
+    keyspace: str,
+    tmp_path: Path,
+    make_config: Callable[..., Config],
+    opensearch: OpenSearch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A document of the new index goes missing before each sample (deleted through the
+    real client, as a fault would): the run stops in one line, the alias where it was."""
+    stack = Stack(
+        cql,
+        keyspace,
+        tmp_path,
+        make_config,
+        client_timestamps=False,
+        reindex={"verify_attempts": 2, "verify_sample": 1000},
+    )
+    old = loaded(stack, opensearch)
+    new = f"{stack.alias}_v2"
+    samples: list[int] = []
+    real_verify = reindex_module.run_verify
+
+    def verify_after_a_loss(*args: Any, **kwargs: Any) -> Any:
+        opensearch.delete(index=new, id="0:0", params={"refresh": "true", "ignore": 404})
+        samples.append(1)
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(reindex_module, "run_verify", verify_after_a_loss)
+    with pytest.raises(TerminalError, match="differs from the table") as stopped:
+        run_reindex(stack.cfg, stack.mapping)
+    assert "0:0" in str(stopped.value) and len(samples) == 2
+    assert alias_targets(opensearch, stack.alias) == [old]
+    rebuild = store_of(stack, opensearch).get_rebuild(f"{keyspace}.t")
+    assert rebuild is not None and rebuild.phase == "building"
