@@ -190,11 +190,6 @@ def delete_index(client: OpenSearch, name: str) -> bool:
     return True
 
 
-def index_exists(client: OpenSearch, name: str) -> bool:
-    with opensearch_errors(f"looking for index {name}"):
-        return bool(client.indices.exists(index=name))
-
-
 def add_new_fields(client: OpenSearch, index: str, mapping: TableMapping) -> list[str]:
     """Map on `index` the top-level fields the mapping file has and the index lacks.
 
