@@ -17,7 +17,8 @@ measures, in this order:
 5. `ks2os follow` (a subprocess) draining a backlog of inserts, updates and
    deletes: records/s against the bulk ceiling of 2., and records per
    CPU-second of the process; then the read side alone, and the sink's ceiling
-   with the follower's request shape (one bulk per GetRecords page);
+   with one bulk per GetRecords page (the shape the follower sent before its
+   writer stage; the latency section drives writes at half of it);
 6. GetRecords bodies (the emulator's real replies) -> bulk bytes on one core,
    against `orjson.loads` of the same bodies (the parse limit: the least any
    Python consumer pays that materialises the records), stage by stage;
@@ -576,7 +577,7 @@ def write_backlog(bench: Bench) -> bench_data.Backlog:
     return backlog
 
 
-FOLLOW_SINK_CEILING = "(b) sink ceiling: bare opensearch-py bulk, the follower's request shape"
+FOLLOW_SINK_CEILING = "(b) sink ceiling: bare opensearch-py bulk, one request per GetRecords page"
 DRAIN_RATE = "ks2os follow draining the backlog"
 FOLLOW_PER_CPU = "ks2os follow: records per CPU-second"
 
@@ -623,6 +624,13 @@ def measure_follow_drain(bench: Bench, section: Section) -> None:
         "docs/s",
         note="one thread per shard, one request per GetRecords page, in stream order; "
         "the latency section drives writes at half of this",
+    )
+    section.add(
+        "follower drain / (b), the same documents",
+        ratio(drain.rate, bulk_rate),
+        "x",
+        note="the backlog's own inserts, updates and deletes, where the ceiling below is "
+        "fresh inserts; measured after the drain",
     )
     bulk_ceiling = bench.section_value("ceilings", BULK_CEILING)
     section.add(
@@ -1108,7 +1116,7 @@ IDLE_RATE = "idle polling: Streams API requests/s"
 
 
 def measure_latency(bench: Bench, section: Section) -> None:
-    """Writes at half the sink's ceiling (the follower's request shape, section 5), then the
+    """Writes at half the sink's ceiling (one request per GetRecords page, section 5), then the
     idle polling cost. The follower's Streams API traffic goes through a counting proxy (a
     process of its own) in front of the emulator."""
     ceiling = bench.section_value("follow", FOLLOW_SINK_CEILING)

@@ -344,21 +344,41 @@ class FollowConfig:
     SECTION: ClassVar[str] = "follow"
 
     flush_interval_ms: int = _doc(
-        "a partial batch is written after this long",
-        200,
+        "how long a shard holds back a partial batch before handing it to the writer stage "
+        "(at its tip: never). 0: each GetRecords page at once; the stage packs every "
+        "shard's batches into full bulk requests itself, so holding them only adds latency",
+        0,
         bounds=Bounds(
             "every change waits up to this long before it is searchable", low=0, high=60_000
         ),
     )
     max_batch_records: int = _doc(
-        "records per batch at most",
+        "records per shard's batch handed to the writer at most",
         1000,
         bounds=Bounds("a batch carries at least one record", low=1),
     )
     max_batch_bytes: int = _doc(
-        "bytes per batch at most",
+        "estimated bytes per shard's batch handed to the writer at most",
         5_000_000,
         bounds=Bounds("a batch carries at least one record", low=1),
+    )
+    bulk_senders: int = _doc(
+        "bulk requests the follower has in flight at once; each packs changes of every "
+        "shard, up to writer.max_docs and writer.max_bytes",
+        2,
+        bounds=Bounds(
+            "each sender is a thread holding one of the 32 pooled OpenSearch connections",
+            low=1,
+            high=16,
+        ),
+    )
+    max_pending_bytes: int = _doc(
+        "changes read and not yet acknowledged by OpenSearch, all shards together, at most "
+        "(estimated as a batch is); readers pause above it, so memory stays bounded "
+        "while OpenSearch is slower than the stream. Leave room for bulk_senders + 1 "
+        "requests of writer.max_bytes",
+        32_000_000,
+        bounds=Bounds("the readers need room for at least one record", low=1),
     )
     get_records_limit: int = _doc(
         "maxResults of each GetRecords call (1-1000)",

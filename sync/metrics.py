@@ -341,20 +341,33 @@ class TableMetrics:
 
     def acknowledged(self, shard: str, applied: int, stale: int, dead_lettered: int) -> None:
         """Everything read from `shard` so far is written (or stored as a dead letter)."""
+        self.written(applied, stale, dead_lettered)
+        self.shard_acknowledged(shard, None)
+
+    def written(self, applied: int, stale: int, dead_lettered: int) -> None:
+        """Changes resolved: applied, stale (409), stored as dead letters."""
 
         def update(table: _Table) -> None:
             table.follow.applied += applied
             table.follow.stale += stale
             table.follow.dead_lettered += dead_lettered
-            lag = table.shards.get(shard)
-            if lag is not None:
-                lag.oldest_unacknowledged_ms = None
 
         self.metrics._with_table(self.name, update)
         m = self.metrics
         m.applied.labels(self.name).inc(applied)
         m.stale.labels(self.name).inc(stale)
         m.dead_lettered.labels(self.name).inc(dead_lettered)
+
+    def shard_acknowledged(self, shard: str, waiting_since_ms: int | None) -> None:
+        """What `shard` read is resolved up to a point: `waiting_since_ms` is `createdAt` of
+        its oldest record still waiting for OpenSearch (None: none waits)."""
+
+        def update(table: _Table) -> None:
+            lag = table.shards.get(shard)
+            if lag is not None:
+                lag.oldest_unacknowledged_ms = waiting_since_ms
+
+        self.metrics._with_table(self.name, update)
 
     def gap(self) -> None:
         def update(table: _Table) -> None:

@@ -12,16 +12,23 @@ Flow::
         -> a DISABLED stream with every shard finished is finished for good;
            the next stream's shards start above its final version
     reader thread, per shard:
-        GetRecords -> versions (sync/version.py) -> batch (count/bytes/time)
-        -> BulkWriter.write (+ raw bad records to the dead-letter store)
-        -> checkpoint (sequence number + version), conditional on the lease
-        -> ... -> at the shard's end: final version, lease freed
+        GetRecords -> versions (sync/version.py) -> batch (count/bytes/time, or at once
+        at the tip) -> the writer stage (sync/jobs/stage.py)
+        -> checkpoint (sequence number + version) of what the stage acknowledged,
+           conditional on the lease
+        -> ... -> at the shard's end: everything acknowledged, final version, lease freed
+    writer stage, one per follower:
+        batches of every shard -> bulk requests of up to writer.max_docs (the
+        backfill's shape) -> BulkWriter.write (+ raw bad records to the dead-letter
+        store) -> each shard told how far its records are resolved
 
-A checkpoint covers only what `write` returned for, so a crash replays at
-most one batch, with the same versions. A follower that lost a lease cannot
-checkpoint (409 -> `LeaseLost`) and drops the shard. A dead follower's
-shards are taken over when their leases expire. On `stop`, every reader
-flushes, checkpoints and releases its lease, and `run_follow` returns.
+A checkpoint covers only what the stage acknowledged for that shard (every
+record up to it resolved), so a crash replays at most what was in flight,
+with the same versions. A follower that lost a lease cannot checkpoint (409
+-> `LeaseLost`) and drops the shard. A dead follower's shards are taken over
+when their leases expire. On `stop`, every reader hands over what it read,
+waits for the stage, checkpoints what was acknowledged and releases its
+lease, and `run_follow` returns.
 
 **Nothing lost silently.** The index needs every record created since its
 coverage began (`StateStore.cover_from`: the earliest backfill or follower
@@ -63,22 +70,22 @@ from typing import Any
 
 from sync.bulk import Reader, call
 from sync.clients import streams_client
-from sync.config import Config, FollowConfig
+from sync.config import Config
 from sync.deadletter import DeadLetter, DeadLetterShare
 from sync.errors import ConfigError, DecodeError
 from sync.indices import Target, current_target
 from sync.jobs import Job
 from sync.jobs.restate import ExpirySweep, SweepEach, SweepThread, reread_statics
+from sync.jobs.stage import Batch, StageAbandoned, WriterStage, first_created_ms
 from sync.keyspaces import describe_table, no_cdc_message, service_now_ms
 from sync.logs import ContextThread
 from sync.mapping import TableMapping
 from sync.metrics import FollowTotals, Metrics, MetricsServer, Readiness, status_line
-from sync.model import Change, Op, StreamPosition
+from sync.model import Change, Op
 from sync.sources.records import record_key
 from sync.sources.streams import (
     BadRecord,
     GapKind,
-    ReadResult,
     RowLookup,
     Shard,
     ShardProgress,
@@ -115,10 +122,7 @@ REBUILD_HINT = (
 )
 MAX_SHARD_THREADS = 64
 CHECKPOINT_S = 1.0  # a shard's checkpoint is written at most this often while reading
-# A rough in-memory size of a change, to bound a batch in bytes without
-# serialising it twice (the writer measures the real bulk bytes).
-_CHANGE_OVERHEAD = 200
-_BYTES_PER_COLUMN = 64
+PRESSURE_WAIT_S = 0.1  # a reader waiting on the writer stage looks up this often
 
 
 class GapRebuild(StreamGap):
@@ -138,50 +142,7 @@ class FollowSummary:
     seconds: float = 0.0
 
 
-# ---- batching and pacing (pure) -----------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """Changes read but not yet written, and the checkpoint they lead to."""
-
-    changes: list[Change] = field(default_factory=list)
-    bad: list[BadRecord] = field(default_factory=list)  # for the dead-letter store
-    approx_bytes: int = 0
-    first_at: float | None = None  # monotonic time the oldest unwritten record was read
-    last_sequence: str | None = None
-    last_version: int | None = None
-    last_created_at_ms: int | None = None
-
-    def add(self, result: ReadResult, now: float) -> None:
-        if result.last_sequence is None:
-            return
-        if self.first_at is None:
-            self.first_at = now
-        self.changes.extend(result.changes)
-        self.bad.extend(result.bad)
-        self.approx_bytes += sum(_approx_size(c) for c in result.changes)
-        self.last_sequence = result.last_sequence
-        self.last_version = result.last_version
-        self.last_created_at_ms = result.last_created_at_ms
-
-    @property
-    def pending(self) -> bool:
-        return self.last_sequence is not None
-
-    def due(self, now: float, settings: FollowConfig) -> bool:
-        if not self.pending:
-            return False
-        assert self.first_at is not None
-        return (
-            len(self.changes) + len(self.bad) >= settings.max_batch_records
-            or self.approx_bytes >= settings.max_batch_bytes
-            or (now - self.first_at) * 1000 >= settings.flush_interval_ms
-        )
-
-
-def _approx_size(change: Change) -> int:
-    return _CHANGE_OVERHEAD + _BYTES_PER_COLUMN * (len(change.image) if change.image else 0)
+# ---- pacing (pure) -----------------------------------------------------------
 
 
 class IdlePacer:
@@ -205,24 +166,34 @@ class IdlePacer:
 
 
 class ShardWorker(ContextThread):
-    """Reads one leased shard until it ends, we are halted, or the lease is lost."""
+    """Reads one leased shard until it ends, we are halted, or the lease is lost.
+
+    Its batches go to the follower's writer stage (`sync.jobs.stage`), which
+    tells it how far OpenSearch has acknowledged them; it checkpoints that
+    much, never more.
+    """
 
     def __init__(self, follower: Follower, state: ShardState, reader: ShardReader) -> None:
         super().__init__(name=f"ks2os-shard-{state.shard_id[-12:]}", daemon=True)
         self.follower = follower
+        self.stage = follower.stage
         self.state = state
         self.reader = reader
         self.halt = threading.Event()
         self.abandoned = False  # halted as if the process died: no flush, no release
         self.error: BaseException | None = None
-        self.writer = follower.new_writer()
-        # Written to OpenSearch but not yet checkpointed: (sequence number, version).
-        self._written: tuple[str, int] | None = None
+        # Acknowledged by the stage (set from its threads): (sequence number, version).
+        self._acknowledged: tuple[str, int] | None = None
+        self._stored: tuple[str, int] | None = None  # what the last checkpoint wrote
         self._stored_at = time.monotonic()  # when the state document was last written
 
     @property
     def shard_id(self) -> str:
         return self.state.shard_id
+
+    def acknowledged(self, sequence: str, version: int) -> None:
+        """The stage: every record up to `sequence` is resolved (called in shard order)."""
+        self._acknowledged = (sequence, version)
 
     def run(self) -> None:
         self.follower.metrics.shard_taken(self.shard_id)
@@ -230,6 +201,8 @@ class ShardWorker(ContextThread):
             self._follow()
         except LeaseLost:
             log.warning("lost the lease on shard %s; dropping it", self.shard_id)
+        except StageAbandoned:
+            pass  # a simulated crash: nothing more is written
         except BaseException as exc:
             self.error = exc
         finally:
@@ -238,85 +211,102 @@ class ShardWorker(ContextThread):
 
     def _follow(self) -> None:
         settings = self.follower.settings
-        store = self.follower.store
         metrics = self.follower.metrics
         batch = Batch()
         pacer = IdlePacer(settings.idle_poll_ms)
         while not self.halt.is_set():
+            if not self.stage.has_room():
+                # Back-pressure: OpenSearch is behind; read on once the stage has room.
+                self.stage.wait(PRESSURE_WAIT_S)
+                self._checkpoint()
+                continue
             result = self.reader.read()
             now = time.monotonic()
             if result.gap is not None:
-                batch = self._flush(batch, checkpoint=True)
+                batch = self._settle(batch)
                 if self._gap(result.gap):
                     return
                 continue
             metrics.read(
                 self.shard_id,
                 result.records,
-                _first_created_ms(result),
+                first_created_ms(result),
                 result.last_created_at_ms,
                 result.at_tip,
             )
             batch.add(result, now)
             if result.closed:
-                self._flush(batch, checkpoint=True)
+                self._settle(batch)
                 self._finish()
                 return
             # At the tip nothing more is coming for a while: waiting to fill the
             # batch would only add latency.
             if batch.due(now, settings) or (result.at_tip and batch.pending):
-                batch = self._flush(batch)
-            if now - self._stored_at >= store.renew_interval_s:
-                if self._written is not None:
-                    self._flush(Batch(), checkpoint=True)  # a checkpoint renews the lease too
-                else:
-                    self.state = store.renew_shard(self.state)
-                    self._stored_at = now
+                self.stage.hand_over(self, batch)
+                batch = Batch()
+            self._checkpoint()
             if result.at_tip and not result.records:
-                self.halt.wait(pacer.idle())
+                self._idle(pacer)
             else:
                 pacer.busy()
         if self.abandoned:
             return
         # Halted (stop, or a rebalance): write what was read, checkpoint, let go.
-        self._flush(batch, checkpoint=True)
+        self._settle(batch)
         self.follower.store.release_shard(self.state)
         log.info("released shard %s", self.shard_id)
 
-    def _flush(self, batch: Batch, *, checkpoint: bool = False) -> Batch:
-        """Write the batch; checkpoint it now if asked, else at most every CHECKPOINT_S.
+    def _idle(self, pacer: IdlePacer) -> None:
+        """At the tip with nothing new: poll again once this shard's records in the stage
+        are written (a record read sooner would only queue behind them), else after the
+        pacer's pause. So a follower whose OpenSearch is behind does not poll idle shards."""
+        if self.stage.settled(self):
+            self.halt.wait(pacer.idle())
+            return
+        while not self.halt.is_set() and not self.stage.settled(self):
+            self.stage.wait(PRESSURE_WAIT_S)
+            self._checkpoint()
+        pacer.busy()  # written just now: look for what came meanwhile at once
 
-        Only what `write` returned for is ever checkpointed, and bad records are
-        in the dead-letter store before a checkpoint passes them. Checkpointing
-        less often than every batch costs a crash at most CHECKPOINT_S of replay
-        (same versions, so harmless) and saves a state write per batch.
+    def _settle(self, batch: Batch) -> Batch:
+        """Hand the batch over, wait until the stage acknowledged everything of this shard,
+        and checkpoint it. If the stage broke first, what it did acknowledge is still
+        checkpointed, then its error raised."""
+        try:
+            self.stage.hand_over(self, batch)
+            while not self.stage.settled(self):
+                if self.abandoned:
+                    raise StageAbandoned("abandoned")
+                self.stage.wait(PRESSURE_WAIT_S)
+                self._checkpoint()  # keeps the lease meanwhile
+        except StageAbandoned:
+            raise
+        except BaseException:
+            self._checkpoint(now=True)
+            raise
+        self._checkpoint(now=True)
+        return Batch()
+
+    def _checkpoint(self, *, now: bool = False) -> None:
+        """Checkpoint what the stage acknowledged: at once if asked, else at most every
+        CHECKPOINT_S; with nothing new, renew the lease every `renew_interval_s`.
+
+        Checkpointing less often than every batch costs a crash at most
+        CHECKPOINT_S of replay (same versions, so harmless) and saves state writes.
         """
-        if batch.pending:
-            assert batch.last_sequence is not None and batch.last_version is not None
-            report = self.writer.write(batch.changes) if batch.changes else None
-            if report is not None and report.checks:
-                # Before the checkpoint: a crash replays the batch, and its checks.
-                self.follower.reread_statics(report.checks, self.writer)
-            if batch.bad:
-                self.follower.dead_letter(self.shard_id, batch.bad)
-            dead = (report.dead_lettered if report else 0) + len(batch.bad)
-            self.follower.metrics.acknowledged(
-                self.shard_id,
-                applied=report.applied if report else 0,
-                stale=report.stale if report else 0,
-                dead_lettered=dead,
-            )
-            # Too many refused: stop before this batch is checkpointed (a restart, once
-            # the cause is mended, writes it again).
-            self.follower.count_dead_letters(len(batch.changes) + len(batch.bad), dead)
-            self._written = (batch.last_sequence, batch.last_version)
-            batch = Batch()
-        now = time.monotonic()
-        if self._written is not None and (checkpoint or now - self._stored_at >= CHECKPOINT_S):
-            sequence, version = self._written
-            self.state = self.follower.store.checkpoint_shard(self.state, sequence, version)
-            self._written, self._stored_at = None, now
-        return batch
+        store = self.follower.store
+        acknowledged = self._acknowledged
+        moment = time.monotonic()
+        since = moment - self._stored_at
+        fresh = acknowledged is not None and acknowledged != self._stored
+        if acknowledged is not None and fresh and (now or since >= CHECKPOINT_S):
+            sequence, version = acknowledged
+            self.state = store.checkpoint_shard(self.state, sequence, version)
+            self._stored, self._stored_at = acknowledged, moment
+            return
+        if since >= store.renew_interval_s:
+            self.state = store.renew_shard(self.state)
+            self._stored_at = moment
 
     def _finish(self) -> None:
         final = self.reader.previous
@@ -359,13 +349,6 @@ class _Stream:
     @property
     def finished(self) -> bool:
         return self.state is not None and self.state.finished
-
-
-def _first_created_ms(result: ReadResult) -> int | None:
-    """`createdAt` of the first change read (records come in shard order), for the lag."""
-    if result.changes and isinstance(result.changes[0].source, StreamPosition):
-        return result.changes[0].source.created_at_ms
-    return result.last_created_at_ms
 
 
 def _version_ms(version: int) -> int:
@@ -428,9 +411,18 @@ class Follower:
         self.planned = False  # the shard graph was read once: readers are running
         self.targets = job.targets
         self.targets.refresh = self._targets_now
+        writer = job.cfg.writer
+        self.stage = WriterStage(
+            self,
+            self.metrics,
+            senders=self.settings.bulk_senders,
+            max_docs=writer.max_docs,
+            max_bytes=writer.max_bytes,
+            max_pending_bytes=self.settings.max_pending_bytes,
+        )
 
     def new_writer(self) -> BulkWriter:
-        # One writer for every shard: it is thread-safe and keeps one set of counters.
+        # One writer for every sender of the stage: thread-safe, one set of counters.
         if self._writer is None:
             self._writer = self.job.new_writer()
         return self._writer
@@ -442,6 +434,7 @@ class Follower:
         """Follow until `stop` is set; raises the first reader's terminal error."""
         relist = min(RELIST_S, self.store.renew_interval_s)
         self._stop = stop
+        self.stage.start()
         try:
             self._begin()
             self.follow_rebuild()
@@ -464,6 +457,7 @@ class Follower:
         Tests of takeover use it; `run` returns soon after.
         """
         self._abandoned = True
+        self.stage.abandon()
         for worker in list(self.workers.values()):
             worker.abandoned = True
             worker.halt.set()
@@ -683,6 +677,11 @@ class Follower:
         return [k for k, w in self.workers.items() if not w.halt.is_set()]
 
     def _reap(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            return  # stopping: a write cut short by the stop is no failure of the run
+        if self.stage.error is not None:
+            self.healthy = False
+            raise self.stage.error
         for key, worker in list(self.workers.items()):
             if worker.is_alive():
                 continue
@@ -928,6 +927,7 @@ class Follower:
             elif worker.state.finished:
                 self.shards_finished += 1
         self.workers.clear()
+        self.stage.close(timeout_s=max(deadline - time.monotonic(), 0.1))
         if not self._abandoned:
             self.store.leave(ROLE, self.table, self.worker_id)
 
