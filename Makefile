@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test unit soak bench lint clean
+.PHONY: help install demo test unit soak bench chaos lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ soak: $(STAMP) ## the long soak tests at full length
 
 bench: $(STAMP) ## measure throughput and latency against their ceilings, printed as ratios
 	$(BIN)/python scripts/bench.py
+
+chaos: $(STAMP) ## kill, throttle, reset, reshard at once, then prove each index equals its table (ARGS="--minutes 20 --seed N")
+	$(BIN)/python -m scripts.chaos $(ARGS)
 
 lint: $(STAMP) ## ruff and strict mypy
 	$(BIN)/ruff check sync keyspaces_local tests scripts

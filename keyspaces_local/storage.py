@@ -95,12 +95,15 @@ class Coll:
 class Row:
     """A clustering row (or a partition's static row, with ck None)."""
 
-    __slots__ = ("cells", "ck", "colls", "deleted_at", "marker", "sk")
+    __slots__ = ("cells", "ck", "colls", "deleted_at", "marker", "marker_expired_at_ts", "sk")
 
     def __init__(self, ck: tuple[bytes, ...] | None, sk: tuple[Any, ...], deleted_at: int) -> None:
         self.ck = ck
         self.sk = sk
         self.marker: tuple[int, int | None] | None = None
+        # The timestamp of a marker the TTL sweep expired: like an expired cell it is a
+        # tombstone of that timestamp, so an older INSERT arriving later stays shadowed.
+        self.marker_expired_at_ts = -(2**63)
         self.cells: dict[str, StoredCell] = {}
         self.colls: dict[str, Coll] = {}
         self.deleted_at = deleted_at
@@ -138,7 +141,7 @@ class Row:
             coll.elems[key] = cell
 
     def set_marker(self, ts: int, exp: int | None) -> None:
-        if ts <= self.deleted_at:
+        if ts <= self.deleted_at or ts <= self.marker_expired_at_ts:
             return
         if (
             self.marker is None
@@ -548,4 +551,5 @@ class TableData:
                 if cell[0] is not None and cell[2] is not None and cell[2] <= cutoff_s:
                     coll.elems[key] = (None, cell[1], None)
         if row.marker is not None and row.marker[1] is not None and row.marker[1] <= cutoff_s:
+            row.marker_expired_at_ts = max(row.marker_expired_at_ts, row.marker[0])
             row.marker = None

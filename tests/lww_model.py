@@ -14,7 +14,9 @@ Semantics modelled (Cassandra 4.0, `Cells.resolveRegular`):
   element added at T survives; `DELETE s` clears at T;
 - INSERT writes a row marker, UPDATE does not: a row exists while its marker
   or any regular cell is live;
-- a row deletion shadows every cell of the row written at or before it;
+- a row deletion shadows every cell of the row written at or before it, a
+  partition deletion every cell of the partition (statics too), also cells
+  written later with an older timestamp;
 - equal timestamps with different values only arise with client-side timestamps;
   the model breaks such ties on the Python value, so tests avoid them;
 - TTL: a cell (and an INSERT's marker) written with a TTL stops being visible
@@ -29,6 +31,7 @@ from typing import Any
 
 Key = tuple[Hashable, ...]
 _DELETED = object()
+_NEVER = -(2**63)  # older than any timestamp: no deletion
 
 
 @dataclass
@@ -83,6 +86,7 @@ class LwwTable:
     sets: frozenset[str] = frozenset()
     _rows: dict[Key, _Row] = field(default_factory=dict)
     _static: dict[Key, dict[str, _Cell]] = field(default_factory=dict)
+    _partition_tombstones: dict[Key, int] = field(default_factory=dict)
 
     def _split(self, key: Key) -> tuple[Key, Key]:
         return key[: len(self.partition)], key[len(self.partition) :]
@@ -127,9 +131,18 @@ class LwwTable:
     ) -> None:
         self._write(key, values, ts, now + ttl if ttl else None)
 
-    def update_static(self, partition: Key, values: Mapping[str, Any], ts: int) -> None:
+    def update_static(
+        self,
+        partition: Key,
+        values: Mapping[str, Any],
+        ts: int,
+        ttl: int | None = None,
+        now: float = 0,
+    ) -> None:
+        expires_at = now + ttl if ttl else None
         for column, value in values.items():
-            self._put(self._static.setdefault(partition, {}), column, _Cell(ts, _or_deleted(value)))
+            cell = _Cell(ts, _or_deleted(value), expires_at)
+            self._put(self._static.setdefault(partition, {}), column, cell)
 
     def set_add(self, key: Key, column: str, elements: Iterable[Hashable], ts: int) -> None:
         row = self._rows.setdefault(key, _Row())
@@ -154,52 +167,62 @@ class LwwTable:
         row = self._rows.setdefault(key, _Row())
         row.tombstone_ts = max(ts, row.tombstone_ts or ts)
 
+    def delete_partition(self, partition: Key, ts: int) -> None:
+        """`DELETE FROM t WHERE <partition key>`: every row and static of it, at or before ts."""
+        current = self._partition_tombstones.get(partition, ts)
+        self._partition_tombstones[partition] = max(ts, current)
+
     def visible(self, now: float = 0) -> dict[Key, dict[str, Any]]:
         """Every live row: key → {column: value} with its partition's static values."""
         result: dict[Key, dict[str, Any]] = {}
         for key, row in self._rows.items():
-            values = self._live_values(row, now)
-            marker = (
-                row.marker is not None and self._survives(row, row.marker) and row.marker.live(now)
-            )
+            partition, clustering = self._split(key)
+            shadow = self._shadow(row, partition)
+            values = self._live_values(row, now, shadow)
+            marker = row.marker is not None and row.marker.ts > shadow and row.marker.live(now)
             if not values and not marker:
                 continue
-            partition, clustering = self._split(key)
             values.update(
                 dict(zip(self.partition + self.clustering, partition + clustering, strict=True))
             )
-            for column, cell in self._static.get(partition, {}).items():
-                if cell.live(now):
-                    values[column] = cell.value
+            values.update(self._live_statics(partition, now))
             result[key] = values
         return result
 
     def visible_statics(self, now: float = 0) -> dict[Key, dict[str, Any]]:
         """Every partition's live static values, rows or not (a partition with none: absent)."""
         result: dict[Key, dict[str, Any]] = {}
-        for partition, cells in self._static.items():
-            values = {column: cell.value for column, cell in cells.items() if cell.live(now)}
+        for partition in self._static:
+            values = self._live_statics(partition, now)
             if values:
                 result[partition] = values
         return result
 
-    def _survives(self, row: _Row, cell: _Cell) -> bool:
-        return row.tombstone_ts is None or cell.ts > row.tombstone_ts
+    def _live_statics(self, partition: Key, now: float) -> dict[str, Any]:
+        shadow = self._partition_tombstones.get(partition, _NEVER)
+        return {
+            column: cell.value
+            for column, cell in self._static.get(partition, {}).items()
+            if cell.ts > shadow and cell.live(now)
+        }
 
-    def _live_values(self, row: _Row, now: float) -> dict[str, Any]:
+    def _shadow(self, row: _Row, partition: Key) -> int:
+        """The newest deletion covering the row: cells at or before it are gone."""
+        row_ts = _NEVER if row.tombstone_ts is None else row.tombstone_ts
+        return max(row_ts, self._partition_tombstones.get(partition, _NEVER))
+
+    def _live_values(self, row: _Row, now: float, shadow: int) -> dict[str, Any]:
         values = {
             column: cell.value
             for column, cell in row.cells.items()
-            if self._survives(row, cell) and cell.live(now)
+            if cell.ts > shadow and cell.live(now)
         }
         for column, elements in row.sets.items():
             cleared = row.set_cleared_ts.get(column)
             live = {
                 e
                 for e, cell in elements.items()
-                if self._survives(row, cell)
-                and cell.live(now)
-                and (cleared is None or cell.ts > cleared)
+                if cell.ts > shadow and cell.live(now) and (cleared is None or cell.ts > cleared)
             }
             if live:
                 values[column] = live

@@ -127,3 +127,25 @@ def test_assigning_null_to_a_set_spares_an_element_added_at_the_same_timestamp()
     t.delete_columns((1, 2), ["tags"], ts=10)
     assert t.visible()[(1, 1)]["tags"] == {"kept"}
     assert "tags" not in t.visible()[(1, 2)]
+
+
+def test_partition_delete_shadows_rows_and_statics_written_at_or_before_it() -> None:
+    t = table()
+    t.insert((1, 1), {"a": "x"}, ts=10)
+    t.update_static((1,), {"s": "banner"}, ts=11)
+    t.insert((2, 1), {"a": "other partition"}, ts=10)
+    t.delete_partition((1,), ts=20)
+    t.insert((1, 2), {"a": "late but older"}, ts=15)  # a row the delete never saw, older
+    assert t.visible() == {(2, 1): {"p": 2, "c": 1, "a": "other partition"}}
+    assert t.visible_statics() == {}
+    t.update((1, 1), {"b": 5}, ts=21)
+    t.update_static((1,), {"s": "new"}, ts=21)
+    assert t.visible()[(1, 1)] == {"p": 1, "c": 1, "b": 5, "s": "new"}
+
+
+def test_a_static_written_with_a_ttl_expires() -> None:
+    t = table()
+    t.insert((1, 1), {"a": "x"}, ts=10)
+    t.update_static((1,), {"s": "flash"}, ts=11, ttl=5, now=100)
+    assert t.visible(now=104)[(1, 1)]["s"] == "flash"
+    assert "s" not in t.visible(now=105)[(1, 1)]

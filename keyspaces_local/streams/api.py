@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -177,7 +178,7 @@ class ControlOperations:
 
     def faults(self, body: JsonBody) -> JsonBody:
         settings = self.control.set_faults(body)
-        return {"faults": asdict(settings)}
+        return {"faults": asdict(settings), "injected": self.control.faults.injected()}
 
     def sweep(self, body: JsonBody) -> JsonBody:
         return {"ttlRecords": self.control.sweep_expired()}
@@ -248,7 +249,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b'{"message":"not found"}', "application/json")
 
     def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if len(raw) < length:  # the client went away mid-request (a killed consumer)
+            self.close_connection = True
+            return
         try:
             body = orjson.loads(raw) if raw else {}
             if not isinstance(body, dict):
@@ -332,6 +337,14 @@ class StreamsHttpServer(ThreadingHTTPServer):
         self.faults = faults
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished (killed, timed out) is routine; anything else is logged."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("client %s went away: %s", client_address, error)
+            return
+        log.exception("request from %s failed", client_address)
 
     def track(self, connection: socket.socket, *, add: bool) -> None:
         with self._connections_lock:

@@ -7,15 +7,23 @@
   calls or seconds of emulator time, while its children are already listed;
 - `max_readers_per_shard`: GetRecords throttles a reader when that many other
   readers (iterator chains, each begun by one GetShardIterator) read the same
-  shard within `reader_window_seconds` of emulator time; AWS throttles beyond two.
+  shard within `reader_window_seconds` of emulator time; AWS throttles beyond two;
+- `expired_iterator_rate`: a share of GetRecords calls answered ExpiredIterator,
+  as when a consumer held an iterator past its lifetime (a slow sink, a pause);
+- `empty_records_rate`: a share of GetRecords calls that have records to give
+  answered with none, `BEHIND_TIP` and a next iterator at the same place, as
+  the service may (the position advances "even without customer records").
 
-Settings can be given at start and changed at run time (`Faults.update`).
+Settings can be given at start and changed at run time (`Faults.update`);
+`Faults.injected()` counts every fault served, by kind, for a test to prove
+its faults happened.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,6 +57,8 @@ class FaultSettings:
     lagging_parent_close: LaggingParentClose | None = None
     max_readers_per_shard: int | None = None
     reader_window_seconds: float = 1.0
+    expired_iterator_rate: float = 0.0
+    empty_records_rate: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -58,6 +68,10 @@ class FaultSettings:
                     raise ValueError(f"unknown operation {op!r}; expected one of {OPERATIONS}")
                 if not 0.0 <= rate <= 1.0:
                     raise ValueError(f"fault rate for {op} must be within [0, 1], got {rate}")
+        for name in ("expired_iterator_rate", "empty_records_rate"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {rate}")
 
     def with_changes(self, raw: Mapping[str, Any]) -> FaultSettings:
         """A copy with the keys of a JSON-style mapping applied (see `Faults.update`)."""
@@ -73,7 +87,7 @@ class FaultSettings:
                 changes[key] = None if value is None else _lagging(value)
             elif key in ("seed", "max_readers_per_shard"):
                 changes[key] = None if value is None else int(value)
-            elif key == "reader_window_seconds":
+            elif key in ("reader_window_seconds", "expired_iterator_rate", "empty_records_rate"):
                 changes[key] = float(value)
             else:
                 raise ValueError(f"unknown fault setting {key!r}")
@@ -96,6 +110,7 @@ class Faults:
         self._lock = threading.Lock()
         self._settings = FaultSettings()
         self._random = random.Random()
+        self._injected: Counter[str] = Counter()
         self.update(settings or {})
 
     @property
@@ -109,7 +124,8 @@ class Faults:
         Mapping keys: throttle_rate, internal_error_rate (every operation),
         throttle_rates, internal_error_rates ({operation or "*": rate}),
         lagging_parent_close ({get_stream_calls, seconds} or None),
-        max_readers_per_shard (int or None), reader_window_seconds, seed.
+        max_readers_per_shard (int or None), reader_window_seconds,
+        expired_iterator_rate, empty_records_rate (GetRecords only), seed.
         """
         with self._lock:
             if isinstance(settings, FaultSettings):
@@ -129,6 +145,35 @@ class Faults:
             internal = s.rate(s.internal_error_rates, operation)
             draw = self._random.random() if (throttle or internal) else 1.0
         if draw < throttle:
+            self.count("throttle")
             raise Throttling(f"Rate exceeded for {operation} (injected fault)")
         if draw < throttle + internal:
+            self.count("internal_error")
             raise InternalServerError(f"Internal server error in {operation} (injected fault)")
+
+    def records_fault(self) -> str | None:
+        """The fault drawn for one GetRecords call: "expired_iterator", "empty_records" or None.
+
+        The caller counts it (`count`) once served: an empty page with nothing to withhold
+        is no fault.
+        """
+        with self._lock:
+            s = self._settings
+            if not (s.expired_iterator_rate or s.empty_records_rate):
+                return None
+            draw = self._random.random()
+        if draw < s.expired_iterator_rate:
+            return "expired_iterator"
+        if draw < s.expired_iterator_rate + s.empty_records_rate:
+            return "empty_records"
+        return None
+
+    def count(self, kind: str) -> None:
+        with self._lock:
+            self._injected[kind] += 1
+
+    def injected(self) -> dict[str, int]:
+        """Faults served so far, by kind: throttle, internal_error, reader_throttle,
+        expired_iterator, empty_records."""
+        with self._lock:
+            return dict(self._injected)

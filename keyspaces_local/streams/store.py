@@ -467,9 +467,12 @@ class StreamStore:
             position, issued_ms = int(str(fields["p"])), int(str(fields["t"]))
         except (KeyError, ValueError) as err:
             raise ValidationError("Invalid shard iterator") from err
+        fault = self.faults.records_fault()
         with self._lock:
             now = self.clock.now_ms()
-            if now - issued_ms > self.iterator_lifetime_ms:
+            if now - issued_ms > self.iterator_lifetime_ms or fault == "expired_iterator":
+                if fault == "expired_iterator":
+                    self.faults.count(fault)
                 raise ValidationError(
                     "Iterator expired; get a new one", ValidationCode.EXPIRED_ITERATOR
                 )
@@ -482,6 +485,10 @@ class StreamStore:
                     f"The iterator points at records trimmed from shard {shard_id}",
                     ValidationCode.TRIMMED_DATA_ACCESS,
                 )
+            if fault == "empty_records" and shard.index_of(position) < len(shard.seqs):
+                # Records wait, yet none come: the next iterator stays where this one was.
+                self.faults.count(fault)
+                return RecordsPage([], self._iterator(stream, shard, position, now, reader), False)
             payloads, next_position, at_end = self._read(shard, position, max_results)
             drained = at_end and not shard.is_open
             next_iterator = (
@@ -612,6 +619,7 @@ class StreamStore:
             if seen < window_start:
                 del shard.readers[other]
         if reader not in shard.readers and len(shard.readers) >= limit:
+            self.faults.count("reader_throttle")
             raise Throttling(f"More than {limit} readers on shard {shard.shard_id}")
         shard.readers[reader] = now
 

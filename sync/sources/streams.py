@@ -47,7 +47,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from cassandra.cluster import Session
+from cassandra.cluster import ResultSet, Session
 from cassandra.query import PreparedStatement
 
 from sync.config import STREAM_RETENTION_S
@@ -536,7 +536,7 @@ class RowLookup:
         """The row as it is now (an upsert, or a delete when it is gone) at `version`."""
         with cql_errors(f"looking up a row of {self._info.qualified_name}"):
             read_at_ms = service_now_ms(self._session) if self._ttl_columns else None
-            row = self._session.execute(self._row, key).one()
+            row = first_row(self._session.execute(self._row, key))
         if row is None:
             return Change(Op.DELETE, key, None, version, source)
         return decode_row(
@@ -547,7 +547,7 @@ class RowLookup:
         """The partition's static values as they are now, all of them, at `version`."""
         with cql_errors(f"looking up the statics of a partition of {self._info.qualified_name}"):
             read_at_ms = service_now_ms(self._session) if self._static_ttl_columns else None
-            row = self._session.execute(self._static, partition).one()
+            row = first_row(self._session.execute(self._static, partition))
         key = self._info.key
         fields = {} if row is None else row._asdict()
         image = {c: fields[c] for c in key.static if fields.get(c) is not None}
@@ -562,6 +562,16 @@ class RowLookup:
         return Change(
             Op.UPSERT, partition, image, version, source, static_only=True, value_expiry=expiry
         )
+
+
+def first_row(rows: ResultSet) -> Any | None:
+    """The first row of a result, paging on as needed, or None when there is none.
+
+    Not `ResultSet.one()`: that looks at the first page only, and Keyspaces may answer
+    a page with no rows and a paging state (a page ends after 1 MB read, not returned),
+    which would make a live row look deleted.
+    """
+    return next(iter(rows), None)
 
 
 # ---- reading one shard ----------------------------------------------------------------

@@ -506,3 +506,31 @@ def test_streams_errors_become_errors_of_the_tree() -> None:
     trimmed = _streams_error(client_error("ValidationException", "TrimmedDataAccess"), "x", policy)
     assert isinstance(trimmed, StreamsRefused)
     assert (trimmed.code, trimmed.detail) == ("ValidationException", "TrimmedDataAccess")
+
+
+def test_a_lookup_reads_past_empty_pages(cql: Any, keyspace: str, emulator: Any) -> None:
+    """Keyspaces may answer a page with no rows and a paging state (its page ends after
+    1 MB *read*): a lookup that took the first page for the answer wrote a live row, or a
+    partition's statics, as deleted. Found by `make chaos` (its index lost a partition's
+    static value after a re-read of the statics)."""
+    from sync.model import StreamPosition
+
+    cql.execute(
+        f'CREATE TABLE "{keyspace}"."events" ("id" int, "seq" int, "body" text, '
+        '"banner" text STATIC, PRIMARY KEY ("id", "seq")) ' + CDC.format(view="NEW_AND_OLD_IMAGES")
+    )
+    info = describe_table(cql, keyspace, "events")
+    cql.execute(f'INSERT INTO "{keyspace}"."events" ("id", "seq", "body") VALUES (1, 1, \'a\')')
+    cql.execute(f'UPDATE "{keyspace}"."events" SET "banner" = \'sale\' WHERE "id" = 1')
+    lookup = RowLookup(cql, info)
+    source = StreamPosition("arn:test", "shardId-0001", "0" * 21, 1_700_000_000_000)
+    emulator.engine.empty_page_rate = 0.5
+    try:
+        rows = [lookup.row((1, 1), 7, source) for _ in range(20)]
+        statics = [lookup.statics((1,), 7, source) for _ in range(20)]
+    finally:
+        emulator.engine.empty_page_rate = 0.0
+    assert {(c.op, c.image["body"] if c.image else None) for c in rows} == {(Op.UPSERT, "a")}
+    assert {(c.op, c.image["banner"] if c.image else None) for c in statics} == {
+        (Op.UPSERT, "sale")
+    }

@@ -230,3 +230,25 @@ def test_protocol_timestamp_is_the_write_time_with_client_side_timestamps(
     assert table.rows("SELECT v, WRITETIME(v) FROM t WHERE k = 1 AND c = 1") == [
         {"v": 2, "writetime(v)": now - 1000}
     ]
+
+
+def test_a_swept_ttl_marker_still_shadows_an_older_insert_that_arrives_later(
+    session: EngineSession, clock: Clock, engine: Any
+) -> None:
+    """An expired marker is a tombstone of its timestamp, swept or not: a later-arriving
+    INSERT with an older timestamp must not bring the row back. Found by `make chaos`
+    (the sweep used to forget the marker, and the row came back with no values)."""
+    session.execute(
+        "CREATE TABLE m (k int, c int, v int, PRIMARY KEY (k, c)) WITH custom_properties = "
+        "{'client_side_timestamps': {'status': 'enabled'}, 'ttl': {'status': 'enabled'}}"
+    )
+    now = clock.now_us()
+    session.execute(
+        "INSERT INTO m (k, c, v) VALUES (1, 1, 10) USING TTL 1 AND TIMESTAMP ?", [now - 1000]
+    )
+    clock.advance(10)
+    engine.sweep_expired()
+    session.execute("INSERT INTO m (k, c) VALUES (1, 1) USING TIMESTAMP ?", [now - 2000])
+    assert session.rows("SELECT k, c FROM m WHERE k = 1 AND c = 1") == []
+    session.execute("INSERT INTO m (k, c) VALUES (1, 1) USING TIMESTAMP ?", [now - 500])
+    assert session.rows("SELECT k, c FROM m WHERE k = 1 AND c = 1") == [{"k": 1, "c": 1}]

@@ -375,3 +375,85 @@ def test_stale_and_foreign_next_tokens(stack: Any, make_table: Any) -> None:
     with pytest.raises(stack.client.exceptions.ValidationException) as err:
         stack.client.list_streams(maxResults=1, nextToken=token)
     assert err.value.response["errorCode"] == "ExpiredNextToken"
+
+
+def test_injected_expired_iterators_and_empty_pages_lose_no_record(
+    make_stack: Any, make_table: Any
+) -> None:
+    """A reader that renews an expired iterator and keeps polling past empty pages still gets
+    every record once, in order; the faults it met are counted."""
+    stack = make_stack(shard_count=1)
+    table = make_table()
+    arn = stack.store.enable_stream(table)
+    sid = stack.store.open_shard_ids(arn)[0]
+    for i in range(30):
+        stack.store.record(stack.changes(table).change("a", i, None, {"v": "x"}))
+    faults = _post(
+        stack.api.url + "/_control/faults",
+        {"expired_iterator_rate": 0.3, "empty_records_rate": 0.3, "seed": 3},
+    )
+    assert faults["faults"]["empty_records_rate"] == 0.3
+    seen: list[str] = []
+    expired = empty = 0
+    it = stack.iterator(arn, sid)
+    while len(seen) < 30:
+        try:
+            page = stack.client.get_records(shardIterator=it, maxResults=4)
+        except stack.client.exceptions.ValidationException as err:
+            assert err.response["errorCode"] == "ExpiredIterator"
+            expired += 1
+            kind, after = ("AFTER_SEQUENCE_NUMBER", seen[-1]) if seen else ("TRIM_HORIZON", "")
+            it = stack.iterator(arn, sid, kind, after)
+            continue
+        if not page["changeRecords"]:
+            assert page["iteratorDescription"]["iteratorPosition"] == "BEHIND_TIP"
+            empty += 1
+        seen += [r["sequenceNumber"] for r in page["changeRecords"]]
+        it = page["nextShardIterator"]
+    assert seen == sorted(set(seen)) and len(seen) == 30
+    assert expired > 0 and empty > 0
+    assert stack.control.faults.injected() == {"expired_iterator": expired, "empty_records": empty}
+    # At the tip there is nothing to withhold: an empty page there is no fault, and AT_TIP.
+    stack.control.set_faults(expired_iterator_rate=0.0, empty_records_rate=1.0)
+    assert stack.client.get_records(shardIterator=it)["iteratorDescription"] == {
+        "iteratorPosition": "AT_TIP"
+    }
+    assert stack.control.faults.injected()["empty_records"] == empty
+
+
+def test_fault_rates_outside_zero_to_one_are_refused(stack: Any) -> None:
+    with pytest.raises(ValueError, match="empty_records_rate"):
+        stack.control.set_faults(empty_records_rate=1.5)
+    with pytest.raises(ValueError, match="expired_iterator_rate"):
+        stack.control.set_faults(expired_iterator_rate=-0.1)
+
+
+def test_injected_throttles_are_counted(stack: Any) -> None:
+    stack.control.set_faults(throttle_rate=1.0)
+    for _ in range(3):
+        with pytest.raises(stack.client.exceptions.ThrottlingException):
+            stack.client.list_streams()
+    assert stack.control.faults.injected() == {"throttle": 3}
+
+
+def test_a_client_killed_mid_request_leaves_no_traceback_and_the_server_serves_on(
+    stack: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer SIGKILLed while sending (a body cut short) or before reading the answer
+    (a reset) is routine for a streams endpoint: no error answer, no traceback."""
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    address = urlsplit(stack.api.url)
+    for body in (b'{"streamArn": "arn:aws:cassandra:us-east-1:1', b"{}"):
+        with socket.create_connection((address.hostname, address.port)) as conn:
+            conn.sendall(
+                b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: KeyspacesStreams.GetRecords\r\n"
+                b"Content-Length: 200\r\n\r\n" + body
+            )
+            # Close with a reset, as the kernel does for a killed process with unread data.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert stack.client.list_streams()["streams"] == []
+    assert "Traceback" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
