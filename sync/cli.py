@@ -10,8 +10,8 @@ where ks2os calls it (see `sync.errors`), so tracebacks are for bugs only.
 `verify` exits 0 when the index matches the table and 1 when it does not,
 its report on stdout (a run that could not go on has no report).
 
-The commands that take tables (`backfill`, `follow`, `verify`, `cleanup`, `status`)
-run on every mapping the config names, or the one `--table` picks
+The commands that take tables (`backfill`, `follow`, `verify`, `reindex`, `cleanup`,
+`status`) run on every mapping the config names, or the one `--table` picks
 (`sync.tables`; `_mapping_option` and `_selected_tables` for a new command,
 `_load_table_mapping` for one that takes a single table); `sync.jobs.multi`
 runs them. Each table's outcome is one JSON line on stdout: `table`,
@@ -178,6 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
     verify.set_defaults(handler=_verify)
+
+    reindex = commands.add_parser(
+        "reindex",
+        help="build <alias>_v<N+1> from the mapping file while changes keep flowing, check "
+        "it, and move the alias to it atomically (resumes an unfinished rebuild)",
+    )
+    _mapping_option(reindex)
+    ending = reindex.add_mutually_exclusive_group()
+    ending.add_argument(
+        "--abort",
+        action="store_true",
+        help="before the swap: delete the new index and its progress; the alias stays",
+    )
+    ending.add_argument(
+        "--delete-old",
+        action="store_true",
+        help="delete the old index once the alias has moved (default: keep it "
+        "reindex.keep_old_hours, then ks2os cleanup deletes it)",
+    )
+    reindex.add_argument("--json", action="store_true", help="one JSON line per table")
+    reindex.set_defaults(handler=_reindex)
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -357,6 +378,30 @@ def _verify(args: argparse.Namespace, cfg: Config) -> int:
 
     with stop_on_signals() as stop:
         runs = one_after_another(tables, verify, on_failure=cfg.on_table_failure, stop=stop)
+    return _finish(runs, show)
+
+
+def _reindex(args: argparse.Namespace, cfg: Config) -> int:
+    from sync.jobs.multi import one_after_another
+    from sync.jobs.reindex import ReindexSummary, run_reindex
+
+    tables = _selected_tables(args, cfg)
+
+    def reindex(mapping: TableMapping) -> ReindexSummary:
+        return run_reindex(cfg, mapping, abort=args.abort, delete_old=args.delete_old, stop=stop)
+
+    def show(run: TableRun[ReindexSummary]) -> int:
+        if args.json:
+            return _print_outcome(run)
+        if run.result is not None:
+            sys.stdout.write(f"{run.table}: {run.result.text()}\n")
+        elif not run.begun:
+            sys.stdout.write(f"reindex {run.table}: not run: {NOT_BEGUN}\n")
+        return EXIT_OK
+
+    _freeze_start_up_objects()
+    with stop_on_signals() as stop:
+        runs = one_after_another(tables, reindex, on_failure=cfg.on_table_failure, stop=stop)
     return _finish(runs, show)
 
 

@@ -395,9 +395,11 @@ class FollowConfig:
             high=60_000,
         ),
     )
-    on_gap: Literal["stop", "continue"] = _doc(
+    on_gap: Literal["stop", "continue", "reindex"] = _doc(
         "when the stream no longer holds changes the index needs (a gap: trimmed records, "
-        "a shard gone, a CDC switch): stop, or continue and mark the index for reindex",
+        "a shard gone, a CDC switch): stop; continue and mark the index for reindex; or "
+        "reindex: the follower stops, its process rebuilds the index (as `ks2os reindex`) "
+        "and then follows the new one",
         "stop",
     )
     skip_replication: bool = _doc("ignore origin=REPLICATION records (multi-Region tables)", False)
@@ -491,6 +493,46 @@ class CleanupConfig:
 
 
 @dataclass(frozen=True)
+class ReindexConfig:
+    SECTION: ClassVar[str] = "reindex"
+
+    max_lag_seconds: float = _doc(
+        "the alias moves to the new index only once every shard of the stream is applied "
+        "to within this many seconds of its tip",
+        5.0,
+        bounds=Bounds(
+            "the stream's records are at least a moment old when read; a swap may wait for "
+            "ever under a bound no follower can meet",
+            low=1,
+            high=3600,
+        ),
+    )
+    verify_sample: int = _doc(
+        "rows of the table `verify` compares with the new index before the swap (spread "
+        "over every token range)",
+        1000,
+        bounds=Bounds("a check compares some rows", low=1),
+    )
+    verify_attempts: int = _doc(
+        "how many times a verify sample that finds differences is tried before the reindex "
+        "stops (leaving everything as it is: run it again to resume)",
+        3,
+        bounds=Bounds(
+            "a sample is tried at least once; retries are for changes in flight", low=1, high=100
+        ),
+    )
+    keep_old_hours: float = _doc(
+        "after the swap the old index is kept this long (`ks2os cleanup` deletes it then), "
+        "so searches can be pointed back at it; `ks2os reindex --delete-old` deletes it at once",
+        24.0,
+        bounds=Bounds("a negative grace means nothing", low=0, high=24 * 365),
+    )
+
+    def __post_init__(self) -> None:
+        _check_bounds(self)
+
+
+@dataclass(frozen=True)
 class Config:
     mapping: str | None = _doc(
         "the table's mapping file (see mappings/); for several tables, `mappings`", None
@@ -527,6 +569,7 @@ class Config:
     follow: FollowConfig = field(default_factory=FollowConfig)
     state: StateConfig = field(default_factory=StateConfig)
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+    reindex: ReindexConfig = field(default_factory=ReindexConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
 
     def __post_init__(self) -> None:

@@ -30,6 +30,8 @@ SECTION_INTROS = {
     "follow": "The CDC stream reader of `ks2os follow`.",
     "state": "Checkpoints, backfill progress and worker leases, kept in an OpenSearch index.",
     "cleanup": 'What `ks2os cleanup` removes and when (docs/versions.md, "Cleanup").',
+    "reindex": "`ks2os reindex`: when the alias may move to the new index, and how long the "
+    "old one is kept (docs/reindex.md).",
     "spark": "The backfill as Spark tasks (`python -m sync.spark`, docs/spark.md).",
 }
 

@@ -156,10 +156,56 @@ def index_versions(client: OpenSearch, alias: str) -> dict[str, int]:
 
 def create_next_index(client: OpenSearch, mapping: TableMapping) -> str:
     """Create `<alias>_v<N+1>` (N the highest existing, 0 if none); return its name."""
-    versions = index_versions(client, mapping.alias)
-    name = f"{mapping.alias}_v{max(versions.values(), default=0) + 1}"
+    name = next_index_name(client, mapping.alias)
     _create_index(client, name, mapping)
     return name
+
+
+def next_index_name(client: OpenSearch, alias: str) -> str:
+    """`<alias>_v<N+1>`, N the highest version that exists (0 if none); nothing is created."""
+    versions = index_versions(client, alias)
+    return f"{alias}_v{max(versions.values(), default=0) + 1}"
+
+
+def create_index(client: OpenSearch, name: str, mapping: TableMapping) -> bool:
+    """Create index `name` from the mapping file unless it exists; True if it was made now."""
+    try:
+        _create_index(client, name, mapping)
+    except OpenSearchRefused as exc:
+        if exc.error_type != "resource_already_exists_exception":
+            raise
+        return False
+    return True
+
+
+def delete_index(client: OpenSearch, name: str) -> bool:
+    """Delete index `name`; False when it did not exist (deleted before: idempotent)."""
+    try:
+        with opensearch_errors(f"deleting index {name}"):
+            client.indices.delete(index=name)
+    except OpenSearchRefused as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def add_new_fields(client: OpenSearch, index: str, mapping: TableMapping) -> list[str]:
+    """Map on `index` the top-level fields the mapping file has and the index lacks.
+
+    Adding a field is what OpenSearch allows on a live index: documents built by
+    the file then fit an index made by an older version of it (a reindex's old
+    index, which keeps taking changes until the alias moves). Returns the fields added.
+    """
+    with opensearch_errors(f"reading the mapping of {index}"):
+        live = client.indices.get_mapping(index=index)
+    have = next(iter(live.values()))["mappings"].get("properties", {})
+    wanted = index_settings_and_mappings(mapping)["mappings"].get("properties", {})
+    missing = {name: spec for name, spec in wanted.items() if name not in have}
+    if missing:
+        with opensearch_errors(f"adding {', '.join(sorted(missing))} to the mapping of {index}"):
+            client.indices.put_mapping(index=index, body={"properties": missing})
+    return sorted(missing)
 
 
 def _create_index(client: OpenSearch, name: str, mapping: TableMapping) -> None:

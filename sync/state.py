@@ -976,6 +976,18 @@ class StateStore:
             stamp = self._replace(run_doc_id(table), run.body(), replacing.stamp)
         return replace(run, stamp=stamp)
 
+    def forget_run(self, table: str) -> None:
+        """Delete a backfill's run and range documents (an aborted reindex's new index)."""
+        run = self.get_run(table)
+        if run is None:
+            return
+        ranges = [Document(s.doc_id, s.body(), s.stamp) for s in self.list_ranges(run)]
+        run_doc = Document(run_doc_id(table), run.body(), run.stamp)
+        # Ranges first: a run document never points at ranges already gone.
+        for documents in (ranges, [run_doc]):
+            if documents:
+                self._bulk.send([Action.delete_of(d) for d in documents], Traffic())
+
     def finish_run(self, run: BackfillRun) -> BackfillRun:
         new = replace(run, finished=True)
         return replace(new, stamp=self._replace(run_doc_id(run.table), new.body(), run.stamp))

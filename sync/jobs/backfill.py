@@ -112,7 +112,12 @@ class BackfillSummary:
 
 def state_key(job: Job) -> str:
     """Backfill runs are kept per table *and* target index (a reindex fills a new one)."""
-    return f"{job.info.qualified_name}->{job.index}"
+    return backfill_key(job.info.qualified_name, job.index)
+
+
+def backfill_key(table: str, index: str) -> str:
+    """The state key of the backfill of `table` into `index` (`state_key` of its job)."""
+    return f"{table}->{index}"
 
 
 def plan_run(

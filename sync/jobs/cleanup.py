@@ -15,7 +15,10 @@ Four kinds of document pile up while ks2os runs for months:
 - **finished shards' state documents**, once the stream no longer lists the
   shard and every listed child of it is finished too (`prunable_shards`),
   and every finished shard of a stream that is read to its end;
-- **dead workers' heartbeats**, expired for longer than a lease.
+- **dead workers' heartbeats**, expired for longer than a lease;
+- **the index a reindex replaced**, once its grace (`reindex.keep_old_hours`,
+  recorded in the table's rebuild document as `keep_old_until_ms`) has passed
+  and the alias does not point at it (`old_index_due`).
 
 It also runs the follower's expiry sweep once over the alias's index
 (`sync.jobs.restate.ExpirySweep`): documents hidden because one of their
@@ -45,14 +48,14 @@ from sync.bulk import Action, Bulk, Document, Reader, Verdict
 from sync.clients import streams_client
 from sync.config import CleanupConfig, Config
 from sync.documents import META_FIELD, PARTITION_KIND
-from sync.indices import index_versions
+from sync.indices import alias_targets, delete_index, index_versions
 from sync.jobs import Job
 from sync.jobs.restate import ExpirySweep
 from sync.keyspaces import service_now_ms
 from sync.mapping import TableMapping
 from sync.retry import RetryPolicy
 from sync.sources.streams import RowLookup, Shard, StreamGone, describe_stream
-from sync.state import ShardState, StateStore
+from sync.state import Rebuild, ShardState, StateStore
 from sync.version import base, version_ms
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class CleanupSummary:
     workers: int = 0  # dead workers' heartbeats pruned
     changed: int = 0  # candidates rewritten since they were read: left alone
     restated: int = 0  # documents restated without the values that expired
+    old_indexes: int = 0  # indexes a reindex replaced, deleted after their grace
     dry_run: bool = False  # counted, not removed
     seconds: float = 0.0
 
@@ -101,6 +105,19 @@ def prunable_shards(
         if all(child in finished for child in children):
             prunable.append(state)
     return prunable
+
+
+def old_index_due(rebuild: Rebuild | None, serving: Iterable[str], now_ms: int) -> str | None:
+    """The index a finished reindex replaced, if its grace is over and no search needs it.
+
+    Not while the alias points at it (someone pointed it back by hand), and never
+    before the rebuild is `done`: until then the old index may still serve.
+    """
+    if rebuild is None or rebuild.phase != "done" or rebuild.keep_old_until_ms is None:
+        return None
+    if now_ms < rebuild.keep_old_until_ms or rebuild.old_index in set(serving):
+        return None
+    return rebuild.old_index
 
 
 def tombstone_query(before_version: int) -> dict[str, Any]:
@@ -240,6 +257,19 @@ class Cleaner:
         return [Document(s.doc_id, s.body(), s.stamp) for s in prunable]
 
 
+def _delete_old_index(job: Job, mapping: TableMapping, dry_run: bool) -> int:
+    """Delete the index a reindex replaced once its grace is over (1 if it went)."""
+    rebuild = job.store.get_rebuild(job.info.qualified_name)
+    serving = alias_targets(job.client, mapping.alias)
+    old = old_index_due(rebuild, serving, job.store.now_ms())
+    if old is None or old not in index_versions(job.client, mapping.alias):
+        return 0
+    if dry_run:
+        return 1
+    log.info("deleting %s: the reindex that replaced it ended its grace", old)
+    return 1 if delete_index(job.client, old) else 0
+
+
 # Each sweep round takes one page of what is due: enough rounds for a large backlog,
 # bounded so a document that cannot be restated yet (its read still shows the value)
 # does not keep cleanup going.
@@ -284,6 +314,7 @@ def run_cleanup(
         clock = now_ms or (lambda: service_now_ms(session))
         cleaner = Cleaner(job.client, job.policy, cfg.cleanup, clock, dry_run=dry_run)
         summary = CleanupSummary(dry_run=dry_run)
+        summary.old_indexes = _delete_old_index(job, mapping, dry_run)
         for index in sorted(index_versions(job.client, mapping.alias)):
             tombstones = cleaner.purge(index, cleaner.tombstones(index))
             expired = cleaner.purge(index, cleaner.expired(index))
@@ -299,10 +330,11 @@ def run_cleanup(
         summary.changed += shards.changed + workers.changed
         summary.seconds = time.monotonic() - started
         log.info(
-            "cleanup of %s%s: %d tombstones, %d expired rows, %d shard states, %d dead "
-            "workers; %d left alone (rewritten meanwhile)",
+            "cleanup of %s%s: %d old index(es), %d tombstones, %d expired rows, %d shard "
+            "states, %d dead workers; %d left alone (rewritten meanwhile)",
             job.info.qualified_name,
             " (dry run: nothing removed)" if dry_run else "",
+            summary.old_indexes,
             summary.tombstones,
             summary.expired,
             summary.shards,

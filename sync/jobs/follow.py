@@ -125,6 +125,11 @@ CHECKPOINT_S = 1.0  # a shard's checkpoint is written at most this often while r
 PRESSURE_WAIT_S = 0.1  # a reader waiting on the writer stage looks up this often
 
 
+class GapRebuild(StreamGap):
+    """A gap under `on_gap = "reindex"`: the follower stops, so that `run_follow` rebuilds
+    the index (`sync.jobs.reindex`) and follows the new one."""
+
+
 @dataclass
 class FollowSummary:
     records_read: int = 0
@@ -400,6 +405,7 @@ class Follower:
         self._stop: threading.Event | None = None  # `run`'s: ends Streams retries at once
         self._lock = threading.Lock()
         self._gaps_seen: set[str] = set()
+        self._rebuild_for: str | None = None  # a gap under on_gap = "reindex": what it was
         self._trim_check: bool | None = None  # this plan's answer of `trim_matters`
         self.healthy = True
         self.planned = False  # the shard graph was read once: readers are running
@@ -437,6 +443,8 @@ class Follower:
                 self._reap()
                 self._plan()
                 self.planned = True
+                if self._rebuild_for is not None:
+                    raise GapRebuild(self._rebuild_for, hint=REBUILD_HINT)
                 self._wake.wait(relist)
                 self._wake.clear()
         finally:
@@ -512,7 +520,14 @@ class Follower:
         if self.settings.on_gap == "stop":
             raise StreamGap(message, hint=REBUILD_HINT)
         self.reindex_needed = True
-        if first:
+        if self.settings.on_gap == "reindex":
+            # Ruled on as under "continue" (a stream switch's new stream is begun, a shard
+            # restarted), so the rebuild's follower finds nothing left to rule on; `run`
+            # stops after this plan.
+            with self._lock:
+                self._rebuild_for = self._rebuild_for or message
+            self.wake()
+        elif first:
             log.error("continuing after the gap (on_gap = continue); the index needs a rebuild")
 
     def _gap_record(
@@ -998,6 +1013,39 @@ def _done(progress: dict[str, ShardProgress], shard_id: str) -> bool:
     return state is not None and state.finished
 
 
+def _rebuilt(
+    cfg: Config,
+    mapping: TableMapping,
+    job: Job,
+    gap: GapRebuild,
+    stop: threading.Event,
+    metrics: Metrics | None,
+) -> Job:
+    """After a gap under `on_gap = "reindex"`: rebuild the index, and the job of the new one.
+
+    The follower stopped cleanly first (its shards checkpointed and released,
+    its heartbeat gone), so the rebuild follows the stream itself, from those
+    checkpoints, until the swap; the new index needs nothing the stream lost.
+    """
+    from sync.jobs.reindex import RebuildBusy, run_reindex  # it runs a follower: imported here
+
+    log.error("%s; rebuilding the index (follow.on_gap = reindex)", gap)
+    try:
+        summary = run_reindex(cfg, mapping, stop=stop, metrics=metrics)
+    except RebuildBusy as busy:
+        # Another follower met the gap first and rebuilds: follow on, as its rebuild asks.
+        log.warning("%s; following on meanwhile", busy)
+    else:
+        log.info(
+            "rebuilt %s into %s (%s); following it",
+            job.info.qualified_name,
+            summary.new_index,
+            summary.phase,
+        )
+    job.close()
+    return Job(cfg, mapping, stop=stop, metrics=metrics)
+
+
 def run_follow(
     cfg: Config,
     mapping: TableMapping,
@@ -1033,10 +1081,22 @@ def run_follow(
                 cfg.follow.metrics_port,
                 lambda: follower.healthy,
                 host=cfg.follow.metrics_host,
-                ready=follower.readiness,
+                ready=lambda: follower.readiness(),  # the current one: a rebuild makes another
             ).start()
         StatusLogger(follower, cfg.follow.log_interval_s, status_stop).start()
-        follower.run(stop)
+        while True:
+            try:
+                follower.run(stop)
+                break
+            except GapRebuild as gap:
+                if not own_job:
+                    raise  # a job made elsewhere (a reindex's own follower) has no rebuild
+                job = _rebuilt(cfg, mapping, job, gap, stop, job.metrics)
+                if stop.is_set():
+                    break
+                follower = Follower(job, streams)
+                if on_start is not None:
+                    on_start(follower)
         summary = follower.summary(time.monotonic() - started)
         log.info(
             "follow stopped: %d records read, %d applied, %d stale, %d dead-lettered, %d gaps",

@@ -455,6 +455,38 @@ def describe_stream(
     )
 
 
+def oldest_unread_ms(
+    client: Any,
+    stream_arn: str,
+    shard_id: str,
+    after: str | None,
+    stop: threading.Event | None = None,
+) -> int | None:
+    """`createdAt` (epoch ms) of the shard's first record after `after` (None: from its
+    trim horizon); None when there is none: whoever checkpointed `after` is at the tip.
+
+    One record is read, never applied: a rebuild measures the stream lag with it. A shard
+    or a position the stream no longer holds is None too (the follower rules on that gap).
+    """
+    kwargs: dict[str, Any] = {"streamArn": stream_arn, "shardId": shard_id}
+    if after is None:
+        kwargs["shardIteratorType"] = "TRIM_HORIZON"
+    else:
+        kwargs["shardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+        kwargs["sequenceNumber"] = after
+    try:
+        iterator = _call(client.get_shard_iterator, stop=stop, **kwargs).get("shardIterator")
+        if iterator is None:
+            return None
+        reply = _call(client.get_records, stop=stop, shardIterator=iterator, maxResults=1)
+    except StreamsRefused as exc:
+        if exc.code in ("ValidationException", "ResourceNotFoundException"):
+            return None
+        raise
+    records = reply.get("changeRecords") or []
+    return _epoch_ms(records[0]["createdAt"]) if records else None
+
+
 # ---- row lookups for streams without new images --------------------------------------
 
 
