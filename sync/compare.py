@@ -40,6 +40,8 @@ from sync.bulk import Document
 from sync.documents import META_FIELD, PARTITION_KIND, DocumentBuilder
 from sync.errors import DecodeError
 from sync.model import Change, Op
+from sync.schema import TableLayout
+from sync.sources.rows import ttl_capable
 
 # The `_ks2os` field that marks a document whose row's last change went to the
 # dead-letter store (written by the writer; the alias filter hides such documents).
@@ -78,6 +80,9 @@ class Expected:
     expires_at: int | None = None
     partition: bool = False
     error: str = ""
+    # False when the row read cannot tell when the row expires (`expiry_readable`):
+    # then an expiry the index holds (from a stream record) is not a divergence.
+    expiry_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,28 @@ def _row(builder: DocumentBuilder, change: Change) -> Expected:
         change,
         body if live else None,
         meta.get("expires_at") if live else None,
+        expiry_known=expiry_readable(change, builder.table),
+    )
+
+
+def expiry_readable(change: Change, table: TableLayout) -> bool:
+    """Whether a row read over CQL says when the row expires.
+
+    CQL has no TTL() for a row marker or for the elements of a non-frozen
+    collection. A read row whose expiry came out as never is certain only when
+    one of its regular values can carry a TTL and has none; a row holding no
+    such value may still expire (its INSERT's TTL, a collection's), which only
+    the stream record of its write tells.
+    """
+    if change.expires_at_ms is not None or change.image is None:
+        return True
+    expiring = change.value_expiry or {}
+    return any(
+        not table.is_key(name)
+        and name not in table.static
+        and ttl_capable(table.cql_type(name))
+        and name not in expiring
+        for name in change.image
     )
 
 
@@ -140,7 +167,9 @@ def _with_statics(builder: DocumentBuilder, change: Change) -> list[Expected]:
     if row_change.op is Op.DELETE:
         return [Expected(doc_id, routing, change, None), partition]
     body = {**_plain(fields), **statics}
-    return [Expected(doc_id, routing, change, body, change.expires_at_ms), partition]
+    known = expiry_readable(change, builder.table)
+    expected = Expected(doc_id, routing, change, body, change.expires_at_ms, expiry_known=known)
+    return [expected, partition]
 
 
 def _unbuildable(builder: DocumentBuilder, change: Change, exc: Exception) -> Expected:
@@ -208,6 +237,8 @@ def check(wanted: Expected, stored: Document | None, now_ms: int) -> Finding | N
     if difference is not None:
         return found(Kind.MISMATCH, difference)
     stored_expiry = meta.get("expires_at")
+    if wanted.expires_at is None and not wanted.expiry_known:
+        return None  # the read cannot tell; the stream record that set it could
     if not _same_expiry(wanted.expires_at, stored_expiry):
         return found(
             Kind.MISMATCH,

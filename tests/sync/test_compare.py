@@ -122,6 +122,24 @@ def test_expiry_is_compared_within_the_tolerance_of_its_two_sources() -> None:
     assert finding.kind is Kind.MISMATCH and finding.detail.startswith("expires_at:")
 
 
+def test_an_expiry_the_row_read_cannot_show_is_not_a_divergence() -> None:
+    # CQL has no TTL() for a row marker or a non-frozen collection's elements: a row
+    # whose only values are such reads as never expiring, while the index holds the
+    # expiry its stream record gave (found by make chaos on a default-TTL table).
+    table = TableLayout(
+        "demo", "t", ("p",), ("c",), (), {"p": "int", "c": "int", "a": "text", "tags": "set<text>"}
+    )
+    b = _builder(table)
+    expiring = _stored(_row(1, NOW + 60_000, tags=["x"]), b)
+    assert compare(expected_documents(b, [_row(1, None, tags=["x"])]), [expiring], NOW) == []
+    marker_only = _stored(_row(2, NOW + 60_000), b)
+    assert compare(expected_documents(b, [_row(2, None)]), [marker_only], NOW) == []
+    # A value that can carry a TTL and has none: the row lives on, for certain.
+    with_a = _stored(_row(3, NOW + 60_000, a="x", tags=["x"]), b)
+    (finding,) = compare(expected_documents(b, [_row(3, None, a="x", tags=["x"])]), [with_a], NOW)
+    assert finding.kind is Kind.MISMATCH and finding.detail.startswith("expires_at:")
+
+
 def test_a_row_hidden_as_expired_while_the_table_returns_it_is_a_mismatch() -> None:
     b = _builder()
     stored = _stored(_row(1, NOW - 1, a="x"), b)
