@@ -322,7 +322,8 @@ def _doc(row: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Ks2os:
-    """One ks2os process (`backfill` or `follow`), restartable, its stderr kept in a log."""
+    """One ks2os process (`backfill`, `follow` or `reindex`), restartable, its stderr kept
+    in a log."""
 
     role: str
     command: list[str]
@@ -522,6 +523,7 @@ class Chaos:
         self.processes = processes
         self.tally = Tally()
         self.backfill_done = False
+        self.rebuilding: str | None = None  # the table whose rebuild has not ended yet
         self.started = time.monotonic()
 
     # -- faults
@@ -596,10 +598,19 @@ class Chaos:
             self.tally.rescans += 1
 
     def rebuild(self) -> None:
-        """The place for a rebuild (`ks2os reindex`) at a random moment, racing the
-        writers and the follower: ks2os has no reindex command yet. When it lands, run
-        it here as a `Ks2os` process (killed at times too), count it in
-        `tally.rebuilds`, and add "rebuild" to `_random_event`."""
+        """A rebuild (`ks2os reindex`) of a random table, racing the writers and the
+        followers; when one is under way, SIGKILL it instead (the next run resumes it)."""
+        reindex = self.processes["reindex"]
+        if reindex.running:
+            self.kill("reindex")
+            return
+        if self.rebuilding is not None:
+            return  # it ended by itself and `supervise` starts it again
+        spec = self.rng.choice(self.tables)
+        self.rebuilding = spec.name
+        reindex.command = ["reindex", "--table", f"{KEYSPACE}.{spec.name}"]
+        reindex.start()
+        self.tally.rebuilds += 1
 
     # -- the schedule
 
@@ -641,7 +652,6 @@ class Chaos:
         return True
 
     def _random_event(self) -> str:
-        # A rebuild ("rebuild", `Chaos.rebuild`) joins these once ks2os has `reindex`.
         return self.rng.choices(
             (
                 "kill_follower_a",
@@ -653,8 +663,9 @@ class Chaos:
                 "stream_faults",
                 "calm",
                 "rescan",
+                "rebuild",
             ),
-            (10, 5, 6, 5, 12, 6, 6, 2, 1),
+            (10, 5, 6, 5, 12, 6, 6, 2, 1, 2),
         )[0]
 
     def event(self, name: str) -> None:
@@ -690,6 +701,8 @@ class Chaos:
                 continue
             if role == "backfill" and code == 0:
                 self.backfill_done = True
+            elif role == "reindex" and code == 0:
+                self.rebuilding = None  # swapped: the alias is on the new index
             elif role != "follower_b":
                 process.start()
 
@@ -927,6 +940,7 @@ def run(
         "backfill": Ks2os("backfill", ["backfill"], "chaos-backfill", config, logs),
         "follower_a": Ks2os("follower_a", ["follow"], "chaos-follower-a", config, logs),
         "follower_b": Ks2os("follower_b", ["follow"], "chaos-follower-b", config, logs),
+        "reindex": Ks2os("reindex", ["reindex"], "chaos-reindex", config, logs),
     }
     try:
         return chaos_then_check(args, stack, rng, seed, seconds, logs, started, processes, tables)
@@ -964,7 +978,8 @@ def chaos_then_check(
     # starts before it is killed.
     middle = ["kill_follower_a", "split", "merge", "stream_faults", "proxy_faults"]
     must = ["kill_backfill", "second_follower", *rng.sample(middle, len(middle))]
-    must.append("kill_follower_b")
+    # The second rebuild event kills the first run if it is still going (a resume).
+    must += ["kill_follower_b", "rebuild", "rebuild"]
     try:
         chaos.run(seconds, must)
     finally:
@@ -986,7 +1001,7 @@ def chaos_then_check(
         chaos.supervise()
         if not processes["follower_a"].running:
             processes["follower_a"].start()
-        if not chaos.backfill_done:
+        if not chaos.backfill_done or chaos.rebuilding is not None:
             return False
         return time.monotonic() >= settle_at and converged(stack.search, writers)
 
@@ -1030,6 +1045,9 @@ def chaos_then_check(
         "merges": tally.merges,
         "rescans": tally.rescans,
         "rebuilds": tally.rebuilds,
+        "alias_indexes": {
+            spec.alias: sorted(stack.search.indices.get_alias(name=spec.alias)) for spec in tables
+        },
         "second_follower_starts": tally.second_follower_starts,
         "process_exits": process_exits,
         "final_exit_codes": {"follower_a": follower_code, "backfill": backfill_code},
