@@ -468,23 +468,12 @@ def oldest_unread_ms(
     One record is read, never applied: a rebuild measures the stream lag with it. A shard
     or a position the stream no longer holds is None too (the follower rules on that gap).
     """
-    kwargs: dict[str, Any] = {"streamArn": stream_arn, "shardId": shard_id}
-    if after is None:
-        kwargs["shardIteratorType"] = "TRIM_HORIZON"
-    else:
-        kwargs["shardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
-        kwargs["sequenceNumber"] = after
     try:
-        iterator = _call(client.get_shard_iterator, stop=stop, **kwargs).get("shardIterator")
-        if iterator is None:
-            return None
-        reply = _call(client.get_records, stop=stop, shardIterator=iterator, maxResults=1)
+        return peek_after(client, stream_arn, shard_id, after, stop).oldest_ms
     except StreamsRefused as exc:
-        if exc.code in ("ValidationException", "ResourceNotFoundException"):
+        if exc.code == "ValidationException":
             return None
         raise
-    records = reply.get("changeRecords") or []
-    return _epoch_ms(records[0]["createdAt"]) if records else None
 
 
 # ---- row lookups for streams without new images --------------------------------------
